@@ -1,0 +1,368 @@
+// Op schemas of the dsno_kernels namespace and their CPU kernels.
+//
+//   x [B, T, C_in, *S], weight [C_in, C_out, K, 2]   ->   y [B, T, C_out, *S]
+//
+// Each pixel column x[b, :, :, p] ([T, C_in]) goes through three GEMMs (see dsno_kernels/reference.py):
+//   X = F x            F [R, T]: the truncated real DFT (rows cos, -sin per mode; DC/Nyquist: cos only)
+//   Y_k = M_k X_k      per mode k, M_k = [[Wr^T, -Wi^T], [Wi^T, Wr^T]] (real modes: Wr^T)
+//   s = G Y            G [T, R]: the irfft restricted to the kept rows
+// time_conv adds the epilogue y = x + leaky_relu(s). The backward is the transposed chain:
+//   g = dy (time_conv: dy * (s > 0 ? 1 : slope), s recomputed), dY = G^T g, dX_k = M_k^T dY_k,
+//   dx = F^T dX (+ dy), dM_k = sum over pixels dY_k X_k^T, folded back into dWr, dWi.
+//
+// The CPU kernels work on tiles of pixel columns (across the batch, so shapes without trailing dims
+// still make wide tiles): one gather of the tile into an fp32 (fp64) buffer, BLAS GEMMs on it, one
+// fused write. Nothing but x, dy and the outputs touches memory at full size. dweight is reduced
+// per fixed chunk of tiles and the chunks summed in order, so it is deterministic.
+
+#include <Python.h>
+
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/addmm.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/mm.h>
+#include <ATen/ops/zeros.h>
+#include <ATen/ops/zeros_like.h>
+#include <ATen/TensorOperators.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+namespace dsno_kernels {
+namespace {
+
+constexpr double kPi = 3.14159265358979323846;
+
+bool mode_is_real(int64_t k, int64_t T) { return k == 0 || 2 * k == T; }
+
+void check_inputs(const at::Tensor& x, const at::Tensor& weight, bool square) {
+  TORCH_CHECK(x.dim() >= 3, "x must have shape [B, T, C_in, *S], got ", x.sizes());
+  TORCH_CHECK(weight.dim() == 4 && weight.size(3) == 2, "weight must have shape [C_in, C_out, K, 2], got ",
+              weight.sizes());
+  TORCH_CHECK(weight.size(0) == x.size(2), "weight.shape[0] must equal x.shape[2] (C_in), got ", weight.sizes(),
+              " and ", x.sizes());
+  const int64_t T = x.size(1), K = weight.size(2);
+  TORCH_CHECK(T >= 1 && K >= 1 && K <= T / 2 + 1, "weight.shape[2] (K) must be in [1, T // 2 + 1] for T = ", T,
+              ", got ", K);
+  TORCH_CHECK(!square || weight.size(1) == weight.size(0), "time_conv needs C_in == C_out, got weight ",
+              weight.sizes());
+  TORCH_CHECK(x.scalar_type() == weight.scalar_type(), "x and weight must have the same dtype, got ",
+              x.scalar_type(), " and ", weight.scalar_type());
+  TORCH_CHECK(at::isFloatingType(x.scalar_type()), "x must be a floating tensor, got ", x.scalar_type());
+  TORCH_CHECK(x.device() == weight.device(), "x and weight must be on the same device");
+}
+
+// The real-form pieces of one call, in the accumulation dtype.
+struct Spectral {
+  int64_t B, T, K, R, C_in, C_out, P;
+  std::vector<int64_t> first_row, rows;  // per mode: its first row in F / G and its row count (1 or 2)
+  at::Tensor F, G;                       // [R, T], [T, R]
+  std::vector<at::Tensor> M;             // per mode: [rows * C_out, rows * C_in]
+};
+
+Spectral make_spectral(const at::Tensor& x, const at::Tensor& weight, at::ScalarType acc_type) {
+  Spectral s;
+  s.B = x.size(0);
+  s.T = x.size(1);
+  s.C_in = x.size(2);
+  s.C_out = weight.size(1);
+  s.K = weight.size(2);
+  s.P = 1;
+  for (int64_t d = 3; d < x.dim(); ++d) s.P *= x.size(d);
+  s.R = 0;
+  for (int64_t k = 0; k < s.K; ++k) {
+    s.first_row.push_back(s.R);
+    s.rows.push_back(mode_is_real(k, s.T) ? 1 : 2);
+    s.R += s.rows.back();
+  }
+  auto cpu_double = at::TensorOptions().dtype(at::kDouble);
+  at::Tensor F = at::zeros({s.R, s.T}, cpu_double), G = at::zeros({s.T, s.R}, cpu_double);
+  auto f = F.accessor<double, 2>();
+  auto g = G.accessor<double, 2>();
+  for (int64_t k = 0; k < s.K; ++k) {
+    const double c = mode_is_real(k, s.T) ? 1.0 : 2.0;
+    for (int64_t t = 0; t < s.T; ++t) {
+      // reduce k*t mod T first so the angle stays exact for large T
+      const double angle = 2.0 * kPi * static_cast<double>((k * t) % s.T) / static_cast<double>(s.T);
+      const int64_t r = s.first_row[k];
+      f[r][t] = std::cos(angle);
+      g[t][r] = c / s.T * std::cos(angle);
+      if (s.rows[k] == 2) {
+        f[r + 1][t] = -std::sin(angle);
+        g[t][r + 1] = -c / s.T * std::sin(angle);
+      }
+    }
+  }
+  s.F = F.to(acc_type);
+  s.G = G.to(acc_type);
+  // M_k = [[Wr^T, -Wi^T], [Wi^T, Wr^T]] (real modes: Wr^T), filled in fp64 then cast.
+  const at::Tensor w64 = weight.to(at::kCPU, at::kDouble).contiguous();
+  const auto w = w64.accessor<double, 4>();
+  for (int64_t k = 0; k < s.K; ++k) {
+    const int64_t nr = s.rows[k], Co = s.C_out, Ci = s.C_in;
+    at::Tensor Mk = at::empty({nr * Co, nr * Ci}, cpu_double);
+    auto m = Mk.accessor<double, 2>();
+    for (int64_t o = 0; o < Co; ++o) {
+      for (int64_t i = 0; i < Ci; ++i) {
+        m[o][i] = w[i][o][k][0];
+        if (nr == 2) {
+          m[o][Ci + i] = -w[i][o][k][1];
+          m[Co + o][i] = w[i][o][k][1];
+          m[Co + o][Ci + i] = w[i][o][k][0];
+        }
+      }
+    }
+    s.M.push_back(Mk.to(acc_type));
+  }
+  return s;
+}
+
+// Pixel columns per tile: enough for efficient GEMMs, small enough for the tile buffers to stay in L2.
+int64_t tile_columns(const Spectral& s) {
+  // about 1 MB of fp32 buffers per thread: x, s, dy tiles ([T, C, cols]) and X, Y ([R, C, cols])
+  const int64_t per_column = 3 * s.T * std::max(s.C_in, s.C_out) + s.R * (s.C_in + s.C_out);
+  int64_t cols = (256 * 1024) / std::max<int64_t>(per_column, 1);
+  cols = std::max<int64_t>(16, std::min<int64_t>(512, cols / 16 * 16));
+  return std::min(cols, std::max<int64_t>(s.B * s.P, 1));
+}
+
+// Copies the columns [n0, n0 + width) of src ([B, T, C, P] contiguous, flattened columns n = b * P + p)
+// into dst [T, C, cols] in acc_t, zero-filling the columns past width.
+template <typename scalar_t, typename acc_t>
+void gather_columns(const scalar_t* src, acc_t* dst, int64_t T, int64_t C, int64_t P, int64_t n0, int64_t width,
+                    int64_t cols) {
+  if (width < cols) {
+    for (int64_t row = 0; row < T * C; ++row) std::fill(dst + row * cols + width, dst + (row + 1) * cols, acc_t(0));
+  }
+  for (int64_t col = 0; col < width;) {
+    const int64_t n = n0 + col, b = n / P, p = n % P, len = std::min(P - p, width - col);
+    for (int64_t row = 0; row < T * C; ++row) {
+      const scalar_t* in = src + (b * T * C + row) * P + p;
+      acc_t* out = dst + row * cols + col;
+      for (int64_t j = 0; j < len; ++j) out[j] = static_cast<acc_t>(in[j]);
+    }
+    col += len;
+  }
+}
+
+// The inverse of gather_columns for the first `width` columns, casting to scalar_t.
+template <typename scalar_t, typename acc_t>
+void scatter_columns(const acc_t* src, scalar_t* dst, int64_t T, int64_t C, int64_t P, int64_t n0, int64_t width,
+                     int64_t cols) {
+  for (int64_t col = 0; col < width;) {
+    const int64_t n = n0 + col, b = n / P, p = n % P, len = std::min(P - p, width - col);
+    for (int64_t row = 0; row < T * C; ++row) {
+      const acc_t* in = src + row * cols + col;
+      scalar_t* out = dst + (b * T * C + row) * P + p;
+      for (int64_t j = 0; j < len; ++j) out[j] = static_cast<scalar_t>(in[j]);
+    }
+    col += len;
+  }
+}
+
+// Branch-free (so vectorised) LeakyReLU pieces: the sign of s is random, a branch would mispredict.
+template <typename acc_t>
+inline acc_t leaky_relu(acc_t v, acc_t slope) {
+  return std::max(v, acc_t(0)) + slope * std::min(v, acc_t(0));
+}
+template <typename acc_t>
+inline acc_t leaky_relu_grad(acc_t s, acc_t grad, acc_t slope) {
+  return grad * (s > acc_t(0) ? acc_t(1) : slope);
+}
+
+// Per-thread tile buffers.
+struct TileBuffers {
+  at::Tensor x, X, Y, s;  // [T, C_in, cols], [R, C_in, cols], [R, C_out, cols], [T, C_out, cols]
+  TileBuffers(const Spectral& sp, int64_t cols, at::ScalarType acc) {
+    auto opt = at::TensorOptions().dtype(acc);
+    x = at::empty({sp.T, sp.C_in * cols}, opt);
+    X = at::empty({sp.R, sp.C_in * cols}, opt);
+    Y = at::empty({sp.R, sp.C_out * cols}, opt);
+    s = at::empty({sp.T, sp.C_out * cols}, opt);
+  }
+};
+
+// X = F x, Y_k = M_k X_k, s = G Y on the tile already gathered into buf.x.
+void tile_forward(const Spectral& sp, TileBuffers& buf, int64_t cols) {
+  at::mm_out(buf.X, sp.F, buf.x);
+  for (int64_t k = 0; k < sp.K; ++k) {
+    const int64_t r0 = sp.first_row[k], nr = sp.rows[k];
+    at::Tensor Xk = buf.X.narrow(0, r0, nr).view({nr * sp.C_in, cols});
+    at::Tensor Yk = buf.Y.narrow(0, r0, nr).view({nr * sp.C_out, cols});
+    at::mm_out(Yk, sp.M[k], Xk);
+  }
+  at::mm_out(buf.s, sp.G, buf.Y);
+}
+
+at::Tensor forward_cpu(const at::Tensor& x_in, const at::Tensor& weight, bool fused_time_conv, double slope) {
+  check_inputs(x_in, weight, fused_time_conv);
+  std::vector<int64_t> out_shape = x_in.sizes().vec();
+  out_shape[2] = weight.size(1);
+  at::Tensor y = at::empty(out_shape, x_in.options().memory_format(at::MemoryFormat::Contiguous));
+  if (y.numel() == 0) return y;
+  const at::Tensor x = x_in.contiguous();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "spectral_time_conv_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const at::ScalarType acc_type = c10::CppTypeToScalarType<acc_t>::value;
+    const Spectral sp = make_spectral(x, weight, acc_type);
+    const int64_t cols = tile_columns(sp), columns = sp.B * sp.P;
+    const int64_t tiles = (columns + cols - 1) / cols;
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    scalar_t* yp = y.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, tiles, 1, [&](int64_t begin, int64_t end) {
+      TileBuffers buf(sp, cols, acc_type);
+      for (int64_t tile = begin; tile < end; ++tile) {
+        const int64_t n0 = tile * cols, width = std::min(cols, columns - n0);
+        acc_t* xb = buf.x.mutable_data_ptr<acc_t>();
+        gather_columns(xp, xb, sp.T, sp.C_in, sp.P, n0, width, cols);
+        tile_forward(sp, buf, cols);
+        acc_t* sb = buf.s.mutable_data_ptr<acc_t>();
+        if (fused_time_conv) {  // y = x + leaky_relu(s); C_in == C_out, so x's tile lines up with s's
+          const acc_t neg = static_cast<acc_t>(slope);
+          const int64_t n = sp.T * sp.C_out * cols;
+          for (int64_t i = 0; i < n; ++i) sb[i] = xb[i] + leaky_relu(sb[i], neg);
+        }
+        scatter_columns(sb, yp, sp.T, sp.C_out, sp.P, n0, width, cols);
+      }
+    });
+  });
+  return y;
+}
+
+std::tuple<at::Tensor, at::Tensor> backward_cpu(const at::Tensor& grad_out_in, const at::Tensor& x_in,
+                                                const at::Tensor& weight, bool fused_time_conv, double slope) {
+  check_inputs(x_in, weight, fused_time_conv);
+  std::vector<int64_t> out_shape = x_in.sizes().vec();
+  out_shape[2] = weight.size(1);
+  TORCH_CHECK(grad_out_in.sizes().vec() == out_shape, "grad_out must have shape ", at::IntArrayRef(out_shape),
+              ", got ", grad_out_in.sizes());
+  at::Tensor grad_x = at::empty(x_in.sizes(), x_in.options().memory_format(at::MemoryFormat::Contiguous));
+  at::Tensor grad_w = at::zeros(weight.sizes(), weight.options());
+  if (grad_out_in.numel() == 0) {
+    grad_x.zero_();
+    return {grad_x, grad_w};
+  }
+  const at::Tensor x = x_in.contiguous();
+  const at::Tensor dy = grad_out_in.to(x.scalar_type()).contiguous();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "spectral_time_conv_backward_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const at::ScalarType acc_type = c10::CppTypeToScalarType<acc_t>::value;
+    const Spectral sp = make_spectral(x, weight, acc_type);
+    const int64_t cols = tile_columns(sp), columns = sp.B * sp.P;
+    const int64_t tiles = (columns + cols - 1) / cols;
+    // A fixed number of chunks (not threads) keeps the dweight sum order, hence its value, reproducible.
+    const int64_t chunks = std::min<int64_t>(tiles, 16);
+    std::vector<std::vector<at::Tensor>> dM(chunks);
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    const scalar_t* dyp = dy.const_data_ptr<scalar_t>();
+    scalar_t* dxp = grad_x.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, chunks, 1, [&](int64_t chunk_begin, int64_t chunk_end) {
+      auto opt = at::TensorOptions().dtype(acc_type);
+      TileBuffers buf(sp, cols, acc_type);
+      at::Tensor g = at::empty({sp.T, sp.C_out * cols}, opt);    // dL/ds
+      at::Tensor dY = at::empty({sp.R, sp.C_out * cols}, opt);
+      at::Tensor dX = at::empty({sp.R, sp.C_in * cols}, opt);
+      at::Tensor dxb = at::empty({sp.T, sp.C_in * cols}, opt);
+      at::Tensor dy_tile = fused_time_conv ? at::empty({sp.T, sp.C_out * cols}, opt) : at::Tensor();
+      const at::Tensor Gt = sp.G.t(), Ft = sp.F.t();
+      for (int64_t chunk = chunk_begin; chunk < chunk_end; ++chunk) {
+        for (int64_t k = 0; k < sp.K; ++k) dM[chunk].push_back(at::zeros_like(sp.M[k]));
+        for (int64_t tile = chunk * tiles / chunks; tile < (chunk + 1) * tiles / chunks; ++tile) {
+          const int64_t n0 = tile * cols, width = std::min(cols, columns - n0);
+          gather_columns(xp, buf.x.mutable_data_ptr<acc_t>(), sp.T, sp.C_in, sp.P, n0, width, cols);
+          acc_t* gb = g.mutable_data_ptr<acc_t>();
+          if (fused_time_conv) {
+            acc_t* dyb = dy_tile.mutable_data_ptr<acc_t>();
+            gather_columns(dyp, dyb, sp.T, sp.C_out, sp.P, n0, width, cols);
+            tile_forward(sp, buf, cols);  // recompute s for the LeakyReLU mask
+            const acc_t* sb = buf.s.const_data_ptr<acc_t>();
+            const acc_t neg = static_cast<acc_t>(slope);
+            const int64_t n = sp.T * sp.C_out * cols;
+            for (int64_t i = 0; i < n; ++i) gb[i] = leaky_relu_grad(sb[i], dyb[i], neg);
+          } else {
+            gather_columns(dyp, gb, sp.T, sp.C_out, sp.P, n0, width, cols);
+            at::mm_out(buf.X, sp.F, buf.x);
+          }
+          at::mm_out(dY, Gt, g);
+          for (int64_t k = 0; k < sp.K; ++k) {
+            const int64_t r0 = sp.first_row[k], nr = sp.rows[k];
+            at::Tensor Xk = buf.X.narrow(0, r0, nr).view({nr * sp.C_in, cols});
+            at::Tensor dYk = dY.narrow(0, r0, nr).view({nr * sp.C_out, cols});
+            at::Tensor dXk = dX.narrow(0, r0, nr).view({nr * sp.C_in, cols});
+            at::mm_out(dXk, sp.M[k].t(), dYk);
+            at::addmm_out(dM[chunk][k], dM[chunk][k], dYk, Xk.t());
+          }
+          at::mm_out(dxb, Ft, dX);
+          acc_t* dxbp = dxb.mutable_data_ptr<acc_t>();
+          if (fused_time_conv) {  // the residual's gradient is dy itself
+            const acc_t* dyb = dy_tile.const_data_ptr<acc_t>();
+            const int64_t n = sp.T * sp.C_in * cols;
+            for (int64_t i = 0; i < n; ++i) dxbp[i] += dyb[i];
+          }
+          scatter_columns(dxbp, dxp, sp.T, sp.C_in, sp.P, n0, width, cols);
+        }
+      }
+    });
+    // Sum the chunks in order, then fold dM_k = [[dA, dB], [dC, dD]] into dWr = dA + dD, dWi = dC - dB.
+    at::Tensor dW = at::zeros({sp.C_in, sp.C_out, sp.K, 2}, at::TensorOptions().dtype(acc_type));
+    for (int64_t k = 0; k < sp.K; ++k) {
+      at::Tensor total = dM[0][k].clone();
+      for (int64_t chunk = 1; chunk < chunks; ++chunk) total.add_(dM[chunk][k]);
+      const int64_t Co = sp.C_out, Ci = sp.C_in;
+      if (sp.rows[k] == 1) {
+        dW.select(3, 0).select(2, k).copy_(total.t());
+      } else {
+        dW.select(3, 0).select(2, k).copy_((total.narrow(0, 0, Co).narrow(1, 0, Ci) +
+                                            total.narrow(0, Co, Co).narrow(1, Ci, Ci)).t());
+        dW.select(3, 1).select(2, k).copy_((total.narrow(0, Co, Co).narrow(1, 0, Ci) -
+                                            total.narrow(0, 0, Co).narrow(1, Ci, Ci)).t());
+      }
+    }
+    grad_w.copy_(dW);
+  });
+  return {grad_x, grad_w};
+}
+
+at::Tensor spectral_time_conv_cpu(const at::Tensor& x, const at::Tensor& weight) {
+  return forward_cpu(x, weight, false, 0.0);
+}
+at::Tensor time_conv_cpu(const at::Tensor& x, const at::Tensor& weight, double negative_slope) {
+  return forward_cpu(x, weight, true, negative_slope);
+}
+std::tuple<at::Tensor, at::Tensor> spectral_time_conv_backward_cpu(const at::Tensor& grad_out, const at::Tensor& x,
+                                                                   const at::Tensor& weight) {
+  return backward_cpu(grad_out, x, weight, false, 0.0);
+}
+std::tuple<at::Tensor, at::Tensor> time_conv_backward_cpu(const at::Tensor& grad_out, const at::Tensor& x,
+                                                          const at::Tensor& weight, double negative_slope) {
+  return backward_cpu(grad_out, x, weight, true, negative_slope);
+}
+
+}  // namespace
+
+TORCH_LIBRARY(dsno_kernels, m) {
+  m.def("spectral_time_conv(Tensor x, Tensor weight) -> Tensor");
+  m.def("time_conv(Tensor x, Tensor weight, float negative_slope) -> Tensor");
+  m.def("spectral_time_conv_backward(Tensor grad_out, Tensor x, Tensor weight) -> (Tensor, Tensor)");
+  m.def("time_conv_backward(Tensor grad_out, Tensor x, Tensor weight, float negative_slope) -> (Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(dsno_kernels, CPU, m) {
+  m.impl("spectral_time_conv", &spectral_time_conv_cpu);
+  m.impl("time_conv", &time_conv_cpu);
+  m.impl("spectral_time_conv_backward", &spectral_time_conv_backward_cpu);
+  m.impl("time_conv_backward", &time_conv_backward_cpu);
+}
+
+}  // namespace dsno_kernels
+
+// The extension is imported as a Python module only so that loading it runs the registrations above.
+PyMODINIT_FUNC PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}

@@ -1,0 +1,203 @@
+"""Public functions, input validation and backend dispatch.
+
+Each backend module (cpp_ops for "cpu" and "cuda", triton_spectral for "triton") calls
+`register_backend` at import; callers only ever go through `spectral_time_conv` / `time_conv`, so a
+new backend plugs in without touching them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+import os
+from typing import Callable, Optional
+
+import torch
+
+from .reference import spectral_time_conv_reference, time_conv_reference
+
+__all__ = [
+    "Backend",
+    "register_backend",
+    "available_backends",
+    "spectral_time_conv",
+    "time_conv",
+    "resolve_backend",
+    "SUPPORTED_DTYPES",
+]
+
+SUPPORTED_DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
+BACKEND_ENV_VAR = "DSNO_KERNELS_BACKEND"
+
+
+@dataclasses.dataclass(frozen=True)
+class Backend:
+    """One implementation of both ops. The functions receive validated inputs of one dtype."""
+
+    name: str
+    device_types: tuple[str, ...]
+    spectral_time_conv: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    time_conv: Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
+    # Why the backend cannot run in this process (None when it can), e.g. "Triton is not installed".
+    unavailable_reason: Callable[[], Optional[str]] = lambda: None
+    # Largest T the backend handles; "auto" passes larger inputs on to the next backend.
+    max_time_points: Optional[int] = None
+    # The torch.library ops behind it, by role: "spectral_time_conv", "time_conv" and their
+    # "_backward"s (for opcheck and introspection; empty for the pure-PyTorch reference).
+    ops: dict = dataclasses.field(default_factory=dict)
+
+
+_BACKENDS: dict[str, Backend] = {}
+# "auto" tries these in order; set from what the benchmarks measured (benchmarks/results/).
+AUTO_PREFERENCE: dict[str, list[str]] = {
+    "cpu": ["cpu", "reference"],
+    "cuda": ["triton", "cuda", "reference"],
+}
+
+
+def register_backend(backend: Backend) -> None:
+    _BACKENDS[backend.name] = backend
+
+
+register_backend(
+    Backend(
+        name="reference",
+        device_types=("cpu", "cuda"),
+        spectral_time_conv=spectral_time_conv_reference,
+        time_conv=time_conv_reference,
+    )
+)
+
+
+def available_backends(device: str | torch.device | None = None) -> list[str]:
+    """Backends that can run in this process (on `device`'s type when given)."""
+    device_type = None if device is None else torch.device(device).type
+    names = []
+    for name, backend in _BACKENDS.items():
+        if backend.unavailable_reason() is not None:
+            continue
+        if device_type is not None and device_type not in backend.device_types:
+            continue
+        if device_type == "cuda" and not torch.cuda.is_available():
+            continue
+        if device_type is None and backend.device_types == ("cuda",) and not torch.cuda.is_available():
+            continue
+        names.append(name)
+    return names
+
+
+def _why_not(backend: Backend, x: torch.Tensor) -> Optional[str]:
+    reason = backend.unavailable_reason()
+    if reason is not None:
+        return reason
+    if x.device.type not in backend.device_types:
+        return f"it runs on {'/'.join(backend.device_types)} tensors and x is on {x.device}"
+    if backend.max_time_points is not None and x.shape[1] > backend.max_time_points:
+        return f"it handles T <= {backend.max_time_points} and x has T = {x.shape[1]}"
+    return None
+
+
+def resolve_backend(backend: str, x: torch.Tensor) -> Backend:
+    """The backend that will run x: the named one, or for "auto" the environment variable
+    DSNO_KERNELS_BACKEND if set, else the first usable one in AUTO_PREFERENCE. A named backend that
+    cannot run on x's device is an error; one that only exceeds its max_time_points passes x on to the
+    next usable backend, as "auto" would."""
+    if not isinstance(backend, str):
+        raise TypeError(f"backend must be a string, got {type(backend).__name__}")
+    if backend == "auto":
+        backend = os.environ.get(BACKEND_ENV_VAR, "auto") or "auto"
+    if backend != "auto" and backend not in _BACKENDS:
+        known = sorted(_BACKENDS) + ["auto"]
+        raise ValueError(f"backend must be one of {known}, got {backend!r}")
+    if backend != "auto":
+        chosen = _BACKENDS[backend]
+        reason = _why_not(chosen, x)
+        if reason is None:
+            return chosen
+        too_long = chosen.max_time_points is not None and x.shape[1] > chosen.max_time_points
+        if not too_long or _why_not(dataclasses.replace(chosen, max_time_points=None), x) is not None:
+            raise RuntimeError(f"backend {backend!r} cannot run this input: {reason}")
+        # A shape limit (not a device one): hand the input to the next backend, as "auto" would.
+    for name in AUTO_PREFERENCE.get(x.device.type, ["reference"]):
+        candidate = _BACKENDS.get(name)
+        if candidate is not None and _why_not(candidate, x) is None:
+            return candidate
+    return _BACKENDS["reference"]
+
+
+def _check_tensor(name: str, t) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype not in SUPPORTED_DTYPES:
+        raise TypeError(
+            f"{name} must be a real floating tensor (float64, float32, bfloat16 or float16), got {t.dtype}"
+        )
+
+
+def _validate(x, weight, *, square: bool) -> None:
+    _check_tensor("x", x)
+    _check_tensor("weight", weight)
+    if x.dim() < 3:
+        raise ValueError(f"x must have shape [B, T, C_in, *S] (at least 3 dims), got {tuple(x.shape)}")
+    if weight.dim() != 4 or weight.shape[3] != 2:
+        raise ValueError(f"weight must have shape [C_in, C_out, K, 2], got {tuple(weight.shape)}")
+    B, T, C_in = x.shape[:3]
+    w_in, w_out, K, _ = weight.shape
+    if T < 1:
+        raise ValueError(f"x must have T >= 1 time points (x.shape[1]), got shape {tuple(x.shape)}")
+    if w_in != C_in:
+        raise ValueError(
+            f"weight must have shape [C_in={C_in}, C_out, K, 2] to match x.shape[2], got {tuple(weight.shape)}"
+        )
+    if not 1 <= K <= T // 2 + 1:
+        raise ValueError(
+            f"weight.shape[2] (K, the number of Fourier modes) must be in [1, T // 2 + 1] = [1, {T // 2 + 1}] "
+            f"for T = {T}, got K = {K}"
+        )
+    if square and w_out != C_in:
+        raise ValueError(
+            f"time_conv needs C_in == C_out (residual connection): weight must have shape "
+            f"[{C_in}, {C_in}, K, 2], got {tuple(weight.shape)}"
+        )
+    if x.device != weight.device:
+        raise ValueError(f"x and weight must be on the same device, got x on {x.device} and weight on {weight.device}")
+
+
+def _prepare(x: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Autocast policy: under autocast the op runs in the autocast dtype (x and weight cast to it),
+    accumulating in fp32, like a matmul. Otherwise it runs in x's dtype with weight cast to it."""
+    device_type = x.device.type
+    if device_type in ("cpu", "cuda") and torch.is_autocast_enabled(device_type):
+        dtype = torch.get_autocast_dtype(device_type)
+        x = x.to(dtype)
+    if weight.dtype != x.dtype:
+        weight = weight.to(x.dtype)
+    return x, weight
+
+
+def spectral_time_conv(x: torch.Tensor, weight: torch.Tensor, *, backend: str = "auto") -> torch.Tensor:
+    """irfft(einsum("bki...,iok->bko...", rfft(x, dim=1)[:, :K], weight), n=T, dim=1).
+
+    x: [B, T, C_in, *S] real; weight: [C_in, C_out, K, 2] (real, imag), 1 <= K <= T // 2 + 1.
+    Returns [B, T, C_out, *S] in x's dtype (the autocast dtype under autocast)."""
+    _validate(x, weight, square=False)
+    x, weight = _prepare(x, weight)
+    return resolve_backend(backend, x).spectral_time_conv(x, weight)
+
+
+def time_conv(
+    x: torch.Tensor, weight: torch.Tensor, *, negative_slope: float = 0.01, backend: str = "auto"
+) -> torch.Tensor:
+    """DSNO's temporal layer: x + leaky_relu(spectral_time_conv(x, weight), negative_slope).
+    Needs C_in == C_out."""
+    _validate(x, weight, square=True)
+    # (a chained comparison rather than math.isfinite, which torch.compile cannot trace; NaN fails it too)
+    if (
+        isinstance(negative_slope, bool)
+        or not isinstance(negative_slope, numbers.Real)
+        or not -math.inf < negative_slope < math.inf
+    ):
+        raise TypeError(f"negative_slope must be a finite real number, got {negative_slope!r}")
+    x, weight = _prepare(x, weight)
+    return resolve_backend(backend, x).time_conv(x, weight, float(negative_slope))

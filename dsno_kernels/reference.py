@@ -1,0 +1,102 @@
+"""The reference forms of the temporal spectral convolution, and the real-arithmetic pieces shared by
+every backend.
+
+    x       real [B, T, C_in, *S]
+    weight  real [C_in, C_out, K, 2]      (real, imag) of the Fourier weights, 1 <= K <= T // 2 + 1
+
+    spectral_time_conv(x, weight) = irfft(einsum("bki...,iok->bko...", rfft(x, dim=1)[:, :K], W), n=T, dim=1)
+    time_conv(x, weight, s)       = x + leaky_relu(spectral_time_conv(x, weight), s)
+
+`spectral_time_conv_reference` is that formula verbatim (autograd by PyTorch); it is the ground truth
+the tests hold every backend to (in fp64) and the `dsno_fft` / `torch_fft` benchmark baselines.
+
+In real arithmetic, with a[k, t] = 2 pi k t / T, each pixel's [T, C_in] column goes through
+
+    X = F x          F [R, T]: rows cos(a[k, :]) and -sin(a[k, :])       (the truncated rfft)
+    Y = M_k X_k      M_k = [[Wr^T, -Wi^T], [Wi^T, Wr^T]] per mode k      (channel mixing, GEMMs)
+    y = G Y          G [T, R]: (c_k / T) cos(a[:, k]) and -(c_k / T) sin(a[:, k])   (the irfft)
+
+where c_0 = 1, c_k = 2 for 0 < k < T/2 and c_{T/2} = 1 for even T. The DC bin and, for even T, the
+Nyquist bin have sin(a) = 0 for every t: their imaginary rows are identically zero on the way in and
+dropped by irfft on the way out, so those modes keep only their real row (and only Wr). R counts the
+rows kept. `spectral_bases` builds F and G in that row order; every backend uses the same order.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+__all__ = [
+    "spectral_time_conv_reference",
+    "time_conv_reference",
+    "mode_is_real",
+    "spectral_bases",
+    "dense_block_circulant",
+]
+
+
+def spectral_time_conv_reference(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """The torch.fft form, computed in x's dtype (fp16/bf16 go through fp32: torch.fft has no
+    half-precision CPU path)."""
+    T, K = x.shape[1], weight.shape[2]
+    if x.numel() == 0:  # torch.fft on CPU raises an MKL error on empty input
+        out_shape = (x.shape[0], T, weight.shape[1], *x.shape[3:])
+        # zero output, kept on the autograd graph so that its (zero) gradients exist
+        return x.new_zeros(out_shape) + 0 * (x.sum() + weight.sum()).to(x.dtype)
+    compute_dtype = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
+    xf = torch.fft.rfft(x.to(compute_dtype), dim=1)[:, :K]
+    w = torch.view_as_complex(weight.to(compute_dtype).contiguous())
+    y = torch.einsum("bki...,iok->bko...", xf, w)
+    return torch.fft.irfft(y, n=T, dim=1).to(x.dtype)
+
+
+def time_conv_reference(x: torch.Tensor, weight: torch.Tensor, negative_slope: float = 0.01) -> torch.Tensor:
+    """DSNO's TimeConv: x + leaky_relu(spectral_time_conv(x, weight))."""
+    return x + torch.nn.functional.leaky_relu(spectral_time_conv_reference(x, weight), negative_slope)
+
+
+def mode_is_real(k: int, T: int) -> bool:
+    """True for the DC bin and (even T) the Nyquist bin, whose imaginary parts never matter."""
+    return k == 0 or 2 * k == T
+
+
+def spectral_bases(T: int, K: int, dtype=torch.float64, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """F [R, T] (truncated real DFT) and G [T, R] (its irfft), rows ordered mode by mode,
+    (real, imag) for complex modes and (real) alone for DC / Nyquist."""
+    t = torch.arange(T, dtype=torch.float64)
+    f_rows, g_cols = [], []
+    for k in range(K):
+        angle = 2 * math.pi * k * t / T
+        c = 1.0 if mode_is_real(k, T) else 2.0
+        f_rows.append(torch.cos(angle))
+        g_cols.append(c / T * torch.cos(angle))
+        if not mode_is_real(k, T):
+            f_rows.append(-torch.sin(angle))
+            g_cols.append(-c / T * torch.sin(angle))
+    F = torch.stack(f_rows)
+    G = torch.stack(g_cols, dim=1)
+    return F.to(dtype=dtype, device=device), G.to(dtype=dtype, device=device)
+
+
+def dense_block_circulant(weight: torch.Tensor, T: int) -> torch.Tensor:
+    """The whole layer as one real matrix A [T * C_out, T * C_in]: y[b, :, :, p] = A @ x[b, :, :, p]
+    flattened (t-major). The `dense_gemm` benchmark baseline; also an independent check of the maths."""
+    C_in, C_out, K, _ = weight.shape
+    w = weight.to(torch.float64)
+    F, G = spectral_bases(T, K, device=weight.device)
+    A = torch.zeros(T, C_out, T, C_in, dtype=torch.float64, device=weight.device)
+    row = 0
+    for k in range(K):
+        wr, wi = w[:, :, k, 0], w[:, :, k, 1]  # [C_in, C_out]
+        if mode_is_real(k, T):
+            A += torch.einsum("t,s,io->tosi", G[:, row], F[row], wr)
+            row += 1
+        else:
+            gr, gi, fr, fi = G[:, row], G[:, row + 1], F[row], F[row + 1]
+            # Yr = Wr^T Xr - Wi^T Xi ; Yi = Wi^T Xr + Wr^T Xi ; y = gr Yr + gi Yi
+            A += torch.einsum("t,s,io->tosi", gr, fr, wr) - torch.einsum("t,s,io->tosi", gr, fi, wi)
+            A += torch.einsum("t,s,io->tosi", gi, fr, wi) + torch.einsum("t,s,io->tosi", gi, fi, wr)
+            row += 2
+    return A.reshape(T * C_out, T * C_in).to(weight.dtype)

@@ -1,0 +1,167 @@
+"""Every backend that runs on this machine, held to the fp64 reference on tests/common.py's samples:
+forward in all dtypes, gradients (gradcheck in fp64, reference gradients in lower precision), opcheck,
+torch.compile(fullgraph=True), determinism. A backend plugs in here by registering itself."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import dsno_kernels
+from dsno_kernels.api import _BACKENDS
+from common import (
+    DTYPE_IDS,
+    DTYPES,
+    assert_close_to_reference,
+    backends_for,
+    reference,
+    run,
+    sample_inputs,
+    tolerance,
+)
+
+OPS = ("spectral_time_conv", "time_conv")
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+BACKEND_DEVICES = [(b, d) for d in DEVICES for b in backends_for(d)]
+COMPILED_BACKEND_DEVICES = [(b, d) for b, d in BACKEND_DEVICES if _BACKENDS[b].ops]
+# The Triton interpreter runs ~500x slower than native code: it gets every 4th sample on the CPU.
+INTERPRETED = {"triton"}
+
+
+def ids(pairs):
+    return [f"{b}-{d}" for b, d in pairs]
+
+
+def samples(backend, device, dtype, *, requires_grad=False):
+    cases = sample_inputs(device, dtype, requires_grad=requires_grad)
+    if device == "cpu" and backend in INTERPRETED:
+        cases = cases[::4]
+    return cases
+
+
+@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS.get)
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICES, ids=ids(BACKEND_DEVICES))
+def test_forward_matches_reference(backend, device, dtype, op):
+    tol = tolerance(dtype, backend, device)
+    for sample in samples(backend, device, dtype):
+        out = run(op, sample, backend)
+        assert out.dtype == dtype and out.device.type == device, sample.name
+        assert_close_to_reference(out, reference(op, sample), tol, f"{backend}/{op}/{sample.name}")
+
+
+@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS.get)
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICES, ids=ids(BACKEND_DEVICES))
+def test_backward_matches_reference(backend, device, dtype, op):
+    """Gradients for x and weight against PyTorch's autograd through the fp64 reference."""
+    tol = tolerance(dtype, backend, device)
+    for sample in samples(backend, device, dtype, requires_grad=True):
+        (x, w), kwargs = sample.args(op)
+        out = run(op, sample, backend)
+        grad_out = torch.randn_like(out)
+        grad_x, grad_w = torch.autograd.grad(out, (x, w), grad_out)
+        x64 = x.detach().double().requires_grad_()
+        w64 = w.detach().double().requires_grad_()
+        ref_fn = dsno_kernels.spectral_time_conv_reference if op == "spectral_time_conv" else (
+            lambda a, b: dsno_kernels.time_conv_reference(a, b, kwargs["negative_slope"])
+        )
+        ref_gx, ref_gw = torch.autograd.grad(ref_fn(x64, w64), (x64, w64), grad_out.double())
+        assert grad_x.dtype == x.dtype and grad_w.dtype == w.dtype
+        # dweight sums over every pixel and time point: scale its tolerance by the sqrt of that count.
+        terms = max(1, x.numel() // x.shape[2]) ** 0.5
+        assert_close_to_reference(grad_x, ref_gx, tol, f"{backend}/{op}/{sample.name}/grad_x")
+        assert_close_to_reference(grad_w, ref_gw, tol * terms, f"{backend}/{op}/{sample.name}/grad_weight")
+
+
+@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICES, ids=ids(BACKEND_DEVICES))
+def test_gradcheck_fp64(backend, device, op):
+    for sample in samples(backend, device, torch.float64, requires_grad=True):
+        (x, w), kwargs = sample.args(op)
+        fn = getattr(dsno_kernels, op)
+        assert torch.autograd.gradcheck(
+            lambda a, b: fn(a, b, backend=backend, **kwargs), (x, w)
+        ), sample.name
+
+
+@pytest.mark.parametrize("backend,device", COMPILED_BACKEND_DEVICES, ids=ids(COMPILED_BACKEND_DEVICES))
+def test_opcheck(backend, device):
+    ops = _BACKENDS[backend].ops
+    for sample in samples(backend, device, torch.float32)[::3]:
+        for op in OPS:
+            (x, w), kwargs = sample.args(op)
+            slope = tuple(kwargs.values())
+            x, w = x.detach().requires_grad_(), w.detach().requires_grad_()
+            torch.library.opcheck(ops[op], (x, w, *slope))
+            grad_out = torch.randn(x.shape[0], x.shape[1], w.shape[1], *x.shape[3:], device=device)
+            torch.library.opcheck(ops[op + "_backward"], (grad_out, x.detach(), w.detach(), *slope))
+
+
+@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("backend,device", COMPILED_BACKEND_DEVICES, ids=ids(COMPILED_BACKEND_DEVICES))
+def test_compile_fullgraph_forward_backward(backend, device, op):
+    """torch.compile(fullgraph=True) traces through the op, its fake and its autograd (aot_eager keeps
+    this fast on CPU; test_compile_inductor runs the full stack once)."""
+    fn = getattr(dsno_kernels, op)
+    torch._dynamo.reset()  # each sample below compiles anew; keep clear of the recompile limit
+    for sample in samples(backend, device, torch.float32, requires_grad=True)[1::5]:
+        (x, w), kwargs = sample.args(op)
+
+        def loss(a, b):
+            return (fn(a, b, backend=backend, **kwargs) ** 2).sum()
+
+        compiled = torch.compile(loss, fullgraph=True, backend="aot_eager")
+        expected = torch.autograd.grad(loss(x, w), (x, w))
+        actual = torch.autograd.grad(compiled(x, w), (x, w))
+        for a, e in zip(actual, expected):
+            torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend,device", COMPILED_BACKEND_DEVICES, ids=ids(COMPILED_BACKEND_DEVICES))
+def test_compile_inductor(backend, device):
+    torch._dynamo.reset()
+    layer = dsno_kernels.TimeConv(6, 2, backend=backend).to(device)
+    x = torch.randn(2, 4, 6, 3, 3, device=device, requires_grad=True)
+
+    def step(inp):
+        return torch.tanh(layer(inp * 2)).sum()
+
+    compiled = torch.compile(step, fullgraph=True)
+    expected = torch.autograd.grad(step(x), (x, layer.weight))
+    actual = torch.autograd.grad(compiled(x), (x, layer.weight))
+    for a, e in zip(actual, expected):
+        torch.testing.assert_close(a, e, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICES, ids=ids(BACKEND_DEVICES))
+def test_weight_gradient_is_deterministic(backend, device):
+    x = torch.randn(3, 6, 8, 7, 9, device=device, requires_grad=True)
+    w = torch.randn(8, 8, 3, 2, device=device, requires_grad=True)
+    grads = []
+    for _ in range(2):
+        out = dsno_kernels.time_conv(x, w, backend=backend)
+        grads.append(torch.autograd.grad(out, (x, w), torch.ones_like(out)))
+    assert torch.equal(grads[0][0], grads[1][0]) and torch.equal(grads[0][1], grads[1][1])
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICES, ids=ids(BACKEND_DEVICES))
+def test_autocast_runs_in_autocast_dtype(backend, device):
+    x = torch.randn(2, 4, 6, 5, device=device)
+    w = torch.randn(6, 6, 2, 2, device=device) / 4
+    with torch.autocast(device, dtype=torch.bfloat16):
+        out = dsno_kernels.time_conv(x, w, backend=backend)
+    assert out.dtype == torch.bfloat16
+    expected = dsno_kernels.time_conv_reference(x.bfloat16().double(), w.bfloat16().double())
+    assert_close_to_reference(out, expected, tolerance(torch.bfloat16, backend, device), "autocast")
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICES, ids=ids(BACKEND_DEVICES))
+def test_large_values_and_long_time_axis(backend, device):
+    """T beyond the small-sample range (the FNO-1D regime), no trailing dims, C_in != C_out."""
+    T = 48 if device == "cpu" and backend in INTERPRETED else 96
+    x = torch.randn(2, T, 5, device=device, dtype=torch.float64) * 100
+    w = torch.randn(5, 7, 12, 2, device=device, dtype=torch.float64)
+    out = dsno_kernels.spectral_time_conv(x, w, backend=backend)
+    expected = dsno_kernels.spectral_time_conv_reference(x, w)
+    assert_close_to_reference(out, expected, 1e-10, "long T")
