@@ -1,0 +1,184 @@
+"""The `dsno` command: gen-traj, train, sample, eval, demo, config. The whole parser is built here.
+
+Settings come from a YAML config (`-c cifar10`, `-c imagenet64`, `-c tiny`, or a file that starts
+from one with `base: cifar10`), then `--set section.key=value` overrides, then the explicit flags of
+each command (which are shorthands for config keys and win over --set). `dsno config -c NAME` prints
+the resolved config. Multi-GPU: `torchrun --nproc_per_node 8 -m dsno train -c cifar10` (gen-traj too).
+
+`eval` and `demo` are provided by the modules dsno.metrics and dsno.demo: each must define
+`main(args) -> int | None`, and may define `add_arguments(parser)` to add its own options.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Any, Callable, Sequence
+
+from .config import dump_config, load_config, presets, set_value
+
+__all__ = ["build_parser", "main"]
+
+# (flag, config key, type, help); type bool means a store_true flag setting the key to True
+_FLAGS: dict[str, list[tuple[str, str, Any, str]]] = {
+    "gen-traj": [
+        ("--out", "traj.out", str, "dataset folder"),
+        ("--num-samples", "traj.num_samples", int, "number of trajectories N"),
+        ("--shard-size", "traj.shard_size", int, "trajectories per shard file"),
+        ("--batch-size", "traj.batch_size", int, "trajectories solved together per process"),
+        ("--solver", "traj.solver", str, "ddim | heun"),
+        ("--steps", "schedule.num_steps", int, "solver steps from noise to data"),
+        ("--seed", "traj.seed", int, "noise seed (sample i uses SeedSequence([seed, i]))"),
+        ("--teacher-weights", "teacher.weights", str, "teacher network state_dict (teacher.kind=backbone)"),
+        ("--max-new-shards", "traj.max_new_shards", int, "stop after this many new shards per process"),
+        ("--device", "traj.device", str, "auto | cpu | cuda"),
+    ],
+    "train": [
+        ("--data", "train.data", str, "trajectory dataset folder (default: traj.out)"),
+        ("--out", "train.out", str, "run folder: checkpoint.pt, metrics.jsonl, config.yaml"),
+        ("--steps", "train.steps", int, "total optimizer steps"),
+        ("--batch-size", "train.batch_size", int, "batch size per process"),
+        ("--lr", "train.lr", float, "peak learning rate"),
+        ("--bf16", "train.bf16", bool, "bf16 autocast for the forward pass"),
+        ("--init-backbone", "train.init_backbone", str, "teacher backbone state_dict to initialise the U-Net"),
+        ("--device", "train.device", str, "auto | cpu | cuda"),
+    ],
+    "sample": [
+        ("--checkpoint", "sample.checkpoint", str, "checkpoint.pt of a training run (default: train.out's)"),
+        ("--out", "sample.out", str, "output folder"),
+        ("--num-samples", "sample.num_samples", int, "number of samples"),
+        ("--batch-size", "sample.batch_size", int, "samples per forward pass"),
+        ("--seed", "sample.seed", int, "noise seed"),
+        ("--class-label", "sample.class_label", int, "class for every sample (class-conditional models)"),
+        ("--device", "sample.device", str, "auto | cpu | cuda"),
+    ],
+}
+
+_SUMMARIES = {
+    "gen-traj": "generate teacher trajectories (sharded, resumable, torchrun-aware)",
+    "train": "train DSNO on trajectories (DDP under torchrun, exact resume)",
+    "sample": "one forward pass from noise to the whole trajectory; .npy and PNG",
+    "config": "print the resolved config as YAML",
+}
+
+_DESCRIPTIONS = {
+    "gen-traj": "Solve the teacher's probability-flow ODE from N seeded noises and store the states at the "
+                "output time points as sharded .npy files with a manifest.json. Rerunning with the same "
+                "settings resumes: finished shards are kept, unfinished ones redone. Under torchrun each "
+                "rank writes its own shards.",
+    "train": "Train DSNO on a trajectory dataset: Adam, warmup + multistep lr, snr-weighted L1/L2 loss over "
+             "the time points, EMA, optional clipping and bf16, DDP under torchrun. Checkpoints are atomic "
+             "and a rerun resumes exactly where checkpoint.pt left off.",
+    "sample": "Map noise to the whole trajectory in one forward pass of a trained model; writes "
+              "trajectory.npy and PNG grids.",
+    "config": "Print the resolved config (preset or file, then --set overrides) as YAML.",
+}
+
+_EXTENSIONS = {
+    "eval": ("dsno.metrics", "evaluate samples or a trained model (provided by dsno.metrics)"),
+    "demo": ("dsno.demo", "end-to-end demo (provided by dsno.demo)"),
+}
+
+
+def _add_config_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-c", "--config", required=True, metavar="PRESET|FILE",
+                        help=f"a preset ({', '.join(presets())}) or a YAML file (which may start from a preset "
+                             f"with `base: NAME`)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override any config key, e.g. --set train.lr=1e-4 (repeatable; values are YAML)")
+
+
+def _load_extension(module_name: str):
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        if error.name == module_name:
+            return None
+        raise
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dsno", description=__doc__.split("\n\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Example (CPU, a minute): dsno gen-traj -c tiny && dsno train -c tiny && dsno sample -c tiny")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for command in ("gen-traj", "train", "sample", "config"):
+        sub = commands.add_parser(command, help=_SUMMARIES[command], description=_DESCRIPTIONS[command])
+        _add_config_options(sub)
+        for flag, key, kind, text in _FLAGS.get(command, []):
+            if kind is bool:
+                sub.add_argument(flag, dest=key, action="store_const", const=True, default=None,
+                                 help=f"{text} (sets {key})")
+            else:
+                metavar = flag.lstrip("-").upper().replace("-", "_")
+                sub.add_argument(flag, dest=key, type=kind, default=None, metavar=metavar, help=f"{text} (sets {key})")
+        if command != "config":
+            sub.add_argument("--no-progress", action="store_true", help="no progress bar")
+    for command, (module_name, text) in _EXTENSIONS.items():
+        sub = commands.add_parser(command, help=text, description=text)
+        module = _load_extension(module_name)
+        if module is not None and hasattr(module, "add_arguments"):
+            module.add_arguments(sub)
+        sub.set_defaults(extension=module_name)
+    return parser
+
+
+def _resolve(args: argparse.Namespace) -> dict[str, Any]:
+    config = load_config(args.config, args.overrides)
+    for _, key, _, _ in _FLAGS.get(args.command, []):
+        value = getattr(args, key, None)
+        if value is not None:
+            set_value(config, key, value)
+    return config
+
+
+def _run(args: argparse.Namespace, config: dict[str, Any]) -> int:
+    from . import distributed
+
+    progress = not args.no_progress
+    try:
+        if args.command == "gen-traj":
+            from .trajectories import generate_from_config
+
+            manifest = generate_from_config(config, progress=progress)
+            if distributed.current().is_main:
+                state = "complete" if manifest["complete"] else "incomplete (rerun to continue)"
+                print(f"{config['traj']['out']}: {len(manifest['shards'])}/{manifest['num_shards']} shards, {state}")
+        elif args.command == "train":
+            from .train import train
+
+            result = train(config, progress=progress)
+            if distributed.current().is_main:
+                print(f"trained to step {result['step']} (loss {result['loss']:.6g}); checkpoint in {result['out']}")
+        elif args.command == "sample":
+            from .sample import sample
+
+            result = sample(config, progress=progress)
+            print(f"wrote {result['trajectory']}, {result['samples_png']}, {result['trajectory_png']}")
+    finally:
+        distributed.cleanup()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "extension", None):
+        module = _load_extension(args.extension)
+        if module is None:
+            parser.error(f"`dsno {args.command}` needs {args.extension}, which is not installed in this package")
+        handler: Callable[[argparse.Namespace], int | None] = module.main
+        return int(handler(args) or 0)
+    try:
+        config = _resolve(args)
+    except (ValueError, FileNotFoundError) as error:
+        parser.error(str(error))
+    if args.command == "config":
+        sys.stdout.write(dump_config(config))
+        return 0
+    return _run(args, config)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""The torch.distributed setup that `dsno gen-traj` and `dsno train` share.
+
+Under torchrun (WORLD_SIZE, RANK, LOCAL_RANK and MASTER_ADDR/PORT in the environment) `setup` joins the
+process group: NCCL when the run is on CUDA, gloo on the CPU. A plain `python`/`dsno` launch is one
+process and needs no group. Everything else here is a no-op without a group."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+__all__ = ["DistInfo", "current", "setup", "cleanup", "barrier", "all_gather_object", "resolve_device"]
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def _initialized() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def current() -> DistInfo:
+    if not _initialized():
+        return DistInfo()
+    return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def resolve_device(device: str = "auto", local_rank: int = 0) -> torch.device:
+    """"auto" is cuda:LOCAL_RANK when CUDA is available, else cpu; "cuda" means cuda:LOCAL_RANK."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError("device 'cuda' was asked for but CUDA is not available")
+        return torch.device("cuda", local_rank)
+    return torch.device(device)
+
+
+def setup(device: str = "auto") -> tuple[DistInfo, torch.device]:
+    """Join the torchrun process group if WORLD_SIZE > 1 (idempotent); return (info, this rank's device)."""
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    target = resolve_device(device, local_rank)
+    if target.type == "cuda":
+        torch.cuda.set_device(target)
+    if world_size > 1 and not _initialized():
+        backend = "nccl" if target.type == "cuda" else "gloo"
+        dist.init_process_group(backend=backend, init_method="env://",
+                                device_id=target if target.type == "cuda" else None)
+    return current(), target
+
+
+def cleanup() -> None:
+    if _initialized():
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    if _initialized():
+        dist.barrier()
+
+
+def all_gather_object(obj: Any) -> list[Any]:
+    if not _initialized():
+        return [obj]
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered

@@ -1,0 +1,254 @@
+"""Training: loss goes down, exact resume, DDP equivalence, EMA, lr schedule, atomic checkpoints."""
+
+import json
+import math
+import os
+import socket
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+from torch import nn
+
+from dsno import train as train_module
+from dsno.checkpoint import load_checkpoint, save_checkpoint
+from dsno.config import load_config
+from dsno.teachers import GaussianMixtureTeacher
+from dsno.train import WarmupMultiStep, snr_weights, train, trajectory_loss
+from dsno.trajectories import TrajectorySpec, generate
+
+SHAPE = [2, 4, 4]
+POINTS = 3
+
+
+class StandInModel(nn.Module):
+    """A few-parameter stand-in with DSNO's interface: model(x [B, C, H, W], logsnr [M]) -> [B, M, C, H, W]."""
+
+    def __init__(self, dropout=0.0, hidden=8):
+        super().__init__()
+        channels = SHAPE[0]
+        self.conv_in = nn.Conv2d(channels, hidden, 3, padding=1)
+        self.embed = nn.Linear(1, hidden)
+        self.dropout = nn.Dropout(dropout)
+        self.conv_out = nn.Conv2d(hidden, channels, 3, padding=1)
+        self.mix = nn.Parameter(torch.eye(POINTS))
+        self.register_buffer("scale", torch.tensor(1.0))
+
+    def forward(self, x, logsnr, y=None):
+        h = self.conv_in(x)[:, None] + self.embed(logsnr[:, None] / 20.0)[None, :, :, None, None]
+        h = self.dropout(torch.nn.functional.silu(h))
+        out = self.conv_out(h.flatten(0, 1)).unflatten(0, h.shape[:2]) * self.scale
+        return torch.einsum("mn,bnchw->bmchw", self.mix, out) + x[:, None]
+
+
+def make_standin(dropout=0.0, dtype=torch.float32):
+    return lambda: StandInModel(dropout).to(dtype)
+
+
+@pytest.fixture(autouse=True)
+def single_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def trajectory_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("traj")
+    spec = TrajectorySpec(shape=SHAPE, num_samples=32, shard_size=16, seed=0, solver="ddim", num_steps=8,
+                          num_points=POINTS, teacher={"kind": "gmm", "seed": 0})
+    generate(GaussianMixtureTeacher.random(SHAPE, 2, seed=0), spec, root, batch_size=16, progress=False)
+    return root
+
+
+def make_config(data, out, **train):
+    settings = dict(data=str(data), out=str(out), steps=6, batch_size=8, num_workers=0, lr=1e-2, warmup=2,
+                    milestones=[4], log_every=1, save_every=3, device="cpu", ema_decay=0.9, seed=5)
+    settings.update(train)
+    return load_config("tiny", [f"train.{k}={json.dumps(v)}" for k, v in settings.items()])
+
+
+def metrics(out):
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    for line in lines:
+        line.pop("elapsed_seconds")
+    return lines
+
+
+def assert_states_equal(a, b):
+    if isinstance(a, dict):
+        assert a.keys() == b.keys()
+        for key in a:
+            assert_states_equal(a[key], b[key])
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b)
+        for x, y in zip(a, b):
+            assert_states_equal(x, y)
+    elif torch.is_tensor(a):
+        assert torch.equal(a, b)
+    elif isinstance(a, np.ndarray):
+        assert np.array_equal(a, b)
+    else:
+        assert a == b
+
+
+def test_training_lowers_the_loss(trajectory_dir, tmp_path):
+    config = make_config(trajectory_dir, tmp_path, steps=60, milestones=[], save_every=60)
+    result = train(config, model_factory=make_standin(), progress=False)
+    losses = [line["loss"] for line in metrics(tmp_path)]
+    assert len(losses) == 60 and result["step"] == 60
+    assert sum(losses[-5:]) / 5 < 0.3 * sum(losses[:5]) / 5, losses
+
+
+def test_resume_after_a_crash_reproduces_the_uninterrupted_run(trajectory_dir, tmp_path, monkeypatch):
+    straight, crashed = tmp_path / "straight", tmp_path / "crashed"
+    factory = make_standin(dropout=0.3)
+    train(make_config(trajectory_dir, straight), model_factory=factory, progress=False)
+
+    # crash during step 5: the checkpoint is from step 3 and metrics already hold step 4
+    calls = {"n": 0}
+    real_loss = train_module.trajectory_loss
+
+    def crashing_loss(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise RuntimeError("simulated crash")
+        return real_loss(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "trajectory_loss", crashing_loss)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(make_config(trajectory_dir, crashed), model_factory=factory, progress=False)
+    monkeypatch.undo()
+    assert load_checkpoint(crashed / "checkpoint.pt")["step"] == 3
+    assert [line["step"] for line in metrics(crashed)] == [1, 2, 3, 4]
+
+    train(make_config(trajectory_dir, crashed), model_factory=factory, progress=False)
+    a, b = load_checkpoint(straight / "checkpoint.pt"), load_checkpoint(crashed / "checkpoint.pt")
+    assert a["step"] == b["step"] == 6
+    for key in ("model", "ema", "optimizer", "scheduler", "rng"):
+        assert_states_equal(a[key], b[key])
+    assert metrics(crashed) == metrics(straight)
+
+
+def test_ema_and_gradient_accumulation(trajectory_dir, tmp_path):
+    factory = make_standin(dtype=torch.float64)
+    one = train(make_config(trajectory_dir, tmp_path / "one", steps=1, batch_size=8), model_factory=factory,
+                progress=False)
+    state = load_checkpoint(tmp_path / "one" / "checkpoint.pt")
+    torch.manual_seed(5)  # train.seed: the initial weights
+    initial = factory().state_dict()
+    for name, value in state["ema"].items():
+        expected = value if name == "scale" else 0.9 * initial[name] + 0.1 * state["model"][name]
+        torch.testing.assert_close(value, expected, rtol=0, atol=1e-15)
+    assert one["step"] == 1
+
+    train(make_config(trajectory_dir, tmp_path / "accum", steps=3, batch_size=4, grad_accum=2),
+          model_factory=factory, progress=False)
+    train(make_config(trajectory_dir, tmp_path / "full", steps=3, batch_size=8), model_factory=factory,
+          progress=False)
+    accum, full = (load_checkpoint(tmp_path / name / "checkpoint.pt")["model"] for name in ("accum", "full"))
+    for name in full:
+        torch.testing.assert_close(accum[name], full[name], rtol=1e-9, atol=1e-12)
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank, world_size, port, config):
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE=str(world_size))
+    from dsno import distributed
+
+    try:
+        train(config, model_factory=make_standin(dtype=torch.float64), progress=False)
+    finally:
+        distributed.cleanup()
+
+
+def test_bf16_autocast_trains(trajectory_dir, tmp_path):
+    seen = []
+
+    def factory():
+        model = StandInModel()
+        model.conv_out.register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
+        return model
+
+    result = train(make_config(trajectory_dir, tmp_path, steps=2, bf16=True), model_factory=factory, progress=False)
+    assert math.isfinite(result["loss"]) and seen == [torch.bfloat16, torch.bfloat16]
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["model"]["conv_in.weight"].dtype == torch.float32
+
+
+def test_ddp_two_processes_match_one_process_on_the_combined_batch(trajectory_dir, tmp_path):
+    single = make_config(trajectory_dir, tmp_path / "single", steps=4, batch_size=8, save_every=2)
+    train(single, model_factory=make_standin(dtype=torch.float64), progress=False)
+    double = make_config(trajectory_dir, tmp_path / "ddp", steps=4, batch_size=4, save_every=2)
+    mp.spawn(_ddp_worker, args=(2, _free_port(), double), nprocs=2, join=True)
+    a, b = (load_checkpoint(tmp_path / name / "checkpoint.pt") for name in ("single", "ddp"))
+    assert b["world_size"] == 2 and len(b["rng"]) == 2
+    for key in ("model", "ema"):
+        for name in a[key]:
+            torch.testing.assert_close(b[key][name], a[key][name], rtol=1e-9, atol=1e-12)
+    losses_a, losses_b = metrics(tmp_path / "single"), metrics(tmp_path / "ddp")
+    assert [m["step"] for m in losses_b] == [1, 2, 3, 4]
+    for x, y in zip(losses_a, losses_b):
+        assert y["loss"] == pytest.approx(x["loss"], rel=1e-9)
+
+
+def test_lr_schedule_matches_torch_linear_then_multistep():
+    reference_model = nn.Linear(1, 1)
+    optimizer = torch.optim.Adam(reference_model.parameters(), lr=0.1)
+    chained = torch.optim.lr_scheduler.ChainedScheduler([
+        torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.001, total_iters=5),
+        torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[8, 12], gamma=0.5)])
+    ours = WarmupMultiStep(5, 0.001, [12, 8], 0.5)
+    for step in range(20):
+        assert 0.1 * ours(step) == pytest.approx(optimizer.param_groups[0]["lr"], rel=1e-12), step
+        optimizer.step()
+        chained.step()
+
+
+def test_loss_is_per_point_mean_then_weighted():
+    pred = torch.randn(3, 4, 2, 5, dtype=torch.float64)
+    target = torch.randn(3, 4, 2, 5, dtype=torch.float64)
+    logsnr = torch.tensor([-3.0, 0.5, 4.0, 25.0], dtype=torch.float64)
+    weights = snr_weights(logsnr)
+    torch.testing.assert_close(weights, torch.tensor([1.0, math.exp(0.25), math.exp(2.0), 1e4], dtype=torch.float64))
+    for kind, f in (("L1", lambda d: d.abs()), ("L2", lambda d: d**2)):
+        loss, per_point = trajectory_loss(pred, target, weights, kind)
+        expected = torch.stack([f(pred[:, m] - target[:, m]).mean() for m in range(4)])
+        torch.testing.assert_close(per_point, expected)
+        torch.testing.assert_close(loss, (expected * weights).mean())
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint({"step": 1, "w": torch.ones(3)}, path)
+    real_save = torch.save
+
+    def torn_save(obj, handle):
+        handle.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", torn_save)
+    with pytest.raises(OSError):
+        save_checkpoint({"step": 2, "w": torch.zeros(3)}, path)
+    monkeypatch.setattr(torch, "save", real_save)
+    state = load_checkpoint(path)
+    assert state["step"] == 1 and torch.equal(state["w"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+    save_checkpoint({"step": 3}, path)
+    assert load_checkpoint(path)["step"] == 3
+
+
+def test_model_from_an_import_path():
+    built = train_module.build_model_from_config({"name": "torch.nn:Linear",
+                                                  "overrides": {"in_features": 2, "out_features": 3}})
+    assert isinstance(built, nn.Linear) and built.out_features == 3
+    with pytest.raises(ValueError, match="cannot import"):
+        train_module.build_model_from_config({"name": "no_such_module_xyz:make", "overrides": {}})
