@@ -63,7 +63,7 @@ def cuda_gencode_flags() -> list[str]:
 
 def extensions():
     cpp_sources = sorted(glob.glob("csrc/*.cpp"))
-    cxx_flags = ["-O3", "-fopenmp"]  # no -std: torch picks C++17 (2.11) or C++20 (2.14)
+    cxx_flags = ["-O3", "-fopenmp", "-march=native"]  # no -std: torch picks C++17 (2.11) or C++20 (2.14)
     link_flags = ["-fopenmp"]
     if want_cuda():
         cuda_sources = sorted(glob.glob("csrc/cuda/*.cu"))

@@ -30,6 +30,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cmath>
 #include <vector>
 
@@ -128,6 +129,7 @@ int64_t tile_columns(const Spectral& s) {
   const int64_t per_column = 3 * s.T * std::max(s.C_in, s.C_out) + s.R * (s.C_in + s.C_out);
   int64_t cols = (256 * 1024) / std::max<int64_t>(per_column, 1);
   cols = std::max<int64_t>(16, std::min<int64_t>(512, cols / 16 * 16));
+  if (const char* e = std::getenv("TILE_TMP")) cols = std::atoi(e);
   return std::min(cols, std::max<int64_t>(s.B * s.P, 1));
 }
 
@@ -175,6 +177,88 @@ inline acc_t leaky_relu_grad(acc_t s, acc_t grad, acc_t slope) {
   return grad * (s > acc_t(0) ? acc_t(1) : slope);
 }
 
+// Direct path (small T, images): the DFT along T is folded into the tile load and the inverse DFT plus
+// epilogue into the store, as FMAs over contiguous pixel runs; only the channel mixing goes to BLAS.
+// For long T (R * T FMAs per element) or tiny P (runs too short to vectorise) the GEMM path wins.
+constexpr int64_t kDirectMaxT = 16;
+constexpr int64_t kDirectMinP = 16;
+
+bool use_direct_path(const Spectral& sp) { return sp.T <= kDirectMaxT && sp.P >= kDirectMinP; }
+
+// dst[r][c][col] = sum_t A[r][t] src[b, t, c, p] over the tile's columns; A is [rows, T], src [B, T, C, P].
+template <typename scalar_t, typename acc_t>
+void load_transform(const scalar_t* src, const acc_t* A, int64_t rows, acc_t* dst, int64_t T, int64_t C, int64_t P,
+                    int64_t n0, int64_t width, int64_t cols) {
+  std::fill(dst, dst + rows * C * cols, acc_t(0));
+  for (int64_t col = 0; col < width;) {
+    const int64_t n = n0 + col, b = n / P, p = n % P, len = std::min(P - p, width - col);
+    for (int64_t c = 0; c < C; ++c) {
+      for (int64_t t = 0; t < T; ++t) {
+        const scalar_t* in = src + ((b * T + t) * C + c) * P + p;
+        for (int64_t r = 0; r < rows; ++r) {
+          const acc_t a = A[r * T + t];
+          acc_t* out = dst + (r * C + c) * cols + col;
+          for (int64_t j = 0; j < len; ++j) out[j] += a * static_cast<acc_t>(in[j]);
+        }
+      }
+    }
+    col += len;
+  }
+}
+
+// dst[b, t, c, p] = epilogue(sum_r A[t][r] src[r][c][col], offset of (b, t, c, p)) for the tile's columns.
+template <typename scalar_t, typename acc_t, typename Epilogue>
+void store_transform(const acc_t* src, const acc_t* A, int64_t rows, scalar_t* dst, int64_t T, int64_t C, int64_t P,
+                     int64_t n0, int64_t width, int64_t cols, Epilogue epilogue) {
+  acc_t run[512];
+  for (int64_t col = 0; col < width;) {
+    const int64_t n = n0 + col, b = n / P, p = n % P, len = std::min({P - p, width - col, int64_t(512)});
+    for (int64_t c = 0; c < C; ++c) {
+      for (int64_t t = 0; t < T; ++t) {
+        std::fill(run, run + len, acc_t(0));
+        for (int64_t r = 0; r < rows; ++r) {
+          const acc_t a = A[t * rows + r];
+          const acc_t* in = src + (r * C + c) * cols + col;
+          for (int64_t j = 0; j < len; ++j) run[j] += a * in[j];
+        }
+        const int64_t offset = ((b * T + t) * C + c) * P + p;
+        for (int64_t j = 0; j < len; ++j) dst[offset + j] = static_cast<scalar_t>(epilogue(offset + j, run[j]));
+      }
+    }
+    col += len;
+  }
+}
+
+// time_conv backward, direct path: dY[r][c][col] = sum_t G[t][r] g_t with g_t = dy_t * leaky_relu'(s_t) and
+// s_t = sum_r G[t][r] Y[r][c][col] recomputed from the tile's Y (nothing was saved by the forward).
+template <typename scalar_t, typename acc_t>
+void masked_adjoint_transform(const acc_t* Y, const acc_t* G, int64_t rows, const scalar_t* dy, acc_t slope, acc_t* dY,
+                              int64_t T, int64_t C, int64_t P, int64_t n0, int64_t width, int64_t cols) {
+  acc_t run[512];
+  std::fill(dY, dY + rows * C * cols, acc_t(0));
+  for (int64_t col = 0; col < width;) {
+    const int64_t n = n0 + col, b = n / P, p = n % P, len = std::min({P - p, width - col, int64_t(512)});
+    for (int64_t c = 0; c < C; ++c) {
+      for (int64_t t = 0; t < T; ++t) {
+        std::fill(run, run + len, acc_t(0));
+        for (int64_t r = 0; r < rows; ++r) {
+          const acc_t a = G[t * rows + r];
+          const acc_t* in = Y + (r * C + c) * cols + col;
+          for (int64_t j = 0; j < len; ++j) run[j] += a * in[j];
+        }
+        const scalar_t* grad = dy + ((b * T + t) * C + c) * P + p;
+        for (int64_t j = 0; j < len; ++j) run[j] = leaky_relu_grad(run[j], static_cast<acc_t>(grad[j]), slope);
+        for (int64_t r = 0; r < rows; ++r) {
+          const acc_t a = G[t * rows + r];
+          acc_t* out = dY + (r * C + c) * cols + col;
+          for (int64_t j = 0; j < len; ++j) out[j] += a * run[j];
+        }
+      }
+    }
+    col += len;
+  }
+}
+
 // Per-thread tile buffers.
 struct TileBuffers {
   at::Tensor x, X, Y, s;  // [T, C_in, cols], [R, C_in, cols], [R, C_out, cols], [T, C_out, cols]
@@ -187,15 +271,20 @@ struct TileBuffers {
   }
 };
 
-// X = F x, Y_k = M_k X_k, s = G Y on the tile already gathered into buf.x.
-void tile_forward(const Spectral& sp, TileBuffers& buf, int64_t cols) {
-  at::mm_out(buf.X, sp.F, buf.x);
+// Y_k = M_k X_k for every mode: the channel mixing, as BLAS GEMMs on the tile.
+void mix_modes(const Spectral& sp, TileBuffers& buf, int64_t cols) {
   for (int64_t k = 0; k < sp.K; ++k) {
     const int64_t r0 = sp.first_row[k], nr = sp.rows[k];
     at::Tensor Xk = buf.X.narrow(0, r0, nr).view({nr * sp.C_in, cols});
     at::Tensor Yk = buf.Y.narrow(0, r0, nr).view({nr * sp.C_out, cols});
     at::mm_out(Yk, sp.M[k], Xk);
   }
+}
+
+// GEMM path: X = F x, Y_k = M_k X_k, s = G Y on the tile already gathered into buf.x.
+void tile_forward(const Spectral& sp, TileBuffers& buf, int64_t cols) {
+  at::mm_out(buf.X, sp.F, buf.x);
+  mix_modes(sp, buf, cols);
   at::mm_out(buf.s, sp.G, buf.Y);
 }
 
@@ -214,16 +303,31 @@ at::Tensor forward_cpu(const at::Tensor& x_in, const at::Tensor& weight, bool fu
     const int64_t tiles = (columns + cols - 1) / cols;
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     scalar_t* yp = y.mutable_data_ptr<scalar_t>();
+    const acc_t* F = sp.F.const_data_ptr<acc_t>();
+    const acc_t* G = sp.G.const_data_ptr<acc_t>();
+    const acc_t neg = static_cast<acc_t>(slope);
     at::parallel_for(0, tiles, 1, [&](int64_t begin, int64_t end) {
       TileBuffers buf(sp, cols, acc_type);
       for (int64_t tile = begin; tile < end; ++tile) {
         const int64_t n0 = tile * cols, width = std::min(cols, columns - n0);
+        if (use_direct_path(sp)) {
+          load_transform(xp, F, sp.R, buf.X.mutable_data_ptr<acc_t>(), sp.T, sp.C_in, sp.P, n0, width, cols);
+          mix_modes(sp, buf, cols);
+          const acc_t* Yb = buf.Y.const_data_ptr<acc_t>();
+          if (fused_time_conv) {
+            store_transform(Yb, G, sp.R, yp, sp.T, sp.C_out, sp.P, n0, width, cols, [&](int64_t offset, acc_t v) {
+              return static_cast<acc_t>(xp[offset]) + leaky_relu(v, neg);
+            });
+          } else {
+            store_transform(Yb, G, sp.R, yp, sp.T, sp.C_out, sp.P, n0, width, cols, [](int64_t, acc_t v) { return v; });
+          }
+          continue;
+        }
         acc_t* xb = buf.x.mutable_data_ptr<acc_t>();
         gather_columns(xp, xb, sp.T, sp.C_in, sp.P, n0, width, cols);
         tile_forward(sp, buf, cols);
         acc_t* sb = buf.s.mutable_data_ptr<acc_t>();
         if (fused_time_conv) {  // y = x + leaky_relu(s); C_in == C_out, so x's tile lines up with s's
-          const acc_t neg = static_cast<acc_t>(slope);
           const int64_t n = sp.T * sp.C_out * cols;
           for (int64_t i = 0; i < n; ++i) sb[i] = xb[i] + leaky_relu(sb[i], neg);
         }
@@ -261,6 +365,13 @@ std::tuple<at::Tensor, at::Tensor> backward_cpu(const at::Tensor& grad_out_in, c
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     const scalar_t* dyp = dy.const_data_ptr<scalar_t>();
     scalar_t* dxp = grad_x.mutable_data_ptr<scalar_t>();
+    const acc_t neg = static_cast<acc_t>(slope);
+    // Row-major copies of the bases for the direct path: F [R, T], G [T, R], G^T [R, T], F^T [T, R].
+    const at::Tensor Gt_contig = sp.G.t().contiguous(), Ft_contig = sp.F.t().contiguous();
+    const acc_t* F = sp.F.const_data_ptr<acc_t>();
+    const acc_t* G = sp.G.const_data_ptr<acc_t>();
+    const acc_t* Gt_rows = Gt_contig.const_data_ptr<acc_t>();
+    const acc_t* Ft_rows = Ft_contig.const_data_ptr<acc_t>();
     at::parallel_for(0, chunks, 1, [&](int64_t chunk_begin, int64_t chunk_end) {
       auto opt = at::TensorOptions().dtype(acc_type);
       TileBuffers buf(sp, cols, acc_type);
@@ -274,21 +385,32 @@ std::tuple<at::Tensor, at::Tensor> backward_cpu(const at::Tensor& grad_out_in, c
         for (int64_t k = 0; k < sp.K; ++k) dM[chunk].push_back(at::zeros_like(sp.M[k]));
         for (int64_t tile = chunk * tiles / chunks; tile < (chunk + 1) * tiles / chunks; ++tile) {
           const int64_t n0 = tile * cols, width = std::min(cols, columns - n0);
-          gather_columns(xp, buf.x.mutable_data_ptr<acc_t>(), sp.T, sp.C_in, sp.P, n0, width, cols);
-          acc_t* gb = g.mutable_data_ptr<acc_t>();
-          if (fused_time_conv) {
-            acc_t* dyb = dy_tile.mutable_data_ptr<acc_t>();
-            gather_columns(dyp, dyb, sp.T, sp.C_out, sp.P, n0, width, cols);
-            tile_forward(sp, buf, cols);  // recompute s for the LeakyReLU mask
-            const acc_t* sb = buf.s.const_data_ptr<acc_t>();
-            const acc_t neg = static_cast<acc_t>(slope);
-            const int64_t n = sp.T * sp.C_out * cols;
-            for (int64_t i = 0; i < n; ++i) gb[i] = leaky_relu_grad(sb[i], dyb[i], neg);
+          const bool direct = use_direct_path(sp);
+          if (direct) {
+            load_transform(xp, F, sp.R, buf.X.mutable_data_ptr<acc_t>(), sp.T, sp.C_in, sp.P, n0, width, cols);
+            if (fused_time_conv) {
+              mix_modes(sp, buf, cols);  // recompute Y (hence s) for the LeakyReLU mask
+              masked_adjoint_transform(buf.Y.const_data_ptr<acc_t>(), G, sp.R, dyp, neg, dY.mutable_data_ptr<acc_t>(),
+                                       sp.T, sp.C_out, sp.P, n0, width, cols);
+            } else {
+              load_transform(dyp, Gt_rows, sp.R, dY.mutable_data_ptr<acc_t>(), sp.T, sp.C_out, sp.P, n0, width, cols);
+            }
           } else {
-            gather_columns(dyp, gb, sp.T, sp.C_out, sp.P, n0, width, cols);
-            at::mm_out(buf.X, sp.F, buf.x);
+            gather_columns(xp, buf.x.mutable_data_ptr<acc_t>(), sp.T, sp.C_in, sp.P, n0, width, cols);
+            acc_t* gb = g.mutable_data_ptr<acc_t>();
+            if (fused_time_conv) {
+              acc_t* dyb = dy_tile.mutable_data_ptr<acc_t>();
+              gather_columns(dyp, dyb, sp.T, sp.C_out, sp.P, n0, width, cols);
+              tile_forward(sp, buf, cols);  // recompute s for the LeakyReLU mask
+              const acc_t* sb = buf.s.const_data_ptr<acc_t>();
+              const int64_t n = sp.T * sp.C_out * cols;
+              for (int64_t i = 0; i < n; ++i) gb[i] = leaky_relu_grad(sb[i], dyb[i], neg);
+            } else {
+              gather_columns(dyp, gb, sp.T, sp.C_out, sp.P, n0, width, cols);
+              at::mm_out(buf.X, sp.F, buf.x);
+            }
+            at::mm_out(dY, Gt, g);
           }
-          at::mm_out(dY, Gt, g);
           for (int64_t k = 0; k < sp.K; ++k) {
             const int64_t r0 = sp.first_row[k], nr = sp.rows[k];
             at::Tensor Xk = buf.X.narrow(0, r0, nr).view({nr * sp.C_in, cols});
@@ -296,6 +418,17 @@ std::tuple<at::Tensor, at::Tensor> backward_cpu(const at::Tensor& grad_out_in, c
             at::Tensor dXk = dX.narrow(0, r0, nr).view({nr * sp.C_in, cols});
             at::mm_out(dXk, sp.M[k].t(), dYk);
             at::addmm_out(dM[chunk][k], dM[chunk][k], dYk, Xk.t());
+          }
+          if (direct) {
+            const acc_t* dXb = dX.const_data_ptr<acc_t>();
+            if (fused_time_conv) {  // the residual's gradient is dy itself
+              store_transform(dXb, Ft_rows, sp.R, dxp, sp.T, sp.C_in, sp.P, n0, width, cols,
+                              [&](int64_t offset, acc_t v) { return v + static_cast<acc_t>(dyp[offset]); });
+            } else {
+              store_transform(dXb, Ft_rows, sp.R, dxp, sp.T, sp.C_in, sp.P, n0, width, cols,
+                              [](int64_t, acc_t v) { return v; });
+            }
+            continue;
           }
           at::mm_out(dxb, Ft, dX);
           acc_t* dxbp = dxb.mutable_data_ptr<acc_t>();
