@@ -30,7 +30,6 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <cstdlib>
 #include <cmath>
 #include <vector>
 
@@ -129,7 +128,6 @@ int64_t tile_columns(const Spectral& s) {
   const int64_t per_column = 3 * s.T * std::max(s.C_in, s.C_out) + s.R * (s.C_in + s.C_out);
   int64_t cols = (256 * 1024) / std::max<int64_t>(per_column, 1);
   cols = std::max<int64_t>(16, std::min<int64_t>(512, cols / 16 * 16));
-  if (const char* e = std::getenv("TILE_TMP")) cols = std::atoi(e);
   return std::min(cols, std::max<int64_t>(s.B * s.P, 1));
 }
 
