@@ -1,0 +1,188 @@
+"""Op-level benchmarks: spectral_time_conv and time_conv, forward and forward+backward, fp32 and bf16,
+on every provider of benchmarks/baselines.py that runs on the benchmark device, plus the device's copy
+bandwidth. Test ids read <shape>-<dtype>-<op>-<direction>-<provider>.
+
+Cases left out on purpose: torch_fft at fp32 (there it is dsno_fft: the same kernels), neuralop on
+shapes with image dims and in bf16 (it is benchmarked on the FNO-1D shapes in fp32), and backends of
+the other device.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+
+import pytest
+import torch
+
+import dsno_kernels
+from benchmarks import baselines, harness
+from benchmarks.conftest import bench_device_name, provider_selected, selected_shapes
+
+PROVIDERS = (*baselines.BASELINE_PROVIDERS, *baselines.KERNEL_PROVIDERS, "neuralop")
+
+
+@dataclasses.dataclass(frozen=True)
+class OpCase:
+    shape: harness.OpShape
+    dtype: str
+    op: str
+    direction: str
+    provider: str
+
+    @property
+    def id(self) -> str:
+        return f"{self.shape.name}-{self.dtype}-{self.op}-{self.direction}-{self.provider}"
+
+
+def op_cases(config) -> list[OpCase]:
+    device = bench_device_name(config)
+    cases = []
+    for shape, dtype, op, direction, provider in itertools.product(
+        selected_shapes(config), harness.DTYPES, baselines.OPS, harness.DIRECTIONS, PROVIDERS
+    ):
+        if not provider_selected(config, provider):
+            continue
+        if baselines.KERNEL_DEVICE.get(provider, device) != device:
+            continue
+        if provider == "neuralop" and (shape.spatial or dtype != "fp32"):
+            continue
+        if provider == "torch_fft" and dtype == "fp32":
+            continue
+        cases.append(OpCase(shape, dtype, op, direction, provider))
+    return cases
+
+
+def pytest_generate_tests(metafunc):
+    if "op_case" in metafunc.fixturenames:
+        cases = op_cases(metafunc.config)
+        metafunc.parametrize("op_case", cases, ids=[case.id for case in cases])
+
+
+def _skip_reason(case: OpCase, device: str, x: torch.Tensor) -> str | None:
+    reason = baselines.provider_unavailable_reason(case.provider, device)
+    if reason is None and case.provider in baselines.KERNEL_PROVIDERS:
+        try:
+            dsno_kernels.resolve_backend(case.provider, x)
+        except RuntimeError as error:  # e.g. T above what the backend handles
+            reason = str(error)
+    return reason
+
+
+def make_timed_call(case: OpCase, device: str):
+    """The callable the benchmark times: one forward (no autograd graph) or one forward + backward
+    (gradients of x and of the provider's weight, no accumulation), each call on the next input set."""
+    shape, dtype = case.shape, harness.DTYPES[case.dtype]
+    backward = case.direction == "fwd+bwd"
+    scale = 1.0 / (shape.C * shape.C)  # DSNO's initialisation of the Fourier weights
+    weight = scale * torch.rand(shape.C, shape.C, shape.K, 2, device=device)
+    first_x = torch.randn(shape.x_shape, device=device, dtype=dtype)
+    reason = _skip_reason(case, device, first_x)
+    if reason is not None:
+        pytest.skip(reason)
+    layer = baselines.make_layer(case.provider, case.op, weight, shape.T, dtype, requires_grad=backward)
+    with torch.no_grad():
+        out = layer.forward(layer.to_layout(first_x))
+    set_bytes = first_x.numel() * first_x.element_size() + (out.numel() * out.element_size() if backward else 0)
+    count = harness.num_input_sets(set_bytes, device)
+    xs = [layer.to_layout(first_x)] + [
+        layer.to_layout(torch.randn(shape.x_shape, device=device, dtype=dtype)) for _ in range(count - 1)
+    ]
+    order = itertools.cycle(range(count))
+    if not backward:
+
+        def forward():
+            with torch.no_grad():
+                layer.forward(xs[next(order)])
+
+        return forward
+
+    xs = [x.requires_grad_() for x in xs]
+    dys = [torch.randn_like(out) for _ in range(count)]
+
+    def forward_backward():
+        i = next(order)
+        y = layer.forward(xs[i])
+        torch.autograd.grad(y, [xs[i], *layer.params], dys[i])
+
+    return forward_backward
+
+
+def test_op(benchmark, op_case, bench_device, bench_seconds, copy_gbps):
+    case = op_case
+    benchmark.group = f"{case.op} {case.direction} {case.dtype} {case.shape.name}"
+    call = make_timed_call(case, bench_device)
+    harness.run_benchmark(benchmark, call, bench_device, seconds=bench_seconds)
+    harness.record(
+        benchmark,
+        provider=case.provider,
+        op=case.op,
+        direction=case.direction,
+        dtype=case.dtype,
+        shape=case.shape.name,
+        nbytes=harness.floor_bytes(case.shape, case.direction, case.dtype),
+        copy_gbps=copy_gbps,
+        device=bench_device,
+    )
+
+
+def test_copy(benchmark, bench_device, bench_seconds, copy_gbps):
+    """dst.copy_(src) of a buffer well beyond L2: the bandwidth the kernels are held against."""
+    nbytes = harness.copy_buffer_bytes(bench_device)
+    src = torch.randn(nbytes // 4, device=bench_device)
+    dst = torch.empty_like(src)
+    benchmark.group = "copy"
+    harness.run_benchmark(benchmark, lambda: dst.copy_(src), bench_device, seconds=bench_seconds)
+    harness.record(
+        benchmark,
+        provider="torch",
+        op="copy",
+        direction="fwd",
+        dtype="fp32",
+        shape=f"copy-{nbytes // 2**20}MiB",
+        nbytes=2 * nbytes,
+        copy_gbps=copy_gbps,
+        device=bench_device,
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# The baselines compute the layer (not benchmarks: they run in smoke mode, and skip under --benchmark-only)
+
+
+@pytest.mark.parametrize("T, K", [(1, 1), (4, 2), (5, 3), (6, 4), (8, 3)])
+def test_fold_dense_matches_reference_fold(T, K):
+    weight = torch.randn(3, 2, K, 2, dtype=torch.float64)
+    expected = dsno_kernels.reference.dense_block_circulant(weight, T)
+    torch.testing.assert_close(baselines.fold_dense(weight, T), expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("provider", baselines.BASELINE_PROVIDERS)
+@pytest.mark.parametrize("op", baselines.OPS)
+@pytest.mark.parametrize("spatial", [(), (3, 2)], ids=["1d", "2d"])
+def test_baseline_matches_reference(provider, op, spatial, bench_device):
+    """Forward and both gradients of each baseline in fp32 against the fp64 reference (T = 6 with
+    K = 4 includes the Nyquist mode)."""
+    B, T, K, C = 2, 6, 4, 5
+    x = torch.randn(B, T, C, *spatial, device=bench_device)
+    weight = torch.randn(C, C, K, 2, device=bench_device) / C
+    dy = torch.randn(B, T, C, *spatial, device=bench_device, dtype=torch.float64)
+    reference = dsno_kernels.reference.spectral_time_conv_reference
+    if op == "time_conv":
+        reference = dsno_kernels.reference.time_conv_reference
+    x64 = x.double().requires_grad_()
+    y64 = reference(x64, weight.double())
+    (dx64,) = torch.autograd.grad(y64, [x64], dy)
+
+    layer = baselines.make_layer(provider, op, weight, T, torch.float32, requires_grad=True)
+    x32 = x.clone().requires_grad_()
+    y = layer.forward(x32)
+    dx, dparam = torch.autograd.grad(y, [x32, *layer.params], dy.to(y.dtype))
+    torch.testing.assert_close(y.double(), y64, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(dx.double(), dx64, rtol=1e-5, atol=1e-5)
+    w64 = weight.double().requires_grad_()
+    (dw64,) = torch.autograd.grad(reference(x.double(), w64), [w64], dy)
+    if provider == "dense_gemm":  # its parameter is the folded matrix A: carry dA back to the weight
+        w_fold = weight.double().requires_grad_()
+        (dparam,) = torch.autograd.grad(baselines.fold_dense(w_fold, T), [w_fold], dparam.double())
+    torch.testing.assert_close(dparam.double(), dw64, rtol=1e-5, atol=1e-5)
