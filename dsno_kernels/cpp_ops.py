@@ -36,11 +36,15 @@ def _unavailable_cpu():
     return None
 
 
+# Looked up once: torch.compile cannot trace the dispatcher query, and the answer never changes.
+_HAS_CUDA_KERNELS = _IMPORT_ERROR is None and torch._C._dispatch_has_kernel_for_dispatch_key(
+    "dsno_kernels::spectral_time_conv", "CUDA"
+)
+
+
 def has_cuda_kernels() -> bool:
     """True when the extension was compiled with the CUDA kernels (csrc/cuda/)."""
-    return _IMPORT_ERROR is None and torch._C._dispatch_has_kernel_for_dispatch_key(
-        "dsno_kernels::spectral_time_conv", "CUDA"
-    )
+    return _HAS_CUDA_KERNELS
 
 
 def _unavailable_cuda():
