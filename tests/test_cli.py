@@ -16,6 +16,8 @@ from torch import nn
 from dsno import cli
 from dsno.config import load_config
 
+pytestmark = pytest.mark.usefixtures("single_thread")  # tests/conftest.py
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -32,14 +34,6 @@ class StandInModel(nn.Module):
         h = self.conv_in(x)[:, None] + self.embed(logsnr[:, None] / 20)[None, :, :, None, None]
         h = torch.nn.functional.silu(h)
         return self.conv_out(h.flatten(0, 1)).unflatten(0, h.shape[:2]) + x[:, None]
-
-
-@pytest.fixture(autouse=True)
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def run_cli(*argv):

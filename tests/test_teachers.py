@@ -6,14 +6,7 @@ import torch
 from dsno.schedule import LogSNRSchedule, alpha_sigma, time_grid
 from dsno.teachers import GaussianMixtureTeacher, NetworkTeacher, as_teacher, build_teacher, solve
 
-
-@pytest.fixture(autouse=True)
-def single_thread():
-    # tiny tensors: extra threads only contend with other jobs on a shared machine
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")  # tests/conftest.py
 
 
 def logsnr_grid(num_steps):

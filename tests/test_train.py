@@ -18,6 +18,8 @@ from dsno.teachers import GaussianMixtureTeacher
 from dsno.train import WarmupMultiStep, snr_weights, train, trajectory_loss
 from dsno.trajectories import TrajectorySpec, generate
 
+pytestmark = pytest.mark.usefixtures("single_thread")  # tests/conftest.py
+
 SHAPE = [2, 4, 4]
 POINTS = 3
 
@@ -44,14 +46,6 @@ class StandInModel(nn.Module):
 
 def make_standin(dropout=0.0, dtype=torch.float32):
     return lambda: StandInModel(dropout).to(dtype)
-
-
-@pytest.fixture(autouse=True)
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

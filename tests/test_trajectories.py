@@ -9,17 +9,11 @@ import torch
 from dsno import trajectories
 from dsno.teachers import GaussianMixtureTeacher, solve
 from dsno.trajectories import (TrajectoryDataset, TrajectorySpec, finalize_manifest, generate, read_manifest,
+
+pytestmark = pytest.mark.usefixtures("single_thread")  # tests/conftest.py
                                sample_noise)
 
 SHAPE = [2, 3, 3]
-
-
-@pytest.fixture(autouse=True)
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
