@@ -16,7 +16,7 @@
 #                     "--bench-shapes cifar10-32,fno1d --bench-seconds 0.1"
 #   CUDA_ARCHS        arch list for the build (default: the card's compute capability, e.g. 90)
 #   BUDGET_S          deadline for the whole script in seconds (default 540, inside the tool's 600)
-#   BENCH_OPS_S, BENCH_MODEL_S   limits of the two benchmark runs (default 260 and 150 seconds)
+#   TESTS_S, BENCH_OPS_S, BENCH_MODEL_S   limits of the tests and the two benchmark runs (default 180, 260, 150 s)
 #   PYTHON            interpreter (default python3)
 set -u -o pipefail
 cd "$(dirname "$0")/.."
@@ -89,7 +89,7 @@ if [[ ${SKIP_TESTS:-0} == 1 ]]; then
     echo "== tests: skipped (SKIP_TESTS=1)"
 else
     # shellcheck disable=SC2086  # TEST_ARGS is a list of arguments
-    step tests 180 $PY -m pytest ${TEST_ARGS:-tests -x -q}
+    step tests "${TESTS_S:-180}" $PY -m pytest ${TEST_ARGS:-tests -x -q}
 fi
 
 COLUMNS_ARGS=(--benchmark-columns=median,iqr,rounds,iterations --durations=10)

@@ -355,7 +355,9 @@ std::tuple<at::Tensor, at::Tensor> backward_cpu(const at::Tensor& grad_out_in, c
     using acc_t = at::opmath_type<scalar_t>;
     const at::ScalarType acc_type = c10::CppTypeToScalarType<acc_t>::value;
     const Spectral sp = make_spectral(x, weight, acc_type);
-    const int64_t cols = tile_columns(sp), columns = sp.B * sp.P;
+    // Twice the forward's tile: dweight's GEMM reduces over the tile's columns, and longer is faster.
+    const int64_t cols = std::min<int64_t>(2 * tile_columns(sp), std::max<int64_t>(sp.B * sp.P, 1));
+    const int64_t columns = sp.B * sp.P;
     const int64_t tiles = (columns + cols - 1) / cols;
     // A fixed number of chunks (not threads) keeps the dweight sum order, hence its value, reproducible.
     const int64_t chunks = std::min<int64_t>(tiles, 16);
