@@ -11,6 +11,7 @@
 #
 # Switches (environment):
 #   SKIP_BUILD=1      keep the installed extension        SKIP_TESTS=1   skip tests/
+#   SKIP_MODEL_BENCH=1  skip the model-level benchmarks
 #   TEST_ARGS         pytest arguments for the tests (default: "tests -x -q")
 #   BENCH_ARGS        extra pytest arguments for both benchmark runs, e.g.
 #                     "--bench-shapes cifar10-32,fno1d --bench-seconds 0.1"
@@ -96,9 +97,13 @@ COLUMNS_ARGS=(--benchmark-columns=median,iqr,rounds,iterations --durations=10)
 # shellcheck disable=SC2086
 step bench-ops "${BENCH_OPS_S:-260}" $PY -m pytest benchmarks/test_ops_bench.py --benchmark-only -q "${COLUMNS_ARGS[@]}" \
     --benchmark-json="$DEST/ops.json" ${BENCH_ARGS:-}
-# shellcheck disable=SC2086
-step bench-model "${BENCH_MODEL_S:-150}" $PY -m pytest benchmarks/test_model_bench.py --benchmark-only -q "${COLUMNS_ARGS[@]}" \
-    --benchmark-json="$DEST/model.json" ${BENCH_ARGS:-}
+if [[ ${SKIP_MODEL_BENCH:-0} == 1 ]]; then
+    echo "== bench-model: skipped (SKIP_MODEL_BENCH=1)"
+else
+    # shellcheck disable=SC2086
+    step bench-model "${BENCH_MODEL_S:-150}" $PY -m pytest benchmarks/test_model_bench.py --benchmark-only -q \
+        "${COLUMNS_ARGS[@]}" --benchmark-json="$DEST/model.json" ${BENCH_ARGS:-}
+fi
 
 echo "== report"
 JSONS=()
