@@ -63,10 +63,14 @@ def test_backward_matches_reference(backend, device, dtype, op):
         grad_x, grad_w = torch.autograd.grad(out, (x, w), grad_out)
         x64 = x.detach().double().requires_grad_()
         w64 = w.detach().double().requires_grad_()
-        ref_fn = dsno_kernels.spectral_time_conv_reference if op == "spectral_time_conv" else (
-            lambda a, b: dsno_kernels.time_conv_reference(a, b, kwargs["negative_slope"])
-        )
-        ref_gx, ref_gw = torch.autograd.grad(ref_fn(x64, w64), (x64, w64), grad_out.double())
+        ref_out = dsno_kernels.spectral_time_conv_reference(x64, w64)
+        if op == "time_conv":
+            # The LeakyReLU branch comes from the backend's own pre-activation: where |s| is within the
+            # dtype's rounding of 0 (operands rounded to bf16 / fp16 / tf32 for the tensor cores) it may
+            # legitimately differ from fp64's, and the gradient there by (1 - slope) * grad_out.
+            s = dsno_kernels.spectral_time_conv(x.detach(), w.detach(), backend=backend).double()
+            ref_out = x64 + torch.where(s > 0, ref_out, kwargs["negative_slope"] * ref_out)
+        ref_gx, ref_gw = torch.autograd.grad(ref_out, (x64, w64), grad_out.double())
         assert grad_x.dtype == x.dtype and grad_w.dtype == w.dtype
         # dweight sums over every pixel and time point: scale its tolerance by the sqrt of that count.
         terms = max(1, x.numel() // x.shape[2]) ** 0.5
@@ -78,15 +82,18 @@ def test_backward_matches_reference(backend, device, dtype, op):
 @pytest.mark.parametrize("backend,device", BACKEND_DEVICES, ids=ids(BACKEND_DEVICES))
 def test_gradcheck_fp64(backend, device, op):
     cases = samples(backend, device, torch.float64, requires_grad=True)
+    fast_mode = False
     if device == "cpu" and backend in INTERPRETED:
-        # gradcheck costs two forward calls per input element: in the interpreter only the smallest
-        # samples (test_backward_matches_reference covers the rest against the reference's autograd)
+        # A full gradcheck costs two forward calls per input element (20 s for 27 elements in the
+        # interpreter): there, the smallest samples in fast mode (a random projection of the Jacobian);
+        # test_backward_matches_reference covers the rest against the reference's autograd.
         cases = [c for c in sample_inputs(device, torch.float64, requires_grad=True) if 0 < c.x.numel() <= 40]
+        fast_mode = True
     for sample in cases:
         (x, w), kwargs = sample.args(op)
         fn = getattr(dsno_kernels, op)
         assert torch.autograd.gradcheck(
-            lambda a, b: fn(a, b, backend=backend, **kwargs), (x, w)
+            lambda a, b: fn(a, b, backend=backend, **kwargs), (x, w), fast_mode=fast_mode
         ), sample.name
 
 

@@ -1,0 +1,434 @@
+"""The Triton backend (dsno_kernels/triton_spectral.py) beyond tests/test_ops.py's generic checks:
+several channel and pixel blocks with masked edges, the largest T, the LeakyReLU mask in low precision,
+the weight-gradient reduction (slices, atomics), layouts the kernels write through, the compile-time
+DFT constants, the launch configurations, and a compile of every kernel for sm_80 and sm_90 that needs
+no GPU.
+
+Without a GPU the kernels run in Triton's interpreter on CPU tensors (tests/conftest.py sets
+TRITON_INTERPRET=1), about 500x slower than native code, so the shapes stay small; with a GPU the same
+tests run on CUDA tensors, plus the CIFAR-10 layer shape.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import dsno_kernels
+from dsno_kernels import triton_spectral
+from dsno_kernels.api import _BACKENDS, resolve_backend
+from dsno_kernels.reference import spectral_bases, spectral_time_conv_reference
+from common import DTYPE_IDS, TOLERANCE, assert_close_to_reference, tolerance
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+TRITON = _BACKENDS["triton"]
+pytestmark = pytest.mark.skipif(
+    "triton" not in dsno_kernels.available_backends(DEVICE),
+    reason=f"the triton backend cannot run on {DEVICE}: {TRITON.unavailable_reason()}",
+)
+LOW_PRECISION = (torch.bfloat16, torch.float16)
+ALL_DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
+
+
+@pytest.fixture(autouse=True)
+def _untimed_configurations(monkeypatch):
+    """One launch configuration per problem: on a GPU every distinct shape would otherwise compile
+    and time up to four. The tests of autotuning set the variable back."""
+    monkeypatch.setenv(triton_spectral.AUTOTUNE_ENV_VAR, "0")
+
+
+def _random(*shape, dtype, seed, scale=1.0):
+    generator = torch.Generator().manual_seed(seed)
+    return (torch.randn(*shape, generator=generator, dtype=torch.float64) * scale).to(device=DEVICE, dtype=dtype)
+
+
+def _pixels_strided(x: torch.Tensor) -> torch.Tensor:
+    """x's values with the channels innermost in memory (stride 1 on C, the pixels strided)."""
+    return x.movedim(2, -1).contiguous().movedim(-1, 2)
+
+
+def _reference_grads(op, x, w, grad_out, slope, mask_source=None):
+    """fp64 autograd through the reference. For time_conv, `mask_source` (when given) decides the
+    LeakyReLU branch instead of the fp64 pre-activation: a backend that rounds its GEMM operands to
+    bf16 / fp16 legitimately takes the other branch where the pre-activation is within rounding of 0,
+    and there the two gradients differ by (1 - slope) * grad_out, far beyond any rounding tolerance."""
+    x64 = x.detach().double().requires_grad_()
+    w64 = w.detach().double().requires_grad_()
+    s = spectral_time_conv_reference(x64, w64)
+    if op == "spectral_time_conv":
+        out = s
+    else:
+        positive = (s if mask_source is None else mask_source.double()) > 0
+        out = x64 + torch.where(positive, s, slope * s)
+    return torch.autograd.grad(out, (x64, w64), grad_out.double())
+
+
+def _check_op(op, x, w, dtype, slope=0.2, what=""):
+    """Forward and both gradients of the triton backend against the fp64 reference."""
+    x = x.detach().requires_grad_()
+    w = w.detach().requires_grad_()
+    kwargs = {} if op == "spectral_time_conv" else {"negative_slope": slope}
+    out = getattr(dsno_kernels, op)(x, w, backend="triton", **kwargs)
+    tol = tolerance(dtype, "triton", DEVICE)
+    assert out.dtype == dtype and out.shape == (x.shape[0], x.shape[1], w.shape[1], *x.shape[3:])
+    x64, w64 = x.detach().double(), w.detach().double()
+    expected = getattr(dsno_kernels, op + "_reference")(x64, w64, **kwargs)
+    assert_close_to_reference(out, expected, tol, f"{what} forward")
+
+    grad_out = _random(*out.shape, dtype=dtype, seed=7)
+    grad_x, grad_w = torch.autograd.grad(out, (x, w), grad_out)
+    mask_source = None
+    if op == "time_conv" and (dtype in LOW_PRECISION or tol != TOLERANCE[dtype]):
+        mask_source = dsno_kernels.spectral_time_conv(x.detach(), w.detach(), backend="triton")
+    ref_gx, ref_gw = _reference_grads(op, x, w, grad_out, slope, mask_source)
+    assert grad_x.dtype == dtype and grad_x.shape == x.shape and grad_w.shape == w.shape
+    # The weight gradient sums B * P * T products per entry: its tolerance grows with their sqrt.
+    terms = max(1, x.shape[0] * x.shape[1] * x[0, 0, 0].numel()) ** 0.5
+    assert_close_to_reference(grad_x, ref_gx, tol, f"{what} grad_x")
+    assert_close_to_reference(grad_w, ref_gw, tol * terms, f"{what} grad_weight")
+
+
+# ------------------------------------------------------------------------------------------------
+# Numerics
+
+
+@pytest.mark.parametrize("T", range(1, triton_spectral.MAX_TIME_POINTS + 1))
+def test_compile_time_dft_constants_match_the_reference_bases(T):
+    """The kernels' F and G entries (constexpr, with 0 and +-1 exact) are reference.spectral_bases."""
+    K = T // 2 + 1
+    F, G = spectral_bases(T, K)
+    row = 0
+    for k in range(K):
+        for imag in (False, True) if not triton_spectral._is_real_mode(k, T) else (False,):
+            for t in range(T):
+                f = triton_spectral._basis(k, t, T, imag, False)
+                g = triton_spectral._basis(k, t, T, imag, True)
+                # The reference evaluates cos / sin at unreduced angles (up to 2 pi * 16 * 31), the
+                # kernels at 2 pi (k t mod T) / T: they agree to the reference's rounding, ~1e-13.
+                assert abs(f - F[row, t].item()) < 1e-12 and abs(g - G[t, row].item()) < 1e-12, (k, t, imag)
+                if abs(F[row, t].item()) < 1e-12 or abs(abs(F[row, t].item()) - 1) < 1e-12:
+                    assert f in (0.0, 1.0, -1.0), f"entry ({k}, {t}, imag={imag}) = {f!r} is not exact"
+            row += 1
+    assert row == triton_spectral.num_rows(T, K)
+
+
+# (T, K, C_in, C_out, trailing dims): channels and pixels span several blocks of the interpreter's
+# 16-wide configuration, none a multiple of 16; K includes the Nyquist mode for even T.
+MULTI_BLOCK = [(6, 4, 19, 21, (37,)), (5, 2, 33, 17, (3, 7))]
+
+
+@pytest.mark.parametrize("op", ["spectral_time_conv", "time_conv"])
+@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=DTYPE_IDS.get)
+@pytest.mark.parametrize("case", MULTI_BLOCK, ids=lambda c: "T{}-K{}-Cin{}-Cout{}".format(*c[:4]))
+def test_several_blocks_with_masked_edges(case, dtype, op):
+    T, K, C_in, C_out, trailing = case
+    if op == "time_conv":
+        C_out = C_in
+    x = _random(2, T, C_in, *trailing, dtype=dtype, seed=1)
+    w = _random(C_in, C_out, K, 2, dtype=dtype, seed=2, scale=(C_in * K) ** -0.5)
+    _check_op(op, x, w, dtype, what=f"{op}/{case}")
+
+
+@pytest.mark.parametrize("layout", ["pixels-strided", "trailing-dims-permuted", "batch-and-time-permuted"])
+def test_strided_layouts(layout):
+    """Inputs whose pixels are not contiguous, whose trailing dims do not merge into one pixel
+    stride (x is copied, grad_x is written to a buffer and copied back in x's layout), or whose
+    batch and time strides are unusual; grad_x must keep the layout torch.empty_like(x) gives."""
+    x = _random(2, 4, 6, 5, 3, dtype=torch.float64, seed=3)
+    if layout == "pixels-strided":
+        x = _pixels_strided(x)
+    elif layout == "trailing-dims-permuted":
+        x = x.transpose(3, 4).contiguous().transpose(3, 4)
+    else:
+        x = x.permute(1, 0, 2, 3, 4).contiguous().permute(1, 0, 2, 3, 4)
+    w = _random(6, 6, 3, 2, dtype=torch.float64, seed=4, scale=0.3)
+    for op in ("spectral_time_conv", "time_conv"):
+        _check_op(op, x, w, torch.float64, what=f"{op}/{layout}")
+    x = x.detach().requires_grad_()
+    out = dsno_kernels.time_conv(x, w, backend="triton")
+    (grad_x,) = torch.autograd.grad(out, x, torch.ones_like(out))
+    assert grad_x.stride() == torch.empty_like(x).stride()
+
+
+def _largest_time_cases():
+    if DEVICE == "cpu":
+        return [(32, 3), (32, 17)]
+    return [(32, 2)]  # on a GPU, K = 17 compiles for minutes (the fully unrolled DFT)
+
+
+@pytest.mark.parametrize("T,K", _largest_time_cases())
+def test_largest_time_axis(T, K):
+    x = _random(1, T, 3, 5, dtype=torch.float64, seed=5)
+    w = _random(3, 2, K, 2, dtype=torch.float64, seed=6, scale=0.3)
+    _check_op("spectral_time_conv", x, w, torch.float64, what=f"T{T}-K{K}")
+
+
+def test_longer_time_axis_is_handed_to_the_next_backend():
+    x = _random(1, triton_spectral.MAX_TIME_POINTS + 1, 3, 2, dtype=torch.float32, seed=8)
+    assert TRITON.max_time_points == triton_spectral.MAX_TIME_POINTS
+    assert resolve_backend("triton", x).name != "triton"
+    w = _random(3, 3, 2, 2, dtype=torch.float32, seed=9)
+    out = dsno_kernels.spectral_time_conv(x, w, backend="triton")
+    expected = spectral_time_conv_reference(x.double(), w.double())
+    assert_close_to_reference(out, expected, TOLERANCE[torch.float32], "T = 33")
+
+
+def test_empty_inputs():
+    for x, w in [
+        (_random(0, 4, 3, 5, dtype=torch.float32, seed=0), _random(3, 2, 2, 2, dtype=torch.float32, seed=0)),
+        (_random(2, 4, 3, 0, dtype=torch.float32, seed=0), _random(3, 2, 2, 2, dtype=torch.float32, seed=0)),
+    ]:
+        x, w = x.requires_grad_(), w.requires_grad_()
+        out = dsno_kernels.spectral_time_conv(x, w, backend="triton")
+        assert out.shape == (x.shape[0], 4, 2, *x.shape[3:])
+        grad_x, grad_w = torch.autograd.grad(out.sum(), (x, w))
+        assert grad_x.shape == x.shape and torch.equal(grad_w, torch.zeros_like(grad_w))
+
+
+def test_offsets_beyond_32_bits_are_refused():
+    x = torch.empty_strided((1, 2, 3, 4), (1, 2**31, 1, 3), device="meta")
+    with pytest.raises(ValueError, match="2\\^31"):
+        triton_spectral._check_32_bit_offsets(x, torch.empty(3, 3, 2, 2, device="meta"))
+    triton_spectral._check_32_bit_offsets(x[:, :1], torch.empty(3, 3, 1, 2, device="meta"))
+
+
+def test_weight_gradient_with_atomics_matches_the_slices(monkeypatch):
+    """DSNO_KERNELS_TRITON_ATOMICS=1 sums the pixel slices atomically instead of through a buffer."""
+    x = _random(3, 4, 20, 23, dtype=torch.float32, seed=10)
+    w = _random(20, 18, 2, 2, dtype=torch.float32, seed=11, scale=0.2)
+    grad_out = _random(3, 4, 18, 23, dtype=torch.float32, seed=12)
+    R = triton_spectral.num_rows(4, 2)
+    assert triton_spectral._weight_grad_slices(3, 23, 20, 18, R, x.device) > 1
+    grads = []
+    for atomics in ("0", "1"):
+        monkeypatch.setenv(triton_spectral.ATOMICS_ENV_VAR, atomics)
+        grads.append(triton_spectral._OPS["spectral_time_conv_backward"](grad_out, x, w)[1])
+    assert_close_to_reference(grads[1], grads[0].double(), 1e-5, "atomics")
+
+
+def test_fp32_precision_setting(monkeypatch):
+    x = _random(2, 4, 5, 6, dtype=torch.float32, seed=13)
+    w = _random(5, 5, 2, 2, dtype=torch.float32, seed=14, scale=0.3)
+    monkeypatch.setenv(triton_spectral.FP32_PRECISION_ENV_VAR, "fp16")
+    with pytest.raises(ValueError, match=triton_spectral.FP32_PRECISION_ENV_VAR):
+        dsno_kernels.spectral_time_conv(x, w, backend="triton")
+    monkeypatch.setenv(triton_spectral.FP32_PRECISION_ENV_VAR, "ieee")
+    out = dsno_kernels.spectral_time_conv(x, w, backend="triton")
+    expected = spectral_time_conv_reference(x.double(), w.double())
+    assert_close_to_reference(out, expected, TOLERANCE[torch.float32], "ieee")
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="the layer's real shape needs a GPU")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=DTYPE_IDS.get)
+def test_cifar10_layer_shape(dtype, monkeypatch):
+    """DSNO's CIFAR-10 temporal layer (T=4, K=2, C=256, 32x32), batch 2, through the autotuner."""
+    monkeypatch.setenv(triton_spectral.AUTOTUNE_ENV_VAR, "1")
+    x = _random(2, 4, 256, 32, 32, dtype=dtype, seed=15)
+    w = _random(256, 256, 2, 2, dtype=dtype, seed=16, scale=(256 * 2) ** -0.5)
+    _check_op("time_conv", x, w, dtype, slope=0.01, what="cifar10")
+
+
+# ------------------------------------------------------------------------------------------------
+# Launch configurations and registration
+
+
+@pytest.mark.parametrize(
+    "kernel,T,K,C_in,C_out,pixels",
+    [("mix", 4, 2, 256, 256, 1024), ("mix", 9, 5, 3, 7, 5), ("weight_grad", 4, 2, 192, 384, 64),
+     ("mix", 32, 17, 64, 64, 4096), ("weight_grad", 32, 17, 64, 64, 4096)],
+)  # fmt: skip
+def test_launch_configs(kernel, T, K, C_in, C_out, pixels, monkeypatch):
+    monkeypatch.setenv(triton_spectral.AUTOTUNE_ENV_VAR, "1")
+    configs = triton_spectral.launch_configs(kernel, T, K, C_in, C_out, pixels, 2, 227 * 1024)
+    assert configs and len(set(configs)) == len(configs)
+    if triton_spectral.INTERPRETING:
+        assert len(configs) == 1
+    for config in configs:
+        *blocks, warps, stages = config
+        assert all(block >= 16 and block & (block - 1) == 0 for block in blocks), config
+        assert warps in (1, 2, 4, 8) and stages >= 1
+    extents = {"mix": (C_out, C_in, pixels), "weight_grad": (C_in, C_out, pixels)}[kernel]
+    smallest = triton_spectral._MIX_CANDIDATES[-1] if kernel == "mix" else triton_spectral._WEIGHT_GRAD_CANDIDATES[-1]
+    for config in configs:
+        if config != smallest:
+            assert all(block <= max(16, 2 * extent) for block, extent in zip(config, extents)), config
+    monkeypatch.setenv(triton_spectral.AUTOTUNE_ENV_VAR, "0")
+    assert triton_spectral.launch_configs(kernel, T, K, C_in, C_out, pixels, 2, 227 * 1024) == configs[:1]
+
+
+def test_registration():
+    ops = TRITON.ops
+    assert set(ops) == {"spectral_time_conv", "time_conv", "spectral_time_conv_backward", "time_conv_backward"}
+    for role, op in ops.items():
+        assert op._qualname == f"dsno_kernels::triton_{role}" and hasattr(torch.ops.dsno_kernels, f"triton_{role}")
+    assert TRITON.device_types == (("cpu",) if triton_spectral.INTERPRETING else ("cuda",))
+
+
+# ------------------------------------------------------------------------------------------------
+# Compiling for real GPUs, without one
+
+# Shared memory per block (opt-in maximum) of sm_80 (A100) and sm_90 (H100).
+SHARED_MEMORY_LIMIT = {80: 163 * 1024, 90: 227 * 1024}
+TRITON_DTYPE = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32", torch.float64: "fp64"}
+
+
+def _specialize(kernel, args: dict, meta: dict):
+    """The (signature, constexprs, attrs) Triton's launcher derives from these arguments: ints equal
+    to 1 become constants, ints and pointers divisible by 16 get the divisibility hint (tensors on the
+    meta device have address 0; real allocations are 256-byte aligned)."""
+    signature, constexprs, attrs = {}, {}, {}
+    for index, (name, param) in enumerate(zip(kernel.arg_names, kernel.params)):
+        value = args[name] if name in args else meta[name]
+        if param.is_constexpr:
+            signature[name], constexprs[name] = "constexpr", value
+        elif isinstance(value, torch.Tensor):
+            signature[name] = "*" + TRITON_DTYPE[value.dtype]
+            attrs[(index,)] = [["tt.divisibility", 16]]
+        elif isinstance(value, float):
+            signature[name] = param.annotation_type or "fp32"
+        elif value == 1:
+            signature[name], constexprs[name] = "constexpr", 1
+        else:
+            signature[name] = "i32" if -(2**31) <= value < 2**31 else "i64"
+            if value % 16 == 0:
+                attrs[(index,)] = [["tt.divisibility", 16]]
+    return signature, constexprs, attrs
+
+
+def _resource_usage(cubin: bytes) -> dict:
+    """Registers and spill (stack) bytes per thread from the cuobjdump Triton ships, or {} without it."""
+    import re
+    import tempfile
+
+    import triton
+
+    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    if not tool.exists():
+        return {}
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as file:
+        file.write(cubin)
+        file.flush()
+        report = subprocess.run([str(tool), "--dump-resource-usage", file.name], capture_output=True, text=True)
+    match = re.search(r"REG:(\d+) STACK:(\d+)", report.stdout)
+    return {"registers": int(match.group(1)), "stack": int(match.group(2))} if match else {}
+
+
+def _compile_cases(shared_memory: int):
+    """(name, kernel, args, first configuration) of every kernel launch at the CIFAR-10 shape in all
+    four dtypes and at an odd strided shape, built by the launchers themselves on meta tensors for a
+    device with `shared_memory` bytes per block."""
+    cases = []
+
+    def add(name, dtype, B, T, K, C_in, C_out, P, strided):
+        x = torch.empty(B, T, C_in, P, dtype=dtype, device="meta")
+        if strided:
+            x = torch.empty(B, T, P, C_in, dtype=dtype, device="meta").transpose(2, 3)
+        out = torch.empty(B, T, C_out, P, dtype=dtype, device="meta")
+        mix = torch.empty(K, 2, C_in, C_out, dtype=dtype, device="meta")
+        # time_conv's epilogue reads a residual (has_residual = 1, a constant once specialized);
+        # spectral_time_conv's does not (0, a runtime branch).
+        for epilogue in ("leaky_relu_residual", "store") if dtype == torch.bfloat16 else ("leaky_relu_residual",):
+            args, _, configs = triton_spectral._mix_launch(
+                x, mix, x, out, epilogue=epilogue, negative_slope=0.01, shared_memory=shared_memory
+            )
+            cases.append((f"{name}-{DTYPE_IDS[dtype]}-mix-{epilogue}", "mix", args, configs[0]))
+        R = triton_spectral.num_rows(T, K)
+        acc_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+        for atomics in (False, True) if dtype == torch.bfloat16 else (False,):
+            partial = torch.empty(1 if atomics else 4, R, C_in, C_out, dtype=acc_dtype, device="meta")
+            args, _, configs = triton_spectral._weight_grad_launch(
+                x, out, partial, K=K, slices=4, use_atomics=atomics, shared_memory=shared_memory
+            )
+            suffix = "-atomics" if atomics else ""
+            cases.append((f"{name}-{DTYPE_IDS[dtype]}-weight_grad{suffix}", "weight_grad", args, configs[0]))
+
+    for dtype in ALL_DTYPES:
+        add("cifar10", dtype, 32, 4, 2, 256, 256, 1024, False)
+    for dtype in (torch.bfloat16, torch.float32):
+        add("odd", dtype, 3, 7, 4, 19, 21, 37, True)
+    return cases
+
+
+def compile_for_gpus(archs=(80, 90)) -> list[dict]:
+    """Compile each of _compile_cases' kernels with the first configuration an sm_80 / sm_90 gets."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    results = []
+    for arch in archs:
+        for name, kernel_name, args, config in _compile_cases(SHARED_MEMORY_LIMIT[arch]):
+            kernel = triton_spectral._KERNELS[kernel_name]
+            meta = triton_spectral._config_kwargs(kernel_name, config)
+            options = {"num_warps": meta.pop("num_warps"), "num_stages": meta.pop("num_stages")}
+            signature, constexprs, attrs = _specialize(kernel, args, meta)
+            source = ASTSource(kernel, signature, constexprs=constexprs, attrs=attrs)
+            compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32), options=options)
+            results.append(
+                {"case": name, "arch": arch, "config": config, "shared": compiled.metadata.shared,
+                 **_resource_usage(compiled.asm["cubin"])}
+            )  # fmt: skip
+    return results
+
+
+def _without_interpreter(script: str) -> subprocess.CompletedProcess:
+    """Run `script` in a fresh Python in this directory without TRITON_INTERPRET (under it,
+    @triton.jit builds interpreter functions, which can be neither compiled nor traced)."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    return subprocess.run(
+        [sys.executable, "-c", script], cwd=Path(__file__).parent, env=env, capture_output=True, text=True, timeout=1200
+    )
+
+
+def trace_triton_ops() -> str:
+    """The graph AOTAutograd traces from time_conv and its backward on fake CUDA tensors (a device
+    with H100 limits is assumed, so no GPU is needed): the triton_op bodies decompose into
+    triton_kernel_wrapper_functional calls, which is what lets Inductor compile the kernels."""
+    from torch._functorch.aot_autograd import aot_function
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    triton_spectral._device_limits = lambda index: (SHARED_MEMORY_LIMIT[90], 132)
+    graphs = []
+
+    def keep_graph(graph_module, example_inputs):
+        graphs.append(graph_module.code)
+        return graph_module
+
+    def layer_and_backward(x, w):
+        y = torch.ops.dsno_kernels.triton_time_conv(x, w, 0.01)
+        return y, *torch.ops.dsno_kernels.triton_time_conv_backward(y, x, w, 0.01)
+
+    with FakeTensorMode():
+        x = torch.empty(2, 4, 256, 16, 16, device="cuda", dtype=torch.bfloat16)
+        w = torch.empty(256, 256, 2, 2, device="cuda", dtype=torch.bfloat16)
+        aot_function(layer_and_backward, fw_compiler=keep_graph)(x, w)
+    return graphs[0]
+
+
+def test_triton_ops_trace_into_their_kernels():
+    run = _without_interpreter("import test_triton; print(test_triton.trace_triton_ops())")
+    assert run.returncode == 0, run.stderr[-4000:]
+    graph = run.stdout
+    # forward; backward: LeakyReLU mask, dx (same kernel), dweight
+    assert graph.count("triton_kernel_wrapper_functional(") == 4, graph
+    assert "dsno_kernels.triton_" not in graph, graph
+
+
+def test_every_kernel_compiles_for_sm80_and_sm90():
+    """Catches what only the interpreter accepts."""
+    run = _without_interpreter("import json, test_triton; print(json.dumps(test_triton.compile_for_gpus()))")
+    assert run.returncode == 0, run.stderr[-4000:]
+    results = json.loads(run.stdout.strip().splitlines()[-1])
+    assert len(results) == sum(len(_compile_cases(SHARED_MEMORY_LIMIT[arch])) for arch in (80, 90))
+    for result in results:
+        assert result["shared"] <= SHARED_MEMORY_LIMIT[result["arch"]], result
+    # The layer that matters (T=4, K=2, C=256, bf16) on an H100: its default configurations fit the
+    # register file without spilling.
+    hot = [r for r in results if r["case"].startswith("cifar10-bf16") and r["arch"] == 90]
+    assert hot and all(r.get("stack", 0) == 0 for r in hot), hot
