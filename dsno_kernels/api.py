@@ -49,10 +49,12 @@ class Backend:
 
 
 _BACKENDS: dict[str, Backend] = {}
-# "auto" tries these in order; set from what the benchmarks measured (benchmarks/results/).
+# "auto" tries these in order, set from what the benchmarks measured: on an H100 (benchmarks/results/
+# 2026-11-26-nvidia-h100-80gb-hbm3) the CUDA kernels beat the Triton ones at most DSNO shapes and in
+# every forward+backward but one; Triton stays as the fallback where the extension has no CUDA kernels.
 AUTO_PREFERENCE: dict[str, list[str]] = {
     "cpu": ["cpu", "reference"],
-    "cuda": ["triton", "cuda", "reference"],
+    "cuda": ["cuda", "triton", "reference"],
 }
 
 

@@ -119,8 +119,13 @@ _FP32_PRECISIONS = ("tf32", "tf32x3", "ieee")
 # Compile-time helpers: the real DFT pieces as constants
 
 
-# Compile-time functions may call only each other (Triton hashes their source into the kernel's).
-_is_real_mode = triton.constexpr_function(mode_is_real)
+# Compile-time functions may call only each other (Triton hashes their source into the kernel's), and
+# each must be a `def` of its own name: Inductor re-emits a kernel's helpers by name when it compiles a
+# graph around the triton_op (an alias of reference.mode_is_real was missing from its output on an H100).
+@triton.constexpr_function
+def _is_real_mode(k, T):
+    """reference.mode_is_real: DC and, for even T, Nyquist."""
+    return k == 0 or 2 * k == T
 
 
 @triton.constexpr_function
