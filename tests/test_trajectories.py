@@ -9,9 +9,9 @@ import torch
 from dsno import trajectories
 from dsno.teachers import GaussianMixtureTeacher, solve
 from dsno.trajectories import (TrajectoryDataset, TrajectorySpec, finalize_manifest, generate, read_manifest,
+                               sample_noise)
 
 pytestmark = pytest.mark.usefixtures("single_thread")  # tests/conftest.py
-                               sample_noise)
 
 SHAPE = [2, 3, 3]
 
