@@ -44,7 +44,8 @@ def presets() -> list[str]:
 
 def _read(name_or_path: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
     path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml") or path.exists():
+    # a preset name ("tiny") stays a preset even where a folder of that name sits in the working directory
+    if path.suffix in (".yaml", ".yml") or path.is_file():
         if not path.is_file():
             raise FileNotFoundError(f"config file {name_or_path} not found")
         text, where, origin = path.read_text(), path.parent, str(path.resolve())
