@@ -131,38 +131,45 @@ int64_t tile_columns(const Spectral& s) {
   return std::min(cols, std::max<int64_t>(s.B * s.P, 1));
 }
 
-// Copies the columns [n0, n0 + width) of src ([B, T, C, P] contiguous, flattened columns n = b * P + p)
-// into dst [T, C, cols] in acc_t, zero-filling the columns past width.
+// Calls run(b, p, col, len) for each run of a tile's columns [n0, n0 + width) that stays inside one batch
+// item (flattened columns n = b * P + p of a [B, ..., P] tensor) and is at most max_len long.
+template <typename Run>
+inline void for_each_run(int64_t P, int64_t n0, int64_t width, int64_t max_len, Run run) {
+  for (int64_t col = 0; col < width;) {
+    const int64_t n = n0 + col, b = n / P, p = n % P, len = std::min({P - p, width - col, max_len});
+    run(b, p, col, len);
+    col += len;
+  }
+}
+
+// Copies the columns [n0, n0 + width) of src ([B, T, C, P] contiguous) into dst [T, C, cols] in acc_t,
+// zero-filling the columns past width.
 template <typename scalar_t, typename acc_t>
 void gather_columns(const scalar_t* src, acc_t* dst, int64_t T, int64_t C, int64_t P, int64_t n0, int64_t width,
                     int64_t cols) {
   if (width < cols) {
     for (int64_t row = 0; row < T * C; ++row) std::fill(dst + row * cols + width, dst + (row + 1) * cols, acc_t(0));
   }
-  for (int64_t col = 0; col < width;) {
-    const int64_t n = n0 + col, b = n / P, p = n % P, len = std::min(P - p, width - col);
+  for_each_run(P, n0, width, width, [&](int64_t b, int64_t p, int64_t col, int64_t len) {
     for (int64_t row = 0; row < T * C; ++row) {
       const scalar_t* in = src + (b * T * C + row) * P + p;
       acc_t* out = dst + row * cols + col;
       for (int64_t j = 0; j < len; ++j) out[j] = static_cast<acc_t>(in[j]);
     }
-    col += len;
-  }
+  });
 }
 
 // The inverse of gather_columns for the first `width` columns, casting to scalar_t.
 template <typename scalar_t, typename acc_t>
 void scatter_columns(const acc_t* src, scalar_t* dst, int64_t T, int64_t C, int64_t P, int64_t n0, int64_t width,
                      int64_t cols) {
-  for (int64_t col = 0; col < width;) {
-    const int64_t n = n0 + col, b = n / P, p = n % P, len = std::min(P - p, width - col);
+  for_each_run(P, n0, width, width, [&](int64_t b, int64_t p, int64_t col, int64_t len) {
     for (int64_t row = 0; row < T * C; ++row) {
       const acc_t* in = src + row * cols + col;
       scalar_t* out = dst + (b * T * C + row) * P + p;
       for (int64_t j = 0; j < len; ++j) out[j] = static_cast<scalar_t>(in[j]);
     }
-    col += len;
-  }
+  });
 }
 
 // Branch-free (so vectorised) LeakyReLU pieces: the sign of s is random, a branch would mispredict.
@@ -183,13 +190,27 @@ constexpr int64_t kDirectMinP = 16;
 
 bool use_direct_path(const Spectral& sp) { return sp.T <= kDirectMaxT && sp.P >= kDirectMinP; }
 
+// Longest pixel run the direct path keeps on the stack.
+constexpr int64_t kMaxRun = 512;
+
+// run[j] = sum_r A[t][r] src[r][c][col + j] for j < len: one time point of the inverse transform.
+template <typename acc_t>
+inline void synthesize_run(const acc_t* src, const acc_t* A, int64_t rows, int64_t t, int64_t C, int64_t c,
+                           int64_t cols, int64_t col, int64_t len, acc_t* run) {
+  std::fill(run, run + len, acc_t(0));
+  for (int64_t r = 0; r < rows; ++r) {
+    const acc_t a = A[t * rows + r];
+    const acc_t* in = src + (r * C + c) * cols + col;
+    for (int64_t j = 0; j < len; ++j) run[j] += a * in[j];
+  }
+}
+
 // dst[r][c][col] = sum_t A[r][t] src[b, t, c, p] over the tile's columns; A is [rows, T], src [B, T, C, P].
 template <typename scalar_t, typename acc_t>
 void load_transform(const scalar_t* src, const acc_t* A, int64_t rows, acc_t* dst, int64_t T, int64_t C, int64_t P,
                     int64_t n0, int64_t width, int64_t cols) {
   std::fill(dst, dst + rows * C * cols, acc_t(0));
-  for (int64_t col = 0; col < width;) {
-    const int64_t n = n0 + col, b = n / P, p = n % P, len = std::min(P - p, width - col);
+  for_each_run(P, n0, width, width, [&](int64_t b, int64_t p, int64_t col, int64_t len) {
     for (int64_t c = 0; c < C; ++c) {
       for (int64_t t = 0; t < T; ++t) {
         const scalar_t* in = src + ((b * T + t) * C + c) * P + p;
@@ -200,31 +221,23 @@ void load_transform(const scalar_t* src, const acc_t* A, int64_t rows, acc_t* ds
         }
       }
     }
-    col += len;
-  }
+  });
 }
 
 // dst[b, t, c, p] = epilogue(sum_r A[t][r] src[r][c][col], offset of (b, t, c, p)) for the tile's columns.
 template <typename scalar_t, typename acc_t, typename Epilogue>
 void store_transform(const acc_t* src, const acc_t* A, int64_t rows, scalar_t* dst, int64_t T, int64_t C, int64_t P,
                      int64_t n0, int64_t width, int64_t cols, Epilogue epilogue) {
-  acc_t run[512];
-  for (int64_t col = 0; col < width;) {
-    const int64_t n = n0 + col, b = n / P, p = n % P, len = std::min({P - p, width - col, int64_t(512)});
+  acc_t run[kMaxRun];
+  for_each_run(P, n0, width, kMaxRun, [&](int64_t b, int64_t p, int64_t col, int64_t len) {
     for (int64_t c = 0; c < C; ++c) {
       for (int64_t t = 0; t < T; ++t) {
-        std::fill(run, run + len, acc_t(0));
-        for (int64_t r = 0; r < rows; ++r) {
-          const acc_t a = A[t * rows + r];
-          const acc_t* in = src + (r * C + c) * cols + col;
-          for (int64_t j = 0; j < len; ++j) run[j] += a * in[j];
-        }
+        synthesize_run(src, A, rows, t, C, c, cols, col, len, run);
         const int64_t offset = ((b * T + t) * C + c) * P + p;
         for (int64_t j = 0; j < len; ++j) dst[offset + j] = static_cast<scalar_t>(epilogue(offset + j, run[j]));
       }
     }
-    col += len;
-  }
+  });
 }
 
 // time_conv backward, direct path: dY[r][c][col] = sum_t G[t][r] g_t with g_t = dy_t * leaky_relu'(s_t) and
@@ -232,18 +245,12 @@ void store_transform(const acc_t* src, const acc_t* A, int64_t rows, scalar_t* d
 template <typename scalar_t, typename acc_t>
 void masked_adjoint_transform(const acc_t* Y, const acc_t* G, int64_t rows, const scalar_t* dy, acc_t slope, acc_t* dY,
                               int64_t T, int64_t C, int64_t P, int64_t n0, int64_t width, int64_t cols) {
-  acc_t run[512];
+  acc_t run[kMaxRun];
   std::fill(dY, dY + rows * C * cols, acc_t(0));
-  for (int64_t col = 0; col < width;) {
-    const int64_t n = n0 + col, b = n / P, p = n % P, len = std::min({P - p, width - col, int64_t(512)});
+  for_each_run(P, n0, width, kMaxRun, [&](int64_t b, int64_t p, int64_t col, int64_t len) {
     for (int64_t c = 0; c < C; ++c) {
       for (int64_t t = 0; t < T; ++t) {
-        std::fill(run, run + len, acc_t(0));
-        for (int64_t r = 0; r < rows; ++r) {
-          const acc_t a = G[t * rows + r];
-          const acc_t* in = Y + (r * C + c) * cols + col;
-          for (int64_t j = 0; j < len; ++j) run[j] += a * in[j];
-        }
+        synthesize_run(Y, G, rows, t, C, c, cols, col, len, run);
         const scalar_t* grad = dy + ((b * T + t) * C + c) * P + p;
         for (int64_t j = 0; j < len; ++j) run[j] = leaky_relu_grad(run[j], static_cast<acc_t>(grad[j]), slope);
         for (int64_t r = 0; r < rows; ++r) {
@@ -253,8 +260,7 @@ void masked_adjoint_transform(const acc_t* Y, const acc_t* G, int64_t rows, cons
         }
       }
     }
-    col += len;
-  }
+  });
 }
 
 // Per-thread tile buffers.

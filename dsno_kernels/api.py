@@ -79,13 +79,9 @@ def available_backends(device: str | torch.device | None = None) -> list[str]:
     for name, backend in _BACKENDS.items():
         if backend.unavailable_reason() is not None:
             continue
-        if device_type is not None and device_type not in backend.device_types:
-            continue
-        if device_type == "cuda" and not torch.cuda.is_available():
-            continue
-        if device_type is None and backend.device_types == ("cuda",) and not torch.cuda.is_available():
-            continue
-        names.append(name)
+        runnable = [t for t in backend.device_types if t != "cuda" or torch.cuda.is_available()]
+        if (device_type is None and runnable) or device_type in runnable:
+            names.append(name)
     return names
 
 
