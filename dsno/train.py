@@ -6,6 +6,9 @@ Per optimizer step, on a batch of (noise z, teacher trajectory X [B, M, C, H, W]
     loss_m = mean over batch and pixels of |pred_m - X_m| (L1) or (pred_m - X_m)^2 (L2)
     loss   = mean_m  w_m loss_m,     w_m = clamp(sqrt(exp(logsnr_m)), 1, 1e4)   (loss_weight: snr)
 
+train.time_points trains on a subset of the dataset's M points ([-1]: the endpoint only, which is
+knowledge distillation into a one-step generator).
+
 Adam; lr factor = linear warmup from warmup_start_factor to 1 over `warmup` steps, times gamma for
 each milestone passed (DSNO's LinearLR + MultiStepLR chain); optional global-norm gradient clipping;
 EMA of the weights after every step (ema = decay * ema + (1 - decay) * param; buffers copied); bf16
@@ -148,6 +151,20 @@ class _Batches:
             self.epoch, self.index = self.epoch + 1, 0
 
 
+def _time_point_indices(selected: list[int] | None, available: int) -> list[int]:
+    """train.time_points (indices into the dataset's M time points; null = all) as non-negative indices."""
+    if selected is None:
+        return list(range(available))
+    if (not isinstance(selected, list) or not selected
+            or not all(isinstance(i, int) and not isinstance(i, bool) and -available <= i < available for i in selected)):
+        raise ValueError(f"train.time_points must be null or a non-empty list of indices into the dataset's "
+                         f"{available} time points, got {selected!r}")
+    indices = [i % available for i in selected]
+    if indices != sorted(set(indices)):
+        raise ValueError(f"train.time_points must be distinct and in time order, got {selected!r}")
+    return indices
+
+
 def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
@@ -190,6 +207,8 @@ def train(config: dict[str, Any], *, model_factory: Callable[[], nn.Module] | No
     data_dir = cfg["data"] or config["traj"]["out"]
 
     dataset = TrajectoryDataset(data_dir)
+    points = _time_point_indices(cfg["time_points"], len(dataset.logsnr))
+    data_logsnr, data_t = dataset.logsnr[points], dataset.t[points]
     torch.manual_seed(cfg["seed"])  # identical initial weights on every rank (DDP also broadcasts them)
     model = model_factory() if model_factory is not None else build_model_from_config(config["model"])
     if cfg["init_backbone"]:
@@ -200,10 +219,10 @@ def train(config: dict[str, Any], *, model_factory: Callable[[], nn.Module] | No
     dtype = next(model.parameters()).dtype
     loss_dtype = torch.promote_types(dtype, torch.float32)  # the loss in fp32 at least, even for a bf16 forward
     ema = copy.deepcopy(model).eval().requires_grad_(False)
-    logsnr = dataset.logsnr.to(device, dtype)
+    logsnr = data_logsnr.to(device, dtype)
     if cfg["loss_weight"] not in ("snr", "none"):
         raise ValueError(f"train.loss_weight must be 'snr' or 'none', got {cfg['loss_weight']!r}")
-    weights = (snr_weights(dataset.logsnr) if cfg["loss_weight"] == "snr" else torch.ones_like(dataset.logsnr))
+    weights = snr_weights(data_logsnr) if cfg["loss_weight"] == "snr" else torch.ones_like(data_logsnr)
     weights = weights.to(device, loss_dtype)
 
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg["lr"], betas=tuple(cfg["betas"]), eps=cfg["eps"],
@@ -246,8 +265,8 @@ def train(config: dict[str, Any], *, model_factory: Callable[[], nn.Module] | No
             return
         state = {"version": CHECKPOINT_VERSION, "step": step, "model": model.state_dict(), "ema": ema.state_dict(),
                  "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng,
-                 "world_size": info.world_size, "config": config, "logsnr": dataset.logsnr.tolist(),
-                 "t": dataset.t.tolist(), "noise_shape": dataset.spec.shape, "num_classes": dataset.num_classes}
+                 "world_size": info.world_size, "config": config, "logsnr": data_logsnr.tolist(),
+                 "t": data_t.tolist(), "noise_shape": dataset.spec.shape, "num_classes": dataset.num_classes}
         save_checkpoint(state, checkpoint_path)
         if cfg["keep_every"] and step % cfg["keep_every"] == 0:
             save_checkpoint(state, out / f"checkpoint-{step:08d}.pt")
@@ -269,7 +288,7 @@ def train(config: dict[str, Any], *, model_factory: Callable[[], nn.Module] | No
             for micro in range(grad_accum):
                 batch = next(batches)
                 noise = batch["noise"].to(device, dtype, non_blocking=True)
-                target = batch["trajectory"].to(device, loss_dtype, non_blocking=True)
+                target = batch["trajectory"][:, points].to(device, loss_dtype, non_blocking=True)
                 label = batch["label"].to(device, non_blocking=True) if "label" in batch else None
                 sync = micro == grad_accum - 1 or not info.distributed
                 with contextlib.nullcontext() if sync else ddp_model.no_sync():

@@ -1,5 +1,6 @@
 """`dsno demo --quick` end to end: its files, that every sampler's row i comes from held-out noise i,
-and the claim it makes (DSNO's one pass is closer to the teacher than 1-step DDIM)."""
+the knowledge-distillation baseline (M = 1, trained on the teacher's endpoint only), that DSNO vs KD is
+reported (not which wins: that is a measurement), the ablation over M and K, and the `digits` preset."""
 
 import json
 import struct
@@ -10,7 +11,8 @@ import pytest
 import torch
 
 from dsno import cli
-from dsno.demo import QUICK, SAMPLERS, run_demo
+from dsno.config import load_config
+from dsno.demo import ABLATION, KD_OVERRIDES, QUICK, SAMPLERS, run_demo
 from dsno.metrics import frechet_distance, per_sample_mse
 
 pytest.importorskip("sklearn", reason="the demo's data ship with scikit-learn")
@@ -20,6 +22,7 @@ pytestmark = pytest.mark.slow
 
 # rows re-derived independently: the first and the last few noises
 CHECKED_ROWS = [0, 1, 2, 3, 4, 5, 6, 7, QUICK.eval_samples - 2, QUICK.eval_samples - 1]
+QUICK_STEPS = load_config("digits", QUICK.overrides)["train"]["steps"]
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +37,8 @@ def demo(tmp_path_factory):
 
 
 def test_writes_every_file_with_the_promised_shapes(demo):
-    for name in ("metrics.json", "noise.npy", "samples.png", "loss.png", "teacher_gmm.npz"):
+    for name in ("metrics.json", "noise.npy", "samples.png", "loss.png", "teacher_gmm.npz", "train/checkpoint.pt",
+                 "kd/checkpoint.pt"):
         assert (demo / name).is_file(), name
     for png in ("samples.png", "loss.png"):
         data = (demo / png).read_bytes()
@@ -75,9 +79,10 @@ def test_every_sampler_starts_from_the_recorded_held_out_noises(demo):
     expected = {"teacher": solve(teacher, rows, schedule.logsnr(time_grid(steps)), [steps], solver="ddim", record="x0")}
     for name, count in (("ddim1", 1), ("ddim2", 2), ("ddim4", 4)):
         expected[name] = solve(teacher, rows, schedule.logsnr(time_grid(count)), [count], solver="ddim", record="xt")
-    model, meta = load_sampler(demo / "train" / "checkpoint.pt")
-    with torch.no_grad():
-        expected["dsno"] = model(rows, torch.tensor(meta["logsnr"], dtype=torch.float32))[:, -1:]
+    for name, folder in (("dsno", "train"), ("kd", "kd")):
+        model, meta = load_sampler(demo / folder / "checkpoint.pt")
+        with torch.no_grad():
+            expected[name] = model(rows, torch.tensor(meta["logsnr"], dtype=torch.float32))[:, -1:]
     for name in SAMPLERS:
         saved = np.load(demo / f"samples_{name}.npy")[CHECKED_ROWS]
         np.testing.assert_allclose(saved, expected[name][:, 0].clamp(-1, 1).numpy(), rtol=0, atol=1e-5, err_msg=name)
@@ -140,3 +145,109 @@ def test_a_rerun_reuses_or_replaces_the_trajectories(demo, tmp_path):
     other = dataclasses.replace(QUICK, train_samples=QUICK.train_samples + 1)
     _remove_stale_trajectories(_pipeline_config(other, tmp_path, "cpu"), log=lambda message: None)
     assert not (tmp_path / "traj").exists()
+
+
+def test_kd_is_one_output_point_trained_on_the_endpoint_only_with_dsno_s_data_and_steps(demo):
+    from dsno.checkpoint import load_checkpoint
+    from dsno.trajectories import TrajectoryDataset
+
+    dataset = TrajectoryDataset(demo / "traj")
+    kd, dsno = load_checkpoint(demo / "kd" / "checkpoint.pt"), load_checkpoint(demo / "train" / "checkpoint.pt")
+    assert kd["config"]["model"]["overrides"]["num_time_points"] == 1
+    assert kd["config"]["train"]["time_points"] == [-1]
+    assert kd["logsnr"] == [dataset.logsnr[-1].item()] and kd["t"] == [dataset.t[-1].item()]
+    assert dsno["logsnr"] == dataset.logsnr.tolist() and dsno["config"]["train"]["time_points"] is None
+    # the same data, batches, steps, seed and optimiser: only the KD overrides and the folder differ
+    assert kd["step"] == dsno["step"] == QUICK_STEPS
+    assert kd["config"]["train"]["data"] == dsno["config"]["train"]["data"]
+    for section in ("train", "traj", "schedule", "teacher", "data"):
+        differ = {key for key in dsno["config"][section] if kd["config"][section][key] != dsno["config"][section][key]}
+        assert differ <= {"out", "time_points"}, (section, differ)
+    assert set(KD_OVERRIDES) == {"model.overrides.num_time_points", "model.overrides.num_modes", "train.time_points"}
+    # its loss was computed on the endpoint alone, every logged step
+    records = [json.loads(line) for line in (demo / "kd" / "metrics.jsonl").read_text().splitlines()]
+    assert records and all(len(record["loss_per_point"]) == 1 for record in records)
+    model_weights = kd["ema"]
+    temporal = [key for key in model_weights if key.endswith("temporal.weight")]
+    assert temporal and all(model_weights[key].shape[2] == 1 for key in temporal)   # K = 1
+
+
+def test_dsno_versus_kd_and_the_machine_load_are_reported(demo):
+    metrics = json.loads((demo / "metrics.json").read_text())
+    for name in SAMPLERS:
+        for key in ("fd_to_teacher", "fd_to_digits", "mse_to_teacher", "seconds_per_sample"):
+            assert np.isfinite(metrics["samplers"][name][key]), (name, key)
+    assert set(metrics["dsno_beats"]) == {"kd", "ddim1", "ddim2", "ddim4"}
+    for key, entry in metrics["dsno_vs_kd"].items():
+        assert entry["dsno"] == metrics["samplers"]["dsno"][key] and entry["kd"] == metrics["samplers"]["kd"][key]
+        assert entry["dsno_lower"] == (entry["dsno"] < entry["kd"])
+    assert metrics["samplers"]["kd"]["time_points"] == 1 and metrics["samplers"]["dsno"]["time_points"] == 4
+    assert metrics["samplers"]["kd"]["trained_on_time_points"] == [-1]
+    for when in ("before", "after"):
+        machine = metrics["machine"][when]
+        assert machine["cores"] >= 1 and len(machine["loadavg_1_5_15_min"]) == 3
+    assert metrics["total_seconds"] > sum(metrics["stage_seconds"].values()) * 0.99
+
+
+def test_the_ablation_trains_every_m_and_k_on_the_matching_points(demo, tmp_path):
+    import shutil
+
+    from dsno.checkpoint import load_checkpoint
+    from dsno.schedule import output_time_points
+
+    shutil.copytree(demo / "traj", tmp_path / "traj")   # the same settings: its trajectories are reused
+    threads = torch.get_num_threads()
+    try:
+        assert cli.main(["demo", "--quick", "--ablation", "--train-steps", "4", "--out", str(tmp_path),
+                         "--no-progress"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    ablation = json.loads((tmp_path / "ablation.json").read_text())
+    assert [(row["M"], row["K"]) for row in ablation["rows"]] == list(ABLATION)
+    assert {m for m, _ in ABLATION} == {1, 2, 4} and {k for _, k in ABLATION} == {1, 2, 3}
+    for row in ablation["rows"]:
+        expected = output_time_points(256, row["M"], "quadratic").logsnr.tolist()
+        assert row["logsnr"] == pytest.approx(expected, rel=1e-6), row
+        state = load_checkpoint(tmp_path / "ablation" / f"M{row['M']}-K{row['K']}" / "checkpoint.pt")
+        assert state["step"] == 4 == row["train_steps"]
+        assert state["config"]["model"]["overrides"]["num_modes"] == row["K"]
+        for key in ("fd_to_teacher", "fd_to_digits", "mse_to_teacher"):
+            assert np.isfinite(row[key]), (row, key)
+    assert ablation["machine"]["before"]["loadavg_1_5_15_min"] is not None
+    assert (tmp_path / "ablation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (tmp_path / "train").exists()     # the ablation trains only its own variants
+
+
+def test_bad_time_points_are_an_error_naming_the_setting(demo, tmp_path):
+    from dsno.demo import _pipeline_config
+    from dsno.train import train
+
+    config = _pipeline_config(QUICK, demo, "cpu", train_steps=1)
+    for bad in ([4], [-5], [], [3, 1], [1, 1], "last", [True]):
+        config["train"]["time_points"] = bad
+        config["train"]["out"] = str(tmp_path / "never")
+        with pytest.raises(ValueError, match="train.time_points"):
+            train(config, progress=False)
+        assert not (tmp_path / "never").exists()
+
+
+def test_the_digits_preset_is_what_the_demo_runs(demo):
+    from dsno.config import presets
+
+    assert "digits" in presets()
+    preset = load_config("digits")
+    assert preset["model"]["overrides"]["in_channels"] == 1 and preset["data"]["shape"] == [1, 8, 8]
+    assert preset["schedule"]["num_steps"] == 256 and preset["traj"]["solver"] == "ddim"
+    ran = json.loads((demo / "metrics.json").read_text())["config"]
+    quick = load_config("digits", QUICK.overrides)
+    for section in quick:
+        for key, value in quick[section].items():
+            if key in ("out", "data", "gmm_path", "checkpoint", "device"):
+                continue   # paths under --out, and --device
+            assert ran[section][key] == value, (section, key)
+
+
+def test_bad_demo_settings_are_one_line_errors(tmp_path, capsys):
+    with pytest.raises(SystemExit, match="--train-steps must be positive"):
+        cli.main(["demo", "--quick", "--train-steps", "0", "--out", str(tmp_path / "x")])
+    assert not (tmp_path / "x").exists()
