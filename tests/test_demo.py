@@ -181,6 +181,11 @@ def test_dsno_versus_kd_and_the_machine_load_are_reported(demo):
     for key, entry in metrics["dsno_vs_kd"].items():
         assert entry["dsno"] == metrics["samplers"]["dsno"][key] and entry["kd"] == metrics["samplers"]["kd"][key]
         assert entry["dsno_lower"] == (entry["dsno"] < entry["kd"])
+    paired = metrics["dsno_minus_kd_mse_per_noise"]
+    dsno, kd = np.load(demo / "samples_dsno.npy"), np.load(demo / "samples_kd.npy")
+    teacher = np.load(demo / "samples_teacher.npy")
+    assert paired["mean"] == pytest.approx(float((per_sample_mse(dsno, teacher) - per_sample_mse(kd, teacher)).mean()))
+    assert np.isfinite(paired["standard_error"]) and paired["standard_error"] > 0
     assert metrics["samplers"]["kd"]["time_points"] == 1 and metrics["samplers"]["dsno"]["time_points"] == 4
     assert metrics["samplers"]["kd"]["trained_on_time_points"] == [-1]
     for when in ("before", "after"):
