@@ -320,7 +320,7 @@ def _save_loss_curve(path: Path, dsno_metrics: Path, kd_metrics: Path, logsnr: l
         axis.plot(steps, [record["loss_per_point"][point] for record in records], linewidth=1,
                   label=f"DSNO, time point {point + 1} (logSNR {value:.1f}), unweighted")
     axis.plot([record["step"] for record in kd_records], [record["loss_per_point"][0] for record in kd_records],
-              color="red", linestyle="--", linewidth=1, label="KD (M = 1), endpoint, unweighted")
+              color="tab:purple", linestyle="--", linewidth=1.5, label="KD (M = 1), endpoint, unweighted")
     axis.set_yscale("log")
     axis.set_xlabel("optimizer step")
     axis.set_ylabel("loss")
