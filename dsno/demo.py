@@ -353,8 +353,8 @@ def _table(results: dict[str, dict[str, Any]], floor: float) -> str:
     for name in SAMPLERS:
         entry = results[name]
         label = names[name].format(steps=entry["teacher_evaluations"] - 1)
-        lines.append(f"| {label} | {entry['teacher_evaluations']} | {entry['fd_to_teacher']:.3f} | "
-                     f"{entry['fd_to_digits']:.3f} | {entry['mse_to_teacher']:.4f} | "
+        lines.append(f"| {label} | {entry['teacher_evaluations']} | {entry['fd_to_teacher']:.4f} | "
+                     f"{entry['fd_to_digits']:.4f} | {entry['mse_to_teacher']:.5f} | "
                      f"{1e3 * entry['seconds_per_sample']:.3f} |")
     lines.append("")
     lines.append(f"FD between the teacher's samples from two different sets of noises of this size: {floor:.3f} "
@@ -367,7 +367,7 @@ def _ablation_table(rows: list[dict[str, Any]]) -> str:
              "|---:|---:|---:|---:|---:|---:|"]
     for row in rows:
         lines.append(f"| {row['M']}{' (KD)' if row['M'] == 1 else ''} | {row['K']} | {row['parameters']:,} | "
-                     f"{row['fd_to_teacher']:.3f} | {row['fd_to_digits']:.3f} | {row['mse_to_teacher']:.4f} |")
+                     f"{row['fd_to_teacher']:.4f} | {row['fd_to_digits']:.4f} | {row['mse_to_teacher']:.5f} |")
     return "\n".join(lines)
 
 
