@@ -35,8 +35,8 @@ What it does, end to end, with the package's own gen-traj / train pipeline and t
 
 `--ablation` runs steps 1-3 (reusing --out's trajectories when they match) and then trains the preset's
 network for every (M, K) in ABLATION with `ablation_steps` steps each (fewer than the demo, so that it
-stays short; the lr milestones scale with them): M = 1 is KD, M = 2 and 4 train on the last 2 or all 4
-of the dataset's points, which are exactly the quadratic points for that M. Each is measured at its
+stays short; the lr milestones scale with them): M = 1 is KD (the 4th point), M = 2 trains on the 2nd
+and 4th of the dataset's points and M = 4 on all of them: exactly the quadratic points for that M. Each is measured at its
 endpoint on the held-out noises, as above, into ablation.json and ablation.png.
 
 Output folder (--out, default ./dsno-demo):

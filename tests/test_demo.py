@@ -142,7 +142,7 @@ def test_a_rerun_reuses_or_replaces_the_trajectories(demo, tmp_path):
     assert (demo / "traj" / "manifest.json").is_file()      # same settings: kept (generation then finds it done)
     shutil.copytree(demo / "traj", tmp_path / "traj")
     shutil.copy(demo / "teacher_gmm.npz", tmp_path / "teacher_gmm.npz")
-    other = dataclasses.replace(QUICK, train_samples=QUICK.train_samples + 1)
+    other = dataclasses.replace(QUICK, overrides=QUICK.overrides + ("traj.num_samples=1025",))
     _remove_stale_trajectories(_pipeline_config(other, tmp_path, "cpu"), log=lambda message: None)
     assert not (tmp_path / "traj").exists()
 
