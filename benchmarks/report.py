@@ -22,13 +22,16 @@ import re
 import sys
 from collections import defaultdict
 
-PROVIDER_ORDER = ("dsno_fft", "torch_fft", "dense_gemm", "neuralop", "cpu", "triton", "cuda", "teacher", "torch")
+import dsno_kernels
+
+# The fused-kernel providers are the dsno_kernels backends benchmarked on some device (their records say).
+KERNEL_PROVIDERS = tuple(b.name for b in dsno_kernels.backends() if b.benchmark_device is not None)
+PROVIDER_ORDER = ("dsno_fft", "torch_fft", "dense_gemm", "neuralop", *KERNEL_PROVIDERS, "teacher", "torch")
 OP_ORDER = ("spectral_time_conv", "time_conv")
 MODEL_OPS = ("train_step", "sample_one_pass", "sample_teacher_ddim512")
 DIRECTION_ORDER = ("fwd", "fwd+bwd")
 DTYPE_ORDER = ("fp32", "bf16")
 BASELINES = ("dsno_fft", "dense_gemm")
-KERNEL_PROVIDERS = ("cpu", "triton", "cuda")
 REQUIRED_KEYS = ("provider", "op", "direction", "dtype", "shape", "bytes", "gbps", "copy_gbps", "device", "torch", "triton")
 
 

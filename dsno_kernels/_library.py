@@ -11,19 +11,19 @@ The ops (C++ TORCH_LIBRARY ops or Python custom/triton ops, with these signature
 Every output is a new contiguous tensor, whatever the strides of the inputs. The backward recomputes
 what it needs from x and weight, so the forward saves only its inputs.
 
-Double backward. Write S(x, w) for spectral_time_conv and S* for the conjugate-transposed weight
+Double backward. Write S(x, w) for spectral_time_conv and w* for the conjugate-transposed weight
 (reference.conjugate_transpose): S is linear in x and in w, and its adjoint in x is S(., w*)
-(reference.py derives it). With (grad_x, grad_weight) = backward(g, x, w) and incoming gradients
-(gg_x, gg_w) of those outputs:
+(reference.py derives it). The backward op maps (grad_out, x, w) to (grad_x, grad_weight); given the
+gradients grad_grad_x, grad_grad_weight of its outputs, the gradients of its inputs are
 
-    spectral_time_conv_backward:   d grad_out = S(gg_x, w) + S(x, gg_w)
-                                   d x        = S(g, gg_w*)
-                                   d weight   = backward(g, gg_x, w).grad_weight
-    time_conv_backward:            the same with g = grad_out * m, m = 1 where s = S(x, w) > 0 and
-                                   negative_slope elsewhere (m has zero derivative almost everywhere),
-                                   and d grad_out = gg_x + m * (S(gg_x, w) + S(x, gg_w))
+    spectral_time_conv_backward:  grad_grad_out = S(grad_grad_x, w) + S(x, grad_grad_weight)
+                                  grad_x        = S(g, grad_grad_weight*)
+                                  grad_weight   = backward(g, grad_grad_x, w).grad_weight
+    time_conv_backward:           the same with g = grad_out * m, where m = 1 where s = S(x, w) > 0 and
+                                  negative_slope elsewhere (zero derivative almost everywhere), and
+                                  grad_grad_out = grad_grad_x + m * (S(grad_grad_x, w) + S(x, grad_grad_weight))
 
-so the backward ops are differentiable with the existing ops, and so to any order.
+(g = grad_out for spectral_time_conv): the existing ops again, so the ops are differentiable to any order.
 
 Two call paths, one set of formulas: the torch.library registrations (register_autograd) serve
 torch.compile, opcheck and anything else that goes through the dispatcher; in eager mode the
@@ -33,6 +33,7 @@ torch.autograd.Function, which costs a fraction of the dispatcher's Python autog
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import torch
@@ -69,35 +70,33 @@ def _leaky_relu_slopes(spectral_op, x, weight, negative_slope: float, dtype) -> 
     return torch.full_like(s, negative_slope, dtype=dtype).masked_fill(s > 0, 1.0)  # (not where(): fp32 scalars)
 
 
-def _double_backward(ops, ctx, gg_x, gg_w):
-    """Gradients of backward(grad_out, x, weight[, slope]) -> (grad_x, grad_weight) for its inputs,
-    from the gradients gg_x, gg_w of its outputs (None where nothing flows back)."""
+def _double_backward(ops, ctx, grad_grad_x, grad_grad_weight):
+    """Gradients of backward(grad_out, x, weight[, negative_slope]) -> (grad_x, grad_weight) for its
+    inputs, from the gradients grad_grad_x, grad_grad_weight of its outputs (None where none flows)."""
     grad_out, x, weight = ctx.saved_tensors
     spectral = ops["spectral_time_conv"]
-    need_grad_out, need_x, need_weight = ctx.needs_input_grad[:3]
-    slopes = None
-    g = grad_out
+    needs_grad_out, needs_x, needs_weight = ctx.needs_input_grad[:3]
+    slopes, g = None, grad_out
     if ctx.slope:
         slopes = _leaky_relu_slopes(spectral, x, weight, ctx.slope[0], grad_out.dtype)
         g = grad_out * slopes
-    d_grad_out = d_x = d_weight = None
-    if need_grad_out and (gg_x is not None or gg_w is not None):
-        mixed = None
-        if gg_x is not None:
-            mixed = spectral(gg_x, weight)
-        if gg_w is not None:
-            term = spectral(x, gg_w)
-            mixed = term if mixed is None else mixed + term
-        d_grad_out = mixed
+    grad_grad_out = grad_x = grad_weight = None
+    if needs_grad_out and (grad_grad_x is not None or grad_grad_weight is not None):
+        terms = []
+        if grad_grad_x is not None:
+            terms.append(spectral(grad_grad_x, weight))
+        if grad_grad_weight is not None:
+            terms.append(spectral(x, grad_grad_weight))
+        grad_grad_out = terms[0] if len(terms) == 1 else terms[0] + terms[1]
         if slopes is not None:
-            d_grad_out = d_grad_out * slopes
-            if gg_x is not None:
-                d_grad_out = d_grad_out + gg_x
-    if need_x and gg_w is not None:
-        d_x = spectral(g, conjugate_transpose(gg_w))
-    if need_weight and gg_x is not None:
-        d_weight = ops["spectral_time_conv_backward"](g.contiguous(), gg_x, weight)[1]
-    return (d_grad_out, d_x, d_weight) + (None,) * len(ctx.slope)
+            grad_grad_out = grad_grad_out * slopes
+            if grad_grad_x is not None:
+                grad_grad_out = grad_grad_out + grad_grad_x
+    if needs_x and grad_grad_weight is not None:
+        grad_x = spectral(g, conjugate_transpose(grad_grad_weight))
+    if needs_weight and grad_grad_x is not None:
+        grad_weight = ops["spectral_time_conv_backward"](g.contiguous(), grad_grad_x, weight)[1]
+    return (grad_grad_out, grad_x, grad_weight) + (None,) * len(ctx.slope)
 
 
 def _register_autograd(ops: dict) -> None:
@@ -110,7 +109,7 @@ def _register_autograd(ops: dict) -> None:
         grad_out, x, weight, *slope = inputs
         ctx.save_for_backward(grad_out, x, weight)
         ctx.slope = tuple(slope)
-        ctx.set_materialize_grads(False)  # a gradient penalty on grad_x alone skips the grad_weight terms
+        ctx.set_materialize_grads(False)  # a penalty on grad_x alone skips the grad_grad_weight terms
 
     for name in ("spectral_time_conv", "time_conv"):
         backward_op = ops[name + "_backward"]
@@ -123,7 +122,7 @@ def _register_autograd(ops: dict) -> None:
 
         torch.library.register_autograd(ops[name], backward, setup_context=setup_forward)
         torch.library.register_autograd(
-            backward_op, lambda ctx, gg_x, gg_w: _double_backward(ops, ctx, gg_x, gg_w), setup_context=setup_backward
+            backward_op, functools.partial(_double_backward, ops), setup_context=setup_backward
         )
 
 

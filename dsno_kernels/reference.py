@@ -40,6 +40,7 @@ rows of F, Gr, Gi the matching columns of G).
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -103,14 +104,12 @@ def conjugate_transpose(weight: torch.Tensor) -> torch.Tensor:
     return torch.stack((weight[..., 0], -weight[..., 1]), dim=-1).transpose(0, 1)
 
 
-def dense_block_circulant(weight: torch.Tensor, T: int) -> torch.Tensor:
-    """The whole layer as one real matrix A [T * C_out, T * C_in]: y[b, :, :, p] = A @ x[b, :, :, p]
-    flattened (t-major). Differentiable in the weight; computed in fp32 (fp64 for an fp64 weight) and
-    returned in that dtype. The `dense_gemm` benchmark baseline, and an independent check of the maths."""
-    C_in, C_out, K, _ = weight.shape
-    dtype = torch.float64 if weight.dtype == torch.float64 else torch.float32
-    F, G = spectral_bases(T, K, device=weight.device)  # fp64, rows ordered as in the module docstring
-    p_r = torch.zeros(T, T, K, dtype=torch.float64, device=weight.device)  # [t, s, k]
+@functools.lru_cache(maxsize=64)
+def _folded_bases(T: int, K: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pr, Pi [T, T, K] in fp64 (the module docstring): the DFT pieces of dense_block_circulant, which
+    the model-level dense_gemm baseline calls in every forward. Read-only."""
+    F, G = spectral_bases(T, K, device=device)
+    p_r = torch.zeros(T, T, K, dtype=torch.float64, device=device)  # [t, s, k]
     p_i = torch.zeros_like(p_r)
     row = 0
     for k in range(K):
@@ -122,6 +121,16 @@ def dense_block_circulant(weight: torch.Tensor, T: int) -> torch.Tensor:
             p_r[:, :, k] = torch.outer(g_r, f_r) + torch.outer(g_i, f_i)
             p_i[:, :, k] = torch.outer(g_i, f_r) - torch.outer(g_r, f_i)
             row += 2
+    return p_r, p_i
+
+
+def dense_block_circulant(weight: torch.Tensor, T: int) -> torch.Tensor:
+    """The whole layer as one real matrix A [T * C_out, T * C_in]: y[b, :, :, p] = A @ x[b, :, :, p]
+    flattened (t-major). Differentiable in the weight; computed in fp32 (fp64 for an fp64 weight) and
+    returned in that dtype. The `dense_gemm` benchmark baseline, and an independent check of the maths."""
+    C_in, C_out, K, _ = weight.shape
+    dtype = torch.float64 if weight.dtype == torch.float64 else torch.float32
+    p_r, p_i = (p.to(dtype) for p in _folded_bases(T, K, weight.device))
     w = weight.to(dtype)
-    A = torch.einsum("tsk,iok->tosi", p_r.to(dtype), w[..., 0]) + torch.einsum("tsk,iok->tosi", p_i.to(dtype), w[..., 1])
+    A = torch.einsum("tsk,iok->tosi", p_r, w[..., 0]) + torch.einsum("tsk,iok->tosi", p_i, w[..., 1])
     return A.reshape(T * C_out, T * C_in)

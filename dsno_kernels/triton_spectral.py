@@ -1,22 +1,13 @@
 """Triton backend ("triton"): fused forward and backward kernels of the temporal spectral convolution.
 
-    x [B, T, C_in, *S], weight [C_in, C_out, K, 2]; the trailing dims flatten to P pixels, so per batch
-    item x is [T, C_in, P] and every pixel column goes through
+    The maths and its notation (F, M, G, D, the R rows and their order, the transposed chain of the
+    backward with the conjugate-transposed weights M*) are reference.py's. Here x [B, T, C_in, *S] is
+    [B, T, C_in, P] with the trailing dims flattened to P pixels, and the kernels compute
 
-        X = F x            F [R, T]   the truncated real DFT along T    (adds / FMAs on CUDA cores)
-        Y = M X            per mode k: Yr = Wr^T Xr - Wi^T Xi, Yi = Wi^T Xr + Wr^T Xi   (tl.dot)
-        y = G Y            G [T, R]   the irfft, G = F^T D with D = c_k / T per mode
-        time_conv:         y = x + leaky_relu(G M F x)
-
-    R counts the real rows: (real, imag) for complex modes, (real) alone for DC and Nyquist, in the
-    row order of reference.spectral_bases. The backward is the transposed chain:
-
-        g  = dy                              (time_conv: dy * (s > 0 ? 1 : slope), s = G M F x recomputed)
-        dx = F^T M^T G^T g = G M* F g        (time_conv: + dy)
-        dWr = sum_pixels Xr dYr^T + Xi dYi^T     dWi = sum_pixels Xr dYi^T - Xi dYr^T,   dY = G^T g = D F g
-
-    where M* mixes with the conjugate weights transposed (Wr^T, -Wi^T): D is one scalar per mode, so
-    it commutes with the per-mode mixing, and dx is the forward chain with other weights.
+        forward:   y = G M F x                    time_conv: y = x + leaky_relu(G M F x)
+        backward:  g = dy                         time_conv: g = dy * leaky_relu'(s), s = G M F x recomputed
+                   dx = G M* F g                  time_conv: + dy
+                   grad_weight from the products of F x and dY = D F g, summed over the pixels
 
 Kernels
 

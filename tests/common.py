@@ -76,7 +76,7 @@ def sample_inputs(device="cpu", dtype=torch.float64, *, requires_grad=False, see
         for t in (x, w, w_sq):
             t.requires_grad_(requires_grad)
         slope = (0.01, 0.2, 1.5)[index % 3]
-        name = f"T{T}-K{K}-B{batch}-Cin{C_in}-Cout{C_out}-S{'x'.join(map(str, trailing)) or 'none'}" + (
+        name = f"T{T}-K{K}-B{batch}-C_in{C_in}-C_out{C_out}-S{'x'.join(map(str, trailing)) or 'none'}" + (
             "-strided" if strided else ""
         )
         cases.append(SampleInput(name, x, w, w_sq, slope))

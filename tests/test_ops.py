@@ -70,7 +70,7 @@ def test_backward_matches_reference(backend, device, dtype, op):
         (x, w), kwargs = sample.args(op)
         out = run(op, sample, backend)
         grad_out = torch.randn_like(out)
-        grad_x, grad_w = torch.autograd.grad(out, (x, w), grad_out)
+        grad_x, grad_weight = torch.autograd.grad(out, (x, w), grad_out)
         x64 = x.detach().double().requires_grad_()
         w64 = w.detach().double().requires_grad_()
         ref_out = dsno_kernels.spectral_time_conv_reference(x64, w64)
@@ -80,12 +80,12 @@ def test_backward_matches_reference(backend, device, dtype, op):
             # legitimately differ from fp64's, and the gradient there by (1 - slope) * grad_out.
             s = dsno_kernels.spectral_time_conv(x.detach(), w.detach(), backend=backend).double()
             ref_out = x64 + torch.where(s > 0, ref_out, kwargs["negative_slope"] * ref_out)
-        ref_gx, ref_gw = torch.autograd.grad(ref_out, (x64, w64), grad_out.double())
-        assert grad_x.dtype == x.dtype and grad_w.dtype == w.dtype
-        # dweight sums over every pixel and time point: scale its tolerance by the sqrt of that count.
+        ref_grad_x, ref_grad_weight = torch.autograd.grad(ref_out, (x64, w64), grad_out.double())
+        assert grad_x.dtype == x.dtype and grad_weight.dtype == w.dtype
+        # grad_weight sums over every pixel and time point: scale its tolerance by the sqrt of that count.
         terms = max(1, x.numel() // x.shape[2]) ** 0.5
-        assert_close_to_reference(grad_x, ref_gx, tol, f"{backend}/{op}/{sample.name}/grad_x")
-        assert_close_to_reference(grad_w, ref_gw, tol * terms, f"{backend}/{op}/{sample.name}/grad_weight")
+        assert_close_to_reference(grad_x, ref_grad_x, tol, f"{backend}/{op}/{sample.name}/grad_x")
+        assert_close_to_reference(grad_weight, ref_grad_weight, tol * terms, f"{backend}/{op}/{sample.name}/grad_weight")
 
 
 @pytest.mark.parametrize("op", OPS)
@@ -121,7 +121,7 @@ def test_gradgradcheck_fp64(backend, device, op):
         ), sample.name
 
 
-def _penalty_weight_grad(op, backend, x, w, kwargs):
+def _penalty_grad_weight(op, backend, x, w, kwargs):
     """d/dweight of the gradient penalty |d loss / dx|^2, loss = sum(y^2) / 2."""
     x, w = x.detach().requires_grad_(), w.detach().requires_grad_()
     y = getattr(dsno_kernels, op)(x, w, backend=backend, **kwargs)
@@ -139,8 +139,8 @@ def test_gradient_penalty_matches_reference(backend, device, op):
     x = torch.randn(2, 6, 3, 5, generator=generator, dtype=torch.float64).to(device)
     w = (torch.randn(3, 3, 3, 2, generator=generator, dtype=torch.float64) / 3).to(device)
     kwargs = {} if op == "spectral_time_conv" else {"negative_slope": 0.2}
-    got = _penalty_weight_grad(op, backend, x, w, kwargs)
-    expected = _penalty_weight_grad(op, "reference", x, w, kwargs)
+    got = _penalty_grad_weight(op, backend, x, w, kwargs)
+    expected = _penalty_grad_weight(op, "reference", x, w, kwargs)
     assert expected.norm() > 1e-3
     assert_close_to_reference(got, expected, 1e-10, f"{backend}/{op}/penalty d/dweight")
 
@@ -251,3 +251,21 @@ def test_large_values_and_long_time_axis(backend, device):
     out = dsno_kernels.spectral_time_conv(x, w, backend=backend)
     expected = dsno_kernels.spectral_time_conv_reference(x, w)
     assert_close_to_reference(out, expected, 1e-10, "long T")
+
+
+@pytest.mark.parametrize("T", range(1, 10))
+def test_dense_block_circulant_is_the_layer(T):
+    """reference.dense_block_circulant (the dense_gemm baseline), and its weight gradient, against the
+    torch.fft reference for every K."""
+    for K in range(1, T // 2 + 2):
+        x = torch.randn(2, T, 3, 4, dtype=torch.float64)
+        w = torch.randn(3, 5, K, 2, dtype=torch.float64, requires_grad=True)
+        A = dsno_kernels.reference.dense_block_circulant(w, T)
+        y = (A @ x.reshape(2, T * 3, 4)).reshape(2, T, 5, 4)
+        expected = dsno_kernels.spectral_time_conv_reference(x, w)
+        torch.testing.assert_close(y, expected, rtol=1e-12, atol=1e-12)
+        grad_out = torch.randn_like(y)
+        (got,) = torch.autograd.grad(y, w, grad_out)
+        (want,) = torch.autograd.grad(expected, w, grad_out)
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+        assert dsno_kernels.reference.dense_block_circulant(w.float(), T).dtype == torch.float32
