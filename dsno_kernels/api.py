@@ -64,9 +64,19 @@ class Backend:
 
 
 _BACKENDS: dict[str, Backend] = {}
-# Derived from _BACKENDS, per call otherwise: the "auto" order per device type, the names
-# DSNO_KERNELS_BACKEND may take. Cleared whenever the registry changes.
-_CACHE: dict = {}
+# Derived from _BACKENDS when it changes, not per call (and never while torch.compile traces a call):
+# the "auto" order per device type, and the values DSNO_KERNELS_BACKEND may take.
+_AUTO_ORDER: dict[str, tuple[Backend, ...]] = {}
+_SETTING_CHOICES: list[tuple[str, ...]] = [("auto",)]
+
+
+def _derive() -> None:
+    device_types = {t for b in _BACKENDS.values() for t in b.auto_priority}
+    _AUTO_ORDER.clear()
+    for device_type in device_types:
+        ranked = [b for b in _BACKENDS.values() if device_type in b.auto_priority]
+        _AUTO_ORDER[device_type] = tuple(sorted(ranked, key=lambda b: -b.auto_priority[device_type]))
+    _SETTING_CHOICES[0] = (*_BACKENDS, "auto")
 
 
 def register_backend(backend: Backend) -> None:
@@ -74,13 +84,13 @@ def register_backend(backend: Backend) -> None:
     if not isinstance(backend, Backend):
         raise TypeError(f"backend must be a dsno_kernels.Backend, got {type(backend).__name__}")
     _BACKENDS[backend.name] = backend
-    _CACHE.clear()
+    _derive()
 
 
 def unregister_backend(name: str) -> None:
     get_backend(name)
     del _BACKENDS[name]
-    _CACHE.clear()
+    _derive()
 
 
 def backends() -> tuple[Backend, ...]:
@@ -133,20 +143,9 @@ def _why_not(backend: Backend, x: torch.Tensor) -> Optional[str]:
     return None
 
 
-def _auto_order(device_type: str) -> list[Backend]:
-    order = _CACHE.get(device_type)
-    if order is None:
-        ranked = [b for b in _BACKENDS.values() if device_type in b.auto_priority]
-        order = _CACHE[device_type] = sorted(ranked, key=lambda b: -b.auto_priority[device_type])
-    return order
-
-
 def backend_setting() -> str:
     """DSNO_KERNELS_BACKEND, validated against the registered names: "auto" when unset."""
-    choices = _CACHE.get("choices")
-    if choices is None:
-        choices = _CACHE["choices"] = (*_BACKENDS, "auto")
-    return settings.get(settings.BACKEND, choices=choices)
+    return settings.get(settings.BACKEND, choices=_SETTING_CHOICES[0])
 
 
 def resolve_backend(backend: str, x: torch.Tensor) -> Backend:
@@ -167,7 +166,7 @@ def resolve_backend(backend: str, x: torch.Tensor) -> Backend:
         if not too_long or _why_not(dataclasses.replace(chosen, max_time_points=None), x) is not None:
             raise RuntimeError(f"backend {backend!r} cannot run this input: {reason}")
         # A shape limit (not a device one): hand the input to the next backend, as "auto" would.
-    for candidate in _auto_order(x.device.type):
+    for candidate in _AUTO_ORDER.get(x.device.type, ()):
         if _why_not(candidate, x) is None:
             return candidate
     return _BACKENDS["reference"]
