@@ -8,7 +8,7 @@
 
 from .api import Backend, available_backends, backends, get_backend, resolve_backend, spectral_time_conv, time_conv
 from .modules import SpectralTimeConv, TimeConv
-from .reference import spectral_time_conv_reference, time_conv_reference
+from .reference import spectral_time_conv_reference, time_conv_reference  # registers the "reference" backend
 from . import cpp_ops  # noqa: F401  registers the "cpu" and "cuda" backends
 from . import triton_spectral  # noqa: F401  registers the "triton" backend
 

@@ -1,7 +1,7 @@
 """Public functions, input validation and backend dispatch.
 
-Each backend module (cpp_ops for "cpu" and "cuda", triton_spectral for "triton") builds its `Backend`
-record and calls `register_backend` at import; callers only ever go through `spectral_time_conv` /
+Each backend module (reference for "reference", cpp_ops for "cpu" and "cuda", triton_spectral for
+"triton") builds its `Backend` record and calls `register_backend` at import; callers only ever go through `spectral_time_conv` /
 `time_conv`, and tests and benchmarks read the records through `backends()` / `get_backend(name)`, so
 a new backend is one module plus its registration.
 """
@@ -16,7 +16,6 @@ from typing import Callable, Optional
 import torch
 
 from . import settings
-from .reference import spectral_time_conv_reference, time_conv_reference
 
 __all__ = [
     "Backend",
@@ -106,17 +105,6 @@ def get_backend(name: str) -> Backend:
     if backend is None:
         raise ValueError(f"backend must be one of {sorted(_BACKENDS) + ['auto']}, got {name!r}")
     return backend
-
-
-register_backend(
-    Backend(
-        name="reference",
-        device_types=("cpu", "cuda"),
-        spectral_time_conv=spectral_time_conv_reference,
-        time_conv=time_conv_reference,
-        auto_priority={"cpu": 0, "cuda": 0},
-    )
-)
 
 
 def available_backends(device: str | torch.device | None = None) -> list[str]:

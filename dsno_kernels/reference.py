@@ -8,7 +8,8 @@ every backend.
     time_conv(x, weight, s)       = x + leaky_relu(spectral_time_conv(x, weight), s)
 
 `spectral_time_conv_reference` is that formula verbatim (autograd by PyTorch); it is the ground truth
-the tests hold every backend to (in fp64) and the `dsno_fft` / `torch_fft` benchmark baselines.
+the tests hold every backend to (in fp64), the `torch_fft` benchmark baseline, and the "reference"
+backend registered at the end of this file (on any device, the fallback of backend="auto").
 
 In real arithmetic, with a[k, t] = 2 pi k t / T, each pixel's [T, C_in] column goes through
 
@@ -44,6 +45,8 @@ import functools
 import math
 
 import torch
+
+from .api import Backend, register_backend
 
 __all__ = [
     "spectral_time_conv_reference",
@@ -134,3 +137,14 @@ def dense_block_circulant(weight: torch.Tensor, T: int) -> torch.Tensor:
     w = weight.to(dtype)
     A = torch.einsum("tsk,iok->tosi", p_r, w[..., 0]) + torch.einsum("tsk,iok->tosi", p_i, w[..., 1])
     return A.reshape(T * C_out, T * C_in)
+
+
+register_backend(
+    Backend(
+        name="reference",
+        device_types=("cpu", "cuda"),
+        spectral_time_conv=spectral_time_conv_reference,
+        time_conv=time_conv_reference,
+        auto_priority={"cpu": 0, "cuda": 0},
+    )
+)
