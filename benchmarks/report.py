@@ -55,12 +55,7 @@ def strip_file(path: str) -> None:
     """drop_round_samples on a JSON file, rewritten atomically in pytest-benchmark's layout."""
     with open(path) as f:
         results = json.load(f)
-    drop_round_samples(results)
-    folder = os.path.dirname(os.path.abspath(path))
-    with tempfile.NamedTemporaryFile("w", dir=folder, suffix=".json.tmp", delete=False) as tmp:
-        json.dump(results, tmp, indent=4)
-        tmp.write("\n")
-    os.replace(tmp.name, path)
+    _write_atomically(path, json.dumps(drop_round_samples(results), indent=4) + "\n")
 
 
 def load_results(paths: list[str]) -> list[dict]:
@@ -412,8 +407,12 @@ def brief(report: str) -> str:
 
 
 def _write_atomically(path: str, text: str) -> None:
-    with tempfile.NamedTemporaryFile("w", dir=os.path.dirname(path), suffix=".tmp", delete=False) as tmp:
+    """Write a sibling temporary file and rename it over `path` (which keeps its permissions)."""
+    mode = os.stat(path).st_mode & 0o777 if os.path.exists(path) else 0o644
+    with tempfile.NamedTemporaryFile("w", dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp",
+                                     delete=False) as tmp:
         tmp.write(text)
+    os.chmod(tmp.name, mode)
     os.replace(tmp.name, path)
 
 
