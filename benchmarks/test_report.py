@@ -31,7 +31,8 @@ def test_report_tables_and_plots(tmp_path):
         # A GPU result: the kernel-only time is half the host-inclusive one.
         _bench("triton", "time_conv", "fwd", "fp32", "s1", 2e-3, nbytes=10**6, kernel_seconds=5e-4),
         _bench("torch", "copy", "fwd", "fp32", "copy-1MiB", 2e-4, nbytes=2 * 10**6, kernel_seconds=1e-4),
-        _bench("cpu", "train_step", "fwd+bwd", "fp32", "tiny-b8", 0.5, temporal_share=0.25),
+        _bench("cpu", "train_step", "fwd+bwd", "fp32", "tiny-b8", 0.5),
+        _bench("cpu", "temporal_share", "fwd+bwd", "fp32", "tiny-b8", 0.7, temporal_share=0.25),
         _bench("cpu", "sample_one_pass", "fwd", "fp32", "tiny-b8", 1e-2),
         _bench("teacher", "sample_teacher_ddim512", "fwd", "fp32", "tiny-b8", 1.0),
         {"extra_info": {}, "stats": {"median": 1.0, "rounds": 1}},  # another suite's result: ignored
@@ -50,6 +51,7 @@ def test_report_tables_and_plots(tmp_path):
     assert "| tiny-b8 | fp32 | train_step | cpu | 500.000 ms | - | 25% | - | - |" in text
     assert "| tiny-b8 | fp32 | sample_one_pass | cpu | 10.000 ms | 1.250 ms | - | - | - |" in text
     assert "one-pass sampling with cpu is 100.0x faster per image" in text
+    assert "temporal_share |" not in text  # the profiled step is no timing: only its share is shown
     assert "5|x|" in text
     assert "## Targets" not in text  # no GPU shape in these results
     assert (tmp_path / "speedup_by_shape.png").stat().st_size > 0
