@@ -225,7 +225,9 @@ def run_benchmark(
     return kernel_seconds(fn, calls=min(iterations, MAX_QUEUED_CALLS))
 
 
-MAX_QUEUED_CALLS = 32  # a call launches up to ~30 kernels; CUDA's launch queue holds about a thousand
+# A call launches up to ~30 kernels (DSNO's fp32 torch.fft layer, forward+backward); CUDA's launch
+# queue holds about a thousand, and a full queue would block the host while the sleep runs out.
+MAX_QUEUED_CALLS = 10
 SLEEP_CYCLES_PER_SECOND = 2e9  # torch.cuda._sleep spins this many clock cycles a second, roughly
 
 
