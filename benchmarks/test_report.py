@@ -111,3 +111,11 @@ def test_strip_drops_round_samples_and_keeps_the_statistics(tmp_path):
 def test_unreadable_results_give_one_line(tmp_path, capsys):
     assert report.main([str(tmp_path / "missing.json")]) == 1
     assert capsys.readouterr().err.startswith("benchmarks.report: cannot read results:")
+
+
+def test_the_suites_save_statistics_without_round_samples():
+    from benchmarks import conftest
+
+    saved = {"benchmarks": [_bench("cpu", "time_conv", "fwd", "fp32", "s1", 1e-3)]}
+    conftest.pytest_benchmark_update_json(config=None, benchmarks=[], output_json=saved)
+    assert "data" not in saved["benchmarks"][0]["stats"] and saved["benchmarks"][0]["stats"]["median"] == 1e-3
