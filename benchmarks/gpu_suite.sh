@@ -19,13 +19,15 @@
 #   bench-model  training step, one-pass sampling (also under a CUDA graph), the 512-step teacher DDIM,
 #                the profiled share of the step in temporal layers -> model.json
 #   bench-compile  the training step under torch.compile(fullgraph=True) -> compile.json
+#   bench-host   benchmarks/test_host_overhead.py, where it exists: the Python + dispatch time per call
+#                with the kernel launch stubbed -> host.json
 #   interleaved  (CPU only) python -m benchmarks.harness: dsno_fft vs the cpu backend, call by call
 #   report       python -m benchmarks.report over the JSON: report.md (targets with pass/MISS) + plots
 # With no GPU it runs the CPU set (no build: the installed extension), or with SMOKE=1 the smoke set.
 #
 # Writes to $OUT when set (the device tool brings $OUT back), else to benchmarks/results/<date>-<device>/
 # (SMOKE=1: a temporary folder, never under benchmarks/results/): suite.log, run.md (card, driver,
-# versions, date, settings, each phase's exit status), ops.json, model.json, compile.json,
+# versions, date, settings, each phase's exit status), ops.json, model.json, compile.json, host.json,
 # kernel_report.txt, report.md, speedup_by_shape.png, bandwidth_by_shape.png. With $OUT set the files
 # are also copied to benchmarks/results/<date>-<device>/. Committed JSON keeps statistics only (the
 # suites drop pytest-benchmark's per-round samples when they save).
@@ -33,15 +35,17 @@
 # Switches (environment):
 #   SMOKE=1             tiny shapes, 0.01 s per case, tests that need a GPU only (skipped without one)
 #   SKIP_BUILD=1        keep the installed extension (the default without a GPU)
-#   SKIP_TESTS=1  SKIP_KERNEL_REPORT=1  SKIP_OPS_BENCH=1  SKIP_MODEL_BENCH=1  SKIP_COMPILE_BENCH=1
+#   SKIP_TESTS=1  SKIP_KERNEL_REPORT=1 (the default with SMOKE=1)  SKIP_OPS_BENCH=1  SKIP_MODEL_BENCH=1
+#   SKIP_COMPILE_BENCH=1  SKIP_HOST_BENCH=1
 #   TEST_ARGS           pytest arguments for the tests (default: the GPU tests, see above; without a
 #                       GPU only the CUDA test files, which then skip: the CPU suite is CI's job)
 #   BENCH_ARGS          extra pytest arguments for every benchmark run, e.g.
 #                       "--bench-shapes cifar10-32,fno1d --bench-seconds 0.1"
 #   CUDA_ARCHS          arch list for the build (default: the card's compute capability, e.g. 90)
 #   BUDGET_S            deadline for the whole script in seconds (default 480, inside the tool's 600)
-#   BUILD_S TESTS_S KERNEL_REPORT_S BENCH_OPS_S BENCH_MODEL_S BENCH_COMPILE_S   phase limits
-#                       (defaults 120 110 90 150 80 110 s; the deadline shortens whichever comes late)
+#   BUILD_S TESTS_S KERNEL_REPORT_S BENCH_OPS_S BENCH_MODEL_S BENCH_COMPILE_S BENCH_HOST_S   phase
+#                       limits (defaults 120 110 90 150 80 110 40 s; the deadline shortens whichever
+#                       comes late)
 #   PYTHON              interpreter (default python3)
 #   DSNO_KERNELS_TRITON_AUTOTUNE  default 1 here (autotuning on); 0 runs the heuristic configuration
 set -u -o pipefail
@@ -141,9 +145,10 @@ if [[ $SMOKE == 1 ]]; then
     BENCH_SET=(--bench-set smoke --bench-seconds 0.01)
 fi
 
-# The static kernel report needs no GPU, only CPU: it runs beside the tests, never beside a timing.
+# The static kernel report needs no GPU, only CPU: it runs beside the tests (its host times are
+# per-thread CPU time, which the tests' load moves little), never beside the benchmarks.
 KERNEL_REPORT_PID=
-if [[ ${SKIP_KERNEL_REPORT:-0} == 1 ]]; then
+if [[ ${SKIP_KERNEL_REPORT:-$SMOKE} == 1 ]]; then
     skipped kernel-report "SKIP_KERNEL_REPORT=1"
 elif [[ ! -f benchmarks/kernel_report.py ]]; then
     skipped kernel-report "no benchmarks/kernel_report.py in this tree"
@@ -204,6 +209,14 @@ else
     step bench-compile "${BENCH_COMPILE_S:-110}" $PY -m pytest benchmarks/test_model_bench.py "${BENCH[@]}" \
         -k compiled --benchmark-json="$DEST/compile.json" "${EXTRA[@]}"
 fi
+if [[ ${SKIP_HOST_BENCH:-0} == 1 ]]; then
+    skipped bench-host "SKIP_HOST_BENCH=1"
+elif [[ ! -f benchmarks/test_host_overhead.py ]]; then
+    skipped bench-host "no benchmarks/test_host_overhead.py in this tree"
+else
+    step bench-host "${BENCH_HOST_S:-40}" $PY -m pytest benchmarks/test_host_overhead.py "${BENCH[@]}" \
+        --benchmark-json="$DEST/host.json" "${EXTRA[@]}"
+fi
 if [[ $DEVICE == cpu ]]; then
     if [[ $SMOKE == 1 ]]; then
         step interleaved 30 $PY -m benchmarks.harness --shape smoke-2d --repeats 3
@@ -214,7 +227,7 @@ fi
 
 echo "== report"
 JSONS=()
-for f in "$DEST/ops.json" "$DEST/model.json" "$DEST/compile.json"; do [[ -s $f ]] && JSONS+=("$f"); done
+for f in "$DEST/ops.json" "$DEST/model.json" "$DEST/compile.json" "$DEST/host.json"; do [[ -s $f ]] && JSONS+=("$f"); done
 if ((${#JSONS[@]})); then
     timeout -k 10 60 $PY -m benchmarks.report "${JSONS[@]}" --out "$DEST" --brief
     rc=$?
@@ -233,8 +246,8 @@ cat >"$DEST/run.md" <<EOF
 $(echo "$ENV_SUMMARY" | sed 's/^/- /')
 - switches: SMOKE=$SMOKE BUDGET_S=$BUDGET TEST_ARGS="${TEST_ARGS:-}" BENCH_ARGS="${BENCH_ARGS:-}"
 - phases (exit status; 124 = stopped by its time limit): ${STATUS[*]}
-- files: suite.log (the log), ops.json / model.json / compile.json (pytest-benchmark JSON, statistics
-  only), kernel_report.txt, report.md and the plots (python -m benchmarks.report)
+- files: suite.log (the log), ops.json / model.json / compile.json / host.json (pytest-benchmark JSON,
+  statistics only), kernel_report.txt, report.md and the plots (python -m benchmarks.report)
 EOF
 
 if [[ $DEST != "$RESULTS" ]]; then
