@@ -39,6 +39,7 @@
 #   SKIP_COMPILE_BENCH=1  SKIP_HOST_BENCH=1
 #   TEST_ARGS           pytest arguments for the tests (default: the GPU tests, see above; without a
 #                       GPU only the CUDA test files, which then skip: the CPU suite is CI's job)
+#   BENCH_SECONDS       timed seconds per op case (default 0.08; model cases 4x that)
 #   BENCH_ARGS          extra pytest arguments for every benchmark run, e.g.
 #                       "--bench-shapes cifar10-32,fno1d --bench-seconds 0.1"
 #   CUDA_ARCHS          arch list for the build (default: the card's compute capability, e.g. 90)
@@ -140,9 +141,10 @@ else
     skipped info "no dsno_kernels.info in this tree"
 fi
 
-BENCH_SET=()
 if [[ $SMOKE == 1 ]]; then
     BENCH_SET=(--bench-set smoke --bench-seconds 0.01)
+else  # about 290 op cases on a GPU: 0.08 s each keeps the op benchmarks near two minutes
+    BENCH_SET=(--bench-seconds "${BENCH_SECONDS:-0.08}")
 fi
 
 # The static kernel report needs no GPU, only CPU: it runs beside the tests (its host times are

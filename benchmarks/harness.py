@@ -173,6 +173,7 @@ def num_input_sets(set_bytes: int, device: str, *, at_most: int = 64) -> int:
 # ------------------------------------------------------------------------------------------------
 # Clocks and the timing loop
 
+
 def _synchronized_perf_counter() -> float:
     torch.cuda.synchronize()
     return time.perf_counter()
