@@ -69,3 +69,11 @@ def test_floor_bytes_are_design_md_floors():
     x, w = shape.x_numel, shape.weight_numel
     assert harness.floor_bytes(shape, "fwd", "bf16") == 2 * (2 * x + w)
     assert harness.floor_bytes(shape, "fwd+bwd", "fp32") == 4 * (5 * x + 2 * w)
+
+
+def test_interleaved_comparison_runs_and_checks_its_targets(capsys):
+    """`python -m benchmarks.harness` (the README cites it) on a tiny shape: a table, exit 1 on a miss with --check."""
+    assert harness.main(["--shape", "smoke-2d", "--repeats", "2"]) == 0  # without --check: 0, met or not
+    assert "fwd+bwd" in capsys.readouterr().out
+    assert harness.main(["--shape", "smoke-2d", "--repeats", "2", "--targets", "1000,1000", "--check"]) == 1
+    assert capsys.readouterr().out.count("MISSED") == 2
