@@ -75,5 +75,5 @@ def test_interleaved_comparison_runs_and_checks_its_targets(capsys):
     """`python -m benchmarks.harness` (the README cites it) on a tiny shape: a table, exit 1 on a miss with --check."""
     assert harness.main(["--shape", "smoke-2d", "--repeats", "2"]) == 0  # without --check: 0, met or not
     assert "fwd+bwd" in capsys.readouterr().out
-    assert harness.main(["--shape", "smoke-2d", "--repeats", "2", "--targets", "1000,1000", "--check"]) == 1
+    assert harness.main(["--shape", "smoke-2d", "--repeats", "2", "--targets", "1e9,1e9", "--check"]) == 1
     assert capsys.readouterr().out.count("MISSED") == 2
