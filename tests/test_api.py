@@ -181,6 +181,8 @@ def test_info_reports_backends_versions_and_settings():
     if not torch.cuda.is_available():
         assert "  cuda       cannot run here: no CUDA device is visible" in out
     assert "cpu tensors: cpu" in out
+    if dsno_kernels.cpp_ops.has_cuda_kernels():
+        assert "CUDA kernels for sm_" in out  # read from the extension's binary
     for name in settings.VARIABLES:
         assert name in out
     assert "DSNO_KERNELS_FP32              'ieee'" in out
