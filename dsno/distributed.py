@@ -47,8 +47,12 @@ def resolve_device(device: str = "auto", local_rank: int = 0) -> torch.device:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError("device 'cuda' was asked for but CUDA is not available")
+            raise ValueError("device 'cuda' was asked for but CUDA is not available here; use --device cpu "
+                             "(or auto)")
         return torch.device("cuda", local_rank)
+    if device.startswith("cuda:") and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} was asked for but CUDA is not available here; use --device cpu "
+                         f"(or auto)")
     return torch.device(device)
 
 

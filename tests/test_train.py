@@ -12,8 +12,9 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from dsno import train as train_module
-from dsno.checkpoint import load_checkpoint, save_checkpoint
+from dsno.checkpoint import load_checkpoint, load_tensor_file, save_checkpoint
 from dsno.config import load_config
+from dsno.model import build_model_from_config
 from dsno.teachers import GaussianMixtureTeacher
 from dsno.train import WarmupMultiStep, snr_weights, train, trajectory_loss
 from dsno.trajectories import TrajectorySpec, generate
@@ -233,16 +234,15 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         save_checkpoint({"step": 2, "w": torch.zeros(3)}, path)
     monkeypatch.setattr(torch, "save", real_save)
-    state = load_checkpoint(path)
+    state = load_tensor_file(path, "checkpoint")
     assert state["step"] == 1 and torch.equal(state["w"], torch.ones(3))
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
     save_checkpoint({"step": 3}, path)
-    assert load_checkpoint(path)["step"] == 3
+    assert load_tensor_file(path, "checkpoint")["step"] == 3
 
 
 def test_model_from_an_import_path():
-    built = train_module.build_model_from_config({"name": "torch.nn:Linear",
-                                                  "overrides": {"in_features": 2, "out_features": 3}})
+    built = build_model_from_config({"name": "torch.nn:Linear", "overrides": {"in_features": 2, "out_features": 3}})
     assert isinstance(built, nn.Linear) and built.out_features == 3
     with pytest.raises(ValueError, match="cannot import"):
-        train_module.build_model_from_config({"name": "no_such_module_xyz:make", "overrides": {}})
+        build_model_from_config({"name": "no_such_module_xyz:make", "overrides": {}})
