@@ -18,6 +18,7 @@ import os
 import pickle
 import random
 import tempfile
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any, Mapping
@@ -195,9 +196,11 @@ def load_tensor_file(path: str | os.PathLike, what: str, map_location: str | tor
     if not path.is_file():
         raise FileNotFoundError(errno.ENOENT, f"{what} not found", str(path))
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # about foreign pickle protocols: the error below says what matters
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
-        if "weights_only" in str(error) or "Weights only" in str(error):
+        if "Unsupported global" in str(error):  # it names a class or function to call: code
             raise ValueError(f"{path}: refused to load {what}: it holds Python objects other than tensors and "
                              f"plain data, and loading them could run code; use a file written by dsno or "
                              f"torch.save(model.state_dict())") from error

@@ -194,7 +194,9 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # reported with the command's usage, as argparse does for every other mistake in it
+        args.subparser.error(f"unrecognized arguments: {' '.join(unknown)}")
     debug = args.debug or os.environ.get("DSNO_DEBUG", "") not in ("", "0")
     try:
         return _dispatch(args)
