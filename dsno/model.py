@@ -390,7 +390,9 @@ class AttnBlock(nn.Module):
         qkv = self.qkv(self.norm(x)).reshape(N, 3, self.num_heads, C // self.num_heads, H * W)
         q, k, v = qkv.transpose(-1, -2).unbind(1)  # each [N, heads, H * W, head_dim]
         h = F.scaled_dot_product_attention(q, k, v)
-        h = h.transpose(-1, -2).reshape(N, C, H, W)
+        # contiguous: with one head the reshape alone is a channels-last view, and the 1x1 conv's weight
+        # gradient then comes out channels-last too, which DDP's gradient buckets copy with a warning
+        h = h.transpose(-1, -2).contiguous().reshape(N, C, H, W)
         return x + self.proj_out(h)
 
 

@@ -345,7 +345,8 @@ def _damaged_checkpoints(root: Path) -> dict[str, tuple[Path, str]]:
     good = (root / "train" / "checkpoint.pt").read_bytes()
     files = {"garbage": (b"\x00garbage" * 100, "corrupt"),
              "truncated": (good[: len(good) // 2], "truncated or corrupt"),
-             "empty": (b"", "truncated or corrupt")}
+             "empty": (b"", "truncated or corrupt"),
+             "text": (b"root:x:0:0:root:/root:/bin/bash\n" * 3, "corrupt")}
     made = {}
     for name, (data, message) in files.items():
         (root / f"{name}.pt").write_bytes(data)
@@ -355,7 +356,7 @@ def _damaged_checkpoints(root: Path) -> dict[str, tuple[Path, str]]:
     return made
 
 
-@pytest.mark.parametrize("kind", ["garbage", "truncated", "empty", "foreign"])
+@pytest.mark.parametrize("kind", ["garbage", "truncated", "empty", "text", "foreign"])
 def test_damaged_checkpoint(copy_of, capsys, kind):
     root = copy_of("train")
     path, message = _damaged_checkpoints(root)[kind]
