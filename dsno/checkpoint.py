@@ -199,6 +199,9 @@ def load_tensor_file(path: str | os.PathLike, what: str, map_location: str | tor
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
             return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
+        if "Unsupported global" in str(error) and "numpy" in str(error) and what == "checkpoint":
+            raise ValueError(f"{path}: a checkpoint of an older dsno (format 1, with numpy objects), which this "
+                             f"version does not load; sample or resume it with the dsno that wrote it") from error
         if "Unsupported global" in str(error):  # it names a class or function to call: code
             raise ValueError(f"{path}: refused to load {what}: it holds Python objects other than tensors and "
                              f"plain data, and loading them could run code; use a file written by dsno or "
