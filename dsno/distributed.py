@@ -50,9 +50,11 @@ def resolve_device(device: str = "auto", local_rank: int = 0) -> torch.device:
             raise ValueError("device 'cuda' was asked for but CUDA is not available here; use --device cpu "
                              "(or auto)")
         return torch.device("cuda", local_rank)
-    if device.startswith("cuda:") and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} was asked for but CUDA is not available here; use --device cpu "
-                         f"(or auto)")
+    if device.startswith("cuda:"):
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if int(device[5:]) >= count:
+            raise ValueError(f"device {device!r} was asked for but this machine has {count} CUDA device(s); "
+                             f"use --device cpu, cuda or auto")
     return torch.device(device)
 
 

@@ -34,6 +34,8 @@ from .trajectories import sample_noise
 
 __all__ = ["sample", "load_sampler", "to_uint8_images", "image_grid", "png_bytes", "write_png"]
 
+_OUTPUTS = ("trajectory.npy", "noise.npy", "labels.npy", "samples.png", "trajectory.png")
+
 
 def load_sampler(checkpoint: str | Path, *, use_ema: bool = True, device: str | torch.device = "cpu",
                  model_factory: Callable[[], nn.Module] | None = None) -> tuple[nn.Module, dict[str, Any]]:
@@ -122,7 +124,8 @@ def sample(config: dict[str, Any], *, model_factory: Callable[[], nn.Module] | N
     scale = cfg["png_scale"]
     shown = min(count, 8)
     rows = np.concatenate([noise[:shown, None].numpy(), trajectory[:shown]], axis=1)   # [shown, 1 + M, C, H, W]
-    remove_stale_temporaries(out, ".*.tmp")  # left by a killed earlier run
+    for name in _OUTPUTS:  # temporaries left by a killed earlier run
+        remove_stale_temporaries(out, f".{name}.*.tmp")
     with AtomicOutputs(out) as outputs:
         outputs.write("trajectory.npy", lambda handle: np.save(handle, trajectory))
         outputs.write("noise.npy", lambda handle: np.save(handle, noise.numpy()))

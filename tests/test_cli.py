@@ -14,7 +14,7 @@ import yaml
 from torch import nn
 
 from dsno import cli
-from dsno.config import load_config
+from dsno.config import Config, load_config, presets
 
 pytestmark = pytest.mark.usefixtures("single_thread")  # tests/conftest.py
 
@@ -76,6 +76,14 @@ def test_config_errors_are_reported_not_raised(argv, message, capsys):
         run_cli(*argv)
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["default", *presets()])
+def test_every_preset_passes_the_schema(name):
+    config = load_config(name)
+    assert set(config) == set(Config.model_fields)
+    for section, values in config.items():
+        assert set(values) == set(Config.model_fields[section].annotation.model_fields), section
 
 
 def test_config_file_inherits_from_a_preset(tmp_path):

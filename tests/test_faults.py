@@ -366,6 +366,13 @@ def test_damaged_checkpoint(copy_of, capsys, kind):
     assert not (root / "samples").exists()
 
 
+def test_every_torch_load_is_weights_only():
+    package = REPO / "dsno"
+    calls = [(path.name, line) for path in sorted(package.glob("*.py"))
+             for line in path.read_text().splitlines() if "torch.load(" in line]
+    assert calls and all("weights_only=True" in line for _, line in calls), calls
+
+
 def test_malicious_checkpoint_does_not_run(tmp_path, capsys):
     marker = tmp_path / "payload-ran"
     torch.save({"version": 2, "step": 1, "model": Payload(marker)}, tmp_path / "evil.pt")
