@@ -196,6 +196,16 @@ def test_output_folder_that_is_a_file(copy_of, capsys, command, key):
     assert snapshot(root) == before
 
 
+def test_output_folder_that_cannot_be_written(copy_of, capsys, monkeypatch):
+    # as root every folder is writable, so the permission is denied by patching os.access
+    root = copy_of("train")
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != root)
+    status, _, err = run(capsys, "sample", *settings(root), "--set", f"sample.out={root / 'new'}")
+    assert status == 1
+    assert_one_line_error(err, "sample", "sample.out", f"cannot write into {root}")
+    assert not (root / "new").exists()
+
+
 def test_unavailable_device(copy_of, capsys):
     if torch.cuda.is_available():
         pytest.skip("CUDA is available here")
