@@ -184,7 +184,9 @@ def main(args: argparse.Namespace) -> int:
         mse = f"{entry['mse']:.4g}" if "mse" in entry else "-"
         print(f"{path:<{width}}  {entry['num_samples']:>6}  {entry['frechet_distance']:>15.4g}  {mse:>10}")
     if args.json_out:
-        from .checkpoint import atomic_write_text
+        from .checkpoint import atomic_write_text, remove_stale_temporaries
 
-        atomic_write_text(args.json_out, json.dumps({"reference": args.reference, "results": results}, indent=1))
+        json_out = Path(args.json_out)
+        remove_stale_temporaries(json_out.parent, f".{json_out.name}.*.tmp")  # a killed earlier run's
+        atomic_write_text(json_out, json.dumps({"reference": args.reference, "results": results}, indent=1))
     return 0

@@ -300,6 +300,10 @@ def generate(teacher: Teacher, spec: TrajectorySpec, out_dir: str | os.PathLike,
     a run finds every shard done (rank 0 writes it, after a barrier when a process group exists)."""
     from tqdm import tqdm
 
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    if max_new_shards is not None and (not isinstance(max_new_shards, int) or max_new_shards < 1):
+        raise ValueError(f"max_new_shards must be None or a positive int, got {max_new_shards!r}")
     root = Path(out_dir)
     info = distributed.current()
     rank = info.rank if rank is None else rank
