@@ -209,6 +209,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"{args.subparser.prog}: error: {_describe(error)}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"{args.subparser.prog}: interrupted (finished shards and checkpoints are kept; the same command "
+              f"resumes)", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -147,6 +147,18 @@ def test_debug_shows_the_traceback(tmp_path, capsys, monkeypatch):
         cli.main(["train", *settings(tmp_path)])
 
 
+def test_ctrl_c_is_one_line(tmp_path, capsys, monkeypatch):
+    from dsno import train
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "train", interrupted)
+    status, _, err = run(capsys, "train", *settings(tmp_path))
+    assert status == 130 and "Traceback" not in err and err.strip() == (
+        "dsno train: interrupted (finished shards and checkpoints are kept; the same command resumes)")
+
+
 def test_steps_below_the_checkpoint_are_refused(copy_of, capsys):
     root = copy_of("traj", "train")
     before = snapshot(root / "train")
