@@ -312,8 +312,9 @@ def generate(teacher: Teacher, spec: TrajectorySpec, out_dir: str | os.PathLike,
     if info.is_main:
         check_output_dir(root, "traj.out")
         root.mkdir(parents=True, exist_ok=True)
-        remove_stale_temporaries(root, "shard-*.tmp")  # a killed run's unfinished arrays (no other rank runs yet)
-        remove_stale_temporaries(root, ".*.tmp")
+        if world_size == 1 or info.distributed:  # no other writer yet (the others wait at the barrier below)
+            remove_stale_temporaries(root, "shard-*.tmp")  # a killed run's unfinished arrays and markers
+            remove_stale_temporaries(root, ".*.tmp")
         if (root / MANIFEST).is_file():
             _check_same_spec(read_manifest(root), spec, root)
         else:
