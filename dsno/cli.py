@@ -42,6 +42,8 @@ _FLAGS: dict[str, list[tuple[str, str, Any, str]]] = {
         ("--lr", "train.lr", float, "peak learning rate"),
         ("--bf16", "train.bf16", bool, "bf16 autocast for the forward pass"),
         ("--init-backbone", "train.init_backbone", str, "teacher backbone state_dict to initialise the U-Net"),
+        ("--loss", "train.loss", str, "L1 | L2 | vgg (DSNO's perceptual loss)"),
+        ("--temporal-precision", "model.temporal_precision", str, "fp32 (DSNO's numerics) | autocast (fused, fast)"),
         ("--device", "train.device", str, "auto | cpu | cuda"),
     ],
     "sample": [
@@ -51,6 +53,11 @@ _FLAGS: dict[str, list[tuple[str, str, Any, str]]] = {
         ("--batch-size", "sample.batch_size", int, "samples per forward pass"),
         ("--seed", "sample.seed", int, "noise seed"),
         ("--class-label", "sample.class_label", int, "class for every sample (class-conditional models)"),
+        ("--noise", "sample.noise", str, "seeded (per sample) | dsno (DSNO's generator stream for the seed and batch size)"),
+        ("--uint8", "sample.uint8", str, "truncate (DSNO's rule) | round"),
+        ("--images", "sample.images", str, "none | folder | zip: final images as PNGs for FID tools"),
+        ("--npz", "sample.npz", bool, "also write samples.npz (arr_0: [N, H, W, 3] uint8)"),
+        ("--temporal-precision", "model.temporal_precision", str, "fp32 (DSNO's numerics) | autocast (fused, fast)"),
         ("--device", "sample.device", str, "auto | cpu | cuda"),
     ],
 }
@@ -60,6 +67,7 @@ _SUMMARIES = {
     "train": "train DSNO on trajectories (DDP under torchrun, exact resume)",
     "sample": "one forward pass from noise to the whole trajectory; .npy and PNG",
     "config": "print the resolved config as YAML",
+    "convert": "convert a checkpoint of DSNO's own code (devzhk/DSNO-pytorch) to this package's format",
 }
 
 _DESCRIPTIONS = {
@@ -73,6 +81,10 @@ _DESCRIPTIONS = {
     "sample": "Map noise to the whole trajectory in one forward pass of a trained model; writes "
               "trajectory.npy and PNG grids.",
     "config": "Print the resolved config (preset or file, then --set overrides) as YAML.",
+    "convert": "Read a checkpoint written by DSNO's training scripts (keys model / ema / args) and write a "
+               "checkpoint that `dsno sample` and `dsno train` read: the weights mapped to this package's "
+               "names and layouts, with the preset's config and time points. (`dsno sample` also reads "
+               "DSNO's checkpoints directly.)",
 }
 
 _EXTENSIONS = {
@@ -115,6 +127,13 @@ def build_parser() -> argparse.ArgumentParser:
                 sub.add_argument(flag, dest=key, type=kind, default=None, metavar=metavar, help=f"{text} (sets {key})")
         if command != "config":
             sub.add_argument("--no-progress", action="store_true", help="no progress bar")
+    convert = commands.add_parser("convert", help=_SUMMARIES["convert"], description=_DESCRIPTIONS["convert"])
+    convert.add_argument("official", metavar="OFFICIAL.pt", help="checkpoint of DSNO's code (solver-model_*.pt)")
+    convert.add_argument("--preset", required=True, metavar="PRESET|FILE",
+                         help="the config the checkpoint was trained with: cifar10, imagenet64, or a YAML file")
+    convert.add_argument("--out", required=True, metavar="OURS.pt", help="checkpoint to write (must not exist)")
+    convert.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                         help="override a config key of the preset (repeatable)")
     for command, (module_name, text) in _EXTENSIONS.items():
         sub = commands.add_parser(command, help=text, description=text)
         module = _load_extension(module_name)
@@ -155,9 +174,23 @@ def _run(args: argparse.Namespace, config: dict[str, Any]) -> int:
             from .sample import sample
 
             result = sample(config, progress=progress)
-            print(f"wrote {result['trajectory']}, {result['samples_png']}, {result['trajectory_png']}")
+            print("wrote " + ", ".join(str(result[key]) for key in ("trajectory", "images", "npz", "samples_png",
+                                                                    "trajectory_png") if key in result))
     finally:
         distributed.cleanup()
+    return 0
+
+
+def _convert(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from .official import convert_official_checkpoint
+
+    try:
+        config = load_config(args.preset, args.overrides)
+        state = convert_official_checkpoint(args.official, config, args.out)
+    except (ValueError, KeyError, OSError, RuntimeError) as error:
+        parser.error(f"{args.official}: {error.args[0] if isinstance(error, KeyError) else error}")
+    print(f"wrote {args.out}: model {config['model']['name']}, {len(state['ema'])} tensors (EMA and raw weights), "
+          f"time points t = {[round(t, 6) for t in state['t']]}")
     return 0
 
 
@@ -170,6 +203,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"`dsno {args.command}` needs {args.extension}, which is not installed in this package")
         handler: Callable[[argparse.Namespace], int | None] = module.main
         return int(handler(args) or 0)
+    if args.command == "convert":
+        return _convert(parser, args)
     try:
         config = _resolve(args)
     except (ValueError, FileNotFoundError) as error:

@@ -48,6 +48,8 @@ __all__ = [
     "is_official_checkpoint",
     "load_official_checkpoint",
     "official_time_points",
+    "from_official_checkpoint",
+    "convert_official_checkpoint",
 ]
 
 OFFICIAL_PREFIX = "all_modules"
@@ -225,3 +227,53 @@ def official_time_points(schedule: Mapping[str, Any]) -> tuple[torch.Tensor, tor
     t = torch.linspace(1.0, float(schedule["t_min"]), int(schedule["num_steps"]) + 1, dtype=torch.float32)[indices]
     logsnr = LogSNRSchedule(float(schedule["logsnr_min"]), float(schedule["logsnr_max"])).logsnr(t)
     return t, logsnr
+
+
+def _official_step(state: Mapping[str, Any]) -> int:
+    """The training step of a DSNO checkpoint, from its lr scheduler's state (0 where it has none)."""
+    schedulers = state.get("scheduler", {}).get("_schedulers") if isinstance(state.get("scheduler"), Mapping) else None
+    if schedulers and isinstance(schedulers[0], Mapping) and isinstance(schedulers[0].get("last_epoch"), int):
+        return schedulers[0]["last_epoch"]
+    return 0
+
+
+def from_official_checkpoint(state: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str, Any]:
+    """A loaded DSNO checkpoint -> this package's checkpoint dict (model, ema, config, time points, ...)
+    for the resolved `config` of its preset (the architecture, schedule and data shape come from it).
+    "model" falls back to the EMA weights where DSNO's file has none."""
+    from .train import CHECKPOINT_VERSION, build_model_from_config
+
+    if not is_official_checkpoint(state):
+        raise ValueError("not a checkpoint of DSNO's code (no 'ema' state_dict of all_modules.* tensors)")
+    with torch.device("meta"):
+        model = build_model_from_config(config["model"])
+    if not isinstance(model, DSNO):
+        raise ValueError(f"model.name={config['model']['name']!r} does not build a dsno.model.DSNO, "
+                         f"which is what DSNO's checkpoints hold")
+    ema = from_official_state_dict(state["ema"], model)
+    raw = from_official_state_dict(state["model"], model) if isinstance(state.get("model"), Mapping) else ema
+    t, logsnr = official_time_points(config["schedule"])
+    num_classes = config["data"]["num_classes"] or None
+    if (num_classes or 0) != model.config.num_classes:
+        raise ValueError(f"data.num_classes={config['data']['num_classes']} but the model has "
+                         f"{model.config.num_classes} classes")
+    return {"version": CHECKPOINT_VERSION, "step": _official_step(state), "model": raw, "ema": ema,
+            "config": dict(config), "logsnr": logsnr.tolist(), "t": t.tolist(),
+            "noise_shape": list(config["data"]["shape"]), "num_classes": num_classes}
+
+
+def convert_official_checkpoint(path: Union[str, os.PathLike], config: Mapping[str, Any],
+                                out: Union[str, os.PathLike]) -> dict[str, Any]:
+    """Read DSNO's checkpoint at `path`, write this package's checkpoint to `out` (atomically; an
+    existing `out` is refused), for the resolved `config` of its preset. Returns the written dict."""
+    from .checkpoint import save_checkpoint
+
+    out = Path(out)
+    if out.exists():
+        raise FileExistsError(f"{out} exists; choose another --out or remove it first")
+    state = load_official_checkpoint(path)
+    if not is_official_checkpoint(state):
+        raise ValueError(f"{path} is not a checkpoint of DSNO's code (no 'ema' state_dict of all_modules.* tensors)")
+    converted = from_official_checkpoint(state, config)
+    save_checkpoint(converted, out)
+    return converted
