@@ -74,6 +74,9 @@ class VGGPerceptualLoss(nn.Module):
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if x.shape != y.shape or x.dim() != 4 or x.shape[1] != 3:
             raise ValueError(f"x and y must both be [N, 3, H, W], got {tuple(x.shape)} and {tuple(y.shape)}")
+        if min(x.shape[-2:]) < 16:
+            raise ValueError(f"the vgg loss needs images of at least 16x16 (VGG16 halves them 4 times), "
+                             f"got {x.shape[-2]}x{x.shape[-1]}")
         hx, hy = (x - self.shift) / self.scale, (y - self.shift) / self.scale
         total = x.new_zeros(x.shape[0])
         for block in self.slices:

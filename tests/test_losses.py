@@ -106,3 +106,32 @@ def test_vgg_weights_load_from_torchvision_or_a_file(tmp_path, monkeypatch):
 def test_vgg_loss_checks_its_inputs(vgg):
     with pytest.raises(ValueError, match=r"\[N, 3, H, W\]"):
         vgg(torch.zeros(2, 1, 16, 16, dtype=torch.float64), torch.zeros(2, 1, 16, 16, dtype=torch.float64))
+    with pytest.raises(ValueError, match="16x16"):
+        vgg(torch.zeros(2, 3, 8, 8, dtype=torch.float64), torch.zeros(2, 3, 8, 8, dtype=torch.float64))
+
+
+def test_train_with_the_vgg_loss(tmp_path):
+    import json
+
+    import torchvision.models
+
+    from dsno.config import load_config
+    from dsno.teachers import GaussianMixtureTeacher
+    from dsno.train import train
+    from dsno.trajectories import TrajectorySpec, generate
+
+    shape = [3, 16, 16]   # VGG16 needs 16x16 at least
+    spec = TrajectorySpec(shape=shape, num_samples=8, shard_size=8, seed=0, solver="ddim", num_steps=4,
+                          num_points=2, teacher={"kind": "gmm", "seed": 0})
+    generate(GaussianMixtureTeacher.random(shape, 2, seed=0), spec, tmp_path / "traj", batch_size=8, progress=False)
+    torch.manual_seed(0)
+    torch.save(torchvision.models.vgg16(weights=None).state_dict(), tmp_path / "vgg16.pth")
+    settings = dict(data=str(tmp_path / "traj"), out=str(tmp_path / "train"), steps=2, batch_size=4, num_workers=0,
+                    log_every=1, save_every=2, device="cpu", loss="vgg", vgg_weights=str(tmp_path / "vgg16.pth"))
+    config = load_config("tiny", [f"train.{k}={json.dumps(v)}" for k, v in settings.items()]
+                         + ["model.overrides={image_size: 16, attn_resolutions: [8]}", "data.shape=[3, 16, 16]"])
+    result = train(config, progress=False)
+    lines = [json.loads(line) for line in (tmp_path / "train" / "metrics.jsonl").read_text().splitlines()]
+    assert result["step"] == 2 and len(lines) == 2 and all(line["loss"] > 0 for line in lines)
+    with pytest.raises(ValueError, match="train.loss"):
+        train(load_config("tiny", [f"train.{k}={json.dumps(v)}" for k, v in dict(settings, loss="lpips").items()]))
