@@ -260,6 +260,11 @@ def test_convert_and_sample_official_checkpoints(tmp_path, base, fields):
         for z, y in dsno_noise(5, 2, (3, 8, 8), cfg["sample"]["seed"], fields.get("num_classes", 0) or None):
             expected.append(model(z, logsnr, y))
     torch.testing.assert_close(torch.from_numpy(outputs["ours.pt"]), torch.cat(expected), rtol=1e-5, atol=1e-6)
+    from dsno.sample import load_sampler   # use_ema=False: DSNO's raw (non-EMA) weights
+
+    raw_model, _ = load_sampler(tmp_path / "official.pt", use_ema=False, config=cfg)
+    raw = from_official_state_dict(written["model"], config)
+    assert all(torch.equal(raw_model.state_dict()[key], raw[key]) for key in raw)
     converted = torch.load(tmp_path / "ours.pt", weights_only=False)
     assert converted["step"] == 1234 and converted["config"]["model"]["name"] == base
     assert converted["num_classes"] == fields.get("num_classes", None)
