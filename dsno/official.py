@@ -37,7 +37,7 @@ from typing import Any, Mapping, Union
 import torch
 from torch import nn
 
-from .model import DSNO, AttnBlock, DSNOConfig, ResnetBlock, TemporalLayer, UNetLayer, make_config
+from .model import DSNO, DSNOConfig, UNetLayer, make_config
 from .schedule import LogSNRSchedule, select_time_indices
 
 __all__ = [
