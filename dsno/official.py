@@ -47,6 +47,7 @@ __all__ = [
     "to_official_state_dict",
     "is_official_checkpoint",
     "load_official_checkpoint",
+    "official_globals",
     "official_time_points",
     "from_official_checkpoint",
     "convert_official_checkpoint",
@@ -212,11 +213,22 @@ def is_official_checkpoint(state: Any) -> bool:
     return bool(keys) and all(key.startswith(OFFICIAL_PREFIX + ".") for key in keys)
 
 
+def official_globals():
+    """Context in which torch.load(weights_only=True) also accepts argparse.Namespace: DSNO's
+    save_ckpt stores its training script's arguments (strings, numbers, booleans) as one."""
+    return torch.serialization.safe_globals([argparse.Namespace])
+
+
 def load_official_checkpoint(path: Union[str, os.PathLike], *, map_location: Union[str, torch.device] = "cpu") -> dict[str, Any]:
-    """torch.load a DSNO checkpoint with weights_only=True. Its "args" is the argparse.Namespace of
-    DSNO's training script (strings, numbers, booleans), the one class allowed besides tensors."""
-    with torch.serialization.safe_globals([argparse.Namespace]):
-        return torch.load(path, map_location=map_location, weights_only=True)
+    """A DSNO checkpoint file, loaded with weights_only=True (argparse.Namespace is the one class allowed
+    besides tensors and plain data); one-line ValueError / FileNotFoundError for a bad file."""
+    from .checkpoint import load_tensor_file
+
+    with official_globals():
+        state = load_tensor_file(path, "DSNO checkpoint", map_location)
+    if not is_official_checkpoint(state):
+        raise ValueError(f"{path} is not a checkpoint of DSNO's code (no 'ema' state_dict of all_modules.* tensors)")
+    return state
 
 
 def official_time_points(schedule: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -241,7 +253,8 @@ def from_official_checkpoint(state: Mapping[str, Any], config: Mapping[str, Any]
     """A loaded DSNO checkpoint -> this package's checkpoint dict (model, ema, config, time points, ...)
     for the resolved `config` of its preset (the architecture, schedule and data shape come from it).
     "model" falls back to the EMA weights where DSNO's file has none."""
-    from .train import CHECKPOINT_VERSION, build_model_from_config
+    from .checkpoint import CHECKPOINT_VERSION
+    from .model import build_model_from_config
 
     if not is_official_checkpoint(state):
         raise ValueError("not a checkpoint of DSNO's code (no 'ema' state_dict of all_modules.* tensors)")
@@ -272,8 +285,6 @@ def convert_official_checkpoint(path: Union[str, os.PathLike], config: Mapping[s
     if out.exists():
         raise FileExistsError(f"{out} exists; choose another --out or remove it first")
     state = load_official_checkpoint(path)
-    if not is_official_checkpoint(state):
-        raise ValueError(f"{path} is not a checkpoint of DSNO's code (no 'ema' state_dict of all_modules.* tensors)")
     converted = from_official_checkpoint(state, config)
     save_checkpoint(converted, out)
     return converted

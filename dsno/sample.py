@@ -22,14 +22,14 @@ Images are mapped from [-1, 1] to uint8 by sample.uint8: "truncate" is DSNO's ru
 ((x + 1) * 127.5, clamped to [0, 255], then truncated), "round" rounds to the nearest level. 1- and
 3-channel data are shown as they are, other channel counts by their first channel. PNGs are written
 with zlib alone, so no imaging library is needed.
+The files are written all or nothing (temporary files, renamed once all are complete), so a failed
+or killed run leaves an earlier run's outputs as they were.
 """
 
 from __future__ import annotations
 
-import io
 import math
 import os
-import pickle
 import shutil
 import struct
 import tempfile
@@ -43,13 +43,16 @@ import torch
 from torch import nn
 
 from . import distributed
-from .checkpoint import atomic_write_bytes, load_checkpoint
-from .model import set_temporal_precision
-from .train import CHECKPOINT, build_model_from_config
+from .checkpoint import (CHECKPOINT, AtomicOutputs, atomic_write_bytes, check_output_dir, checked_checkpoint,
+                         load_model_state, load_tensor_file, remove_stale_temporaries)
+from .config import validate_config
+from .model import build_model_from_config, set_temporal_precision
 from .trajectories import sample_noise
 
 __all__ = ["sample", "load_sampler", "to_uint8_images", "dsno_noise", "image_grid", "png_bytes", "write_png",
-           "png_zip_bytes", "write_image_folder", "UINT8_RULES", "NOISE_STREAMS"]
+           "write_png_zip", "write_image_folder", "UINT8_RULES", "NOISE_STREAMS"]
+
+_OUTPUTS = ("trajectory.npy", "noise.npy", "labels.npy", "samples.png", "trajectory.png", "images.zip", "samples.npz")
 
 
 def load_sampler(checkpoint: str | Path, *, use_ema: bool = True, device: str | torch.device = "cpu",
@@ -59,21 +62,19 @@ def load_sampler(checkpoint: str | Path, *, use_ema: bool = True, device: str | 
 
     A checkpoint of DSNO's own code (dsno.official) is recognised and converted on the fly; its
     architecture and time points then come from `config` (the resolved config of a preset, e.g. cifar10)."""
-    from .official import from_official_checkpoint, is_official_checkpoint, load_official_checkpoint
+    from .official import from_official_checkpoint, is_official_checkpoint, official_globals
 
-    try:  # weights_only, DSNO's argparse.Namespace allowed; a dsno checkpoint may hold more (numpy RNG state)
-        state = load_official_checkpoint(checkpoint)
-    except pickle.UnpicklingError:
-        state = None
+    with official_globals():  # weights_only, and DSNO's files hold an argparse.Namespace too
+        state = load_tensor_file(checkpoint, "checkpoint")
     if is_official_checkpoint(state):
         if config is None:
             raise ValueError(f"{checkpoint} is a checkpoint of DSNO's own code: give the config of its preset "
                              f"(e.g. -c cifar10) to build the model")
         state = from_official_checkpoint(state, config)
     else:
-        state = load_checkpoint(checkpoint, map_location="cpu")
+        state = checked_checkpoint(state, checkpoint)
     model = model_factory() if model_factory is not None else build_model_from_config(state["config"]["model"])
-    model.load_state_dict(state["ema" if use_ema else "model"])
+    load_model_state(model, state["ema" if use_ema else "model"], checkpoint, state["config"]["model"])
     model.to(device).eval()
     meta = {key: state[key] for key in ("logsnr", "t", "noise_shape", "num_classes", "config", "step")}
     return model, meta
@@ -121,13 +122,12 @@ def _seeded_noise(count: int, batch_size: int, shape, seed: int, num_classes: in
                None if labels is None else labels[start:start + batch_size].to(device))
 
 
-def png_zip_bytes(images: np.ndarray) -> bytes:
-    """[N, H, W, 3] uint8 -> a zip of 000000.png, 000001.png, ... (stored: PNGs are compressed already)."""
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:
+def write_png_zip(handle, images: np.ndarray) -> None:
+    """[N, H, W, 3] uint8 -> a zip of 000000.png, 000001.png, ... into the binary file `handle` (stored:
+    PNGs are compressed already)."""
+    with zipfile.ZipFile(handle, "w", compression=zipfile.ZIP_STORED) as archive:
         for index, image in enumerate(images):
             archive.writestr(f"{index:06d}.png", png_bytes(image))
-    return buffer.getvalue()
 
 
 def write_image_folder(folder: str | Path, images: np.ndarray) -> None:
@@ -135,6 +135,9 @@ def write_image_folder(folder: str | Path, images: np.ndarray) -> None:
     takes its place, so a failed run leaves an earlier folder as it was."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
+    for stale in folder.parent.glob(f".{folder.name}.*.tmp"):  # left by a killed earlier run
+        if stale.is_dir():
+            shutil.rmtree(stale)
     temporary = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
     try:
         for index, image in enumerate(images):
@@ -179,7 +182,7 @@ def png_bytes(image: np.ndarray) -> bytes:
 
 
 def write_png(path: str | Path, image: np.ndarray) -> None:
-    """An [H, W, 3] uint8 image as an 8-bit RGB PNG (written atomically)."""
+    """An [H, W, 3] uint8 image as an 8-bit RGB PNG file (written atomically)."""
     atomic_write_bytes(path, png_bytes(image))
 
 
@@ -189,10 +192,10 @@ def sample(config: dict[str, Any], *, model_factory: Callable[[], nn.Module] | N
     """Sample per config["sample"]; returns {"trajectory": path, "samples_png": path, ...}."""
     from tqdm import tqdm
 
+    config = validate_config(config)
     cfg = config["sample"]
-    for key, allowed in (("noise", NOISE_STREAMS), ("uint8", UINT8_RULES), ("images", ("none", "folder", "zip"))):
-        if cfg[key] not in allowed:
-            raise ValueError(f"sample.{key} must be one of {allowed}, got {cfg[key]!r}")
+    out = Path(cfg["out"])
+    check_output_dir(out, "sample.out")
     device = distributed.resolve_device(cfg["device"], int(os.environ.get("LOCAL_RANK", 0)))
     checkpoint = cfg["checkpoint"] or str(Path(config["train"]["out"]) / CHECKPOINT)
     model, meta = load_sampler(checkpoint, use_ema=cfg["use_ema"], device=device, model_factory=model_factory,
@@ -200,10 +203,13 @@ def sample(config: dict[str, Any], *, model_factory: Callable[[], nn.Module] | N
     set_temporal_precision(model, config["model"]["temporal_precision"])
     dtype = next(model.parameters()).dtype
     logsnr = torch.as_tensor(meta["logsnr"]).to(device, dtype)
-    count, batch_size = int(cfg["num_samples"]), int(cfg["batch_size"])
+    count, batch_size = cfg["num_samples"], cfg["batch_size"]
     num_classes = meta["num_classes"]
     if cfg["class_label"] is not None and not num_classes:
-        raise ValueError("sample.class_label was given but the model is not class-conditional")
+        raise ValueError(f"sample.class_label={cfg['class_label']} was given but {checkpoint} is not "
+                         f"class-conditional; leave it null")
+    if cfg["class_label"] is not None and cfg["class_label"] >= num_classes:
+        raise ValueError(f"sample.class_label={cfg['class_label']}: {checkpoint} has classes 0..{num_classes - 1}")
 
     stream = dsno_noise if cfg["noise"] == "dsno" else _seeded_noise
     batches = stream(count, batch_size, meta["noise_shape"], cfg["seed"], num_classes, device)
@@ -213,13 +219,13 @@ def sample(config: dict[str, Any], *, model_factory: Callable[[], nn.Module] | N
                      dynamic_ncols=True):
         if y is not None and cfg["class_label"] is not None:
             y = torch.full_like(y, int(cfg["class_label"]))  # the noise stays that of random labels
-        out = model(z.to(dtype), logsnr) if y is None else model(z.to(dtype), logsnr, y)
-        finals.append(to_uint8_images(out[:, -1], cfg["uint8"]))
+        states = model(z.to(dtype), logsnr) if y is None else model(z.to(dtype), logsnr, y)
+        finals.append(to_uint8_images(states[:, -1], cfg["uint8"]))
         if keep:
-            trajectories.append(out.float().cpu())
+            trajectories.append(states.float().cpu())
             noises.append(z.float().cpu())
         elif sum(len(rows) for _, rows in shown) < 8:
-            shown.append((z.float().cpu(), out.float().cpu()))
+            shown.append((z.float().cpu(), states.float().cpu()))
         if y is not None:
             labels.append(y.cpu())
     finals = np.concatenate(finals)
@@ -231,31 +237,30 @@ def sample(config: dict[str, Any], *, model_factory: Callable[[], nn.Module] | N
         shown_trajectory = torch.cat([rows for _, rows in shown])[:8].numpy()
     labels = torch.cat(labels).numpy() if labels else None
 
-    out = Path(cfg["out"])
-    out.mkdir(parents=True, exist_ok=True)
-    written = {}
-    if keep:
-        np.save(out / "trajectory.npy", trajectory)
-        np.save(out / "noise.npy", noise)
-        written["trajectory"] = str(out / "trajectory.npy")
-    if labels is not None:
-        np.save(out / "labels.npy", labels)
-    scale = int(cfg["png_scale"])
+    scale = cfg["png_scale"]
     grid = finals[:256]
-    write_png(out / "samples.png", image_grid(grid, columns=math.ceil(math.sqrt(len(grid))), scale=scale))
     rows = np.concatenate([shown_noise[:, None], shown_trajectory], axis=1)   # [shown, 1 + M, C, H, W]
-    write_png(out / "trajectory.png", image_grid(to_uint8_images(rows, cfg["uint8"]).reshape(-1, *finals.shape[1:]),
-                                                 columns=rows.shape[1], scale=scale))
-    if cfg["images"] == "folder":
-        write_image_folder(out / "images", finals)
-        written["images"] = str(out / "images")
-    elif cfg["images"] == "zip":
-        atomic_write_bytes(out / "images.zip", png_zip_bytes(finals))
-        written["images"] = str(out / "images.zip")
-    if cfg["npz"]:
-        buffer = io.BytesIO()
-        np.savez(buffer, arr_0=finals)
-        atomic_write_bytes(out / "samples.npz", buffer.getvalue())
-        written["npz"] = str(out / "samples.npz")
+    for name in _OUTPUTS:  # temporaries left by a killed earlier run
+        remove_stale_temporaries(out, f".{name}.*.tmp")
+    written = {}
+    with AtomicOutputs(out) as outputs:
+        if keep:
+            written["trajectory"] = outputs.write("trajectory.npy", lambda handle: np.save(handle, trajectory))
+            outputs.write("noise.npy", lambda handle: np.save(handle, noise))
+        if labels is not None:
+            outputs.write("labels.npy", lambda handle: np.save(handle, labels))
+        samples_png = png_bytes(image_grid(grid, columns=math.ceil(math.sqrt(len(grid))), scale=scale))
+        outputs.write("samples.png", lambda handle: handle.write(samples_png))
+        trajectory_png = png_bytes(image_grid(to_uint8_images(rows, cfg["uint8"]).reshape(-1, *finals.shape[1:]),
+                                              columns=rows.shape[1], scale=scale))
+        outputs.write("trajectory.png", lambda handle: handle.write(trajectory_png))
+        if cfg["images"] == "zip":
+            written["images"] = outputs.write("images.zip", lambda handle: write_png_zip(handle, finals))
+        if cfg["npz"]:
+            written["npz"] = outputs.write("samples.npz", lambda handle: np.savez(handle, arr_0=finals))
+        if cfg["images"] == "folder":  # last: if it fails, none of the files above replaces its old version
+            write_image_folder(out / "images", finals)
+            written["images"] = out / "images"
+    written = {key: str(path) for key, path in written.items()}
     return {**written, "samples_png": str(out / "samples.png"), "trajectory_png": str(out / "trajectory.png"),
             "checkpoint": checkpoint, "step": meta["step"]}

@@ -23,7 +23,7 @@ from dsno.config import load_config
 from dsno.model import DSNO, DSNOConfig, build_model, make_config
 from dsno.official import (from_official_state_dict, is_official_checkpoint, load_official_checkpoint,
                            official_time_points, to_official_state_dict)
-from dsno.sample import dsno_noise, png_zip_bytes, to_uint8_images
+from dsno.sample import dsno_noise, to_uint8_images, write_png_zip
 from dsno_kernels import SpectralTimeConv, TimeConv
 
 # Small architectures in DSNO's layout; widths of 128 so that every GroupNorm has 32 groups, as DSNO's
@@ -217,7 +217,7 @@ def test_official_checkpoint_files_load_weights_only(tmp_path):
     assert not is_official_checkpoint({"ema": {"encoder.0.res.conv1.weight": torch.zeros(1)}, "config": {}})
     # anything beyond tensors, plain data and argparse.Namespace is refused
     torch.save({"ema": {}, "args": torch.nn.Linear(1, 1)}, tmp_path / "code.pt")
-    with pytest.raises(Exception, match="weights_only|Weights only"):
+    with pytest.raises(ValueError, match="refused"):
         load_official_checkpoint(tmp_path / "code.pt")
 
 
@@ -233,13 +233,21 @@ def small_preset(tmp_path, base: str, fields: dict) -> str:
 
 
 @pytest.mark.parametrize("base, fields", [("cifar10", SMALL), ("imagenet64", SMALL_CONDITIONAL)])
-def test_convert_and_sample_official_checkpoints(tmp_path, base, fields):
+def test_convert_and_sample_official_checkpoints(tmp_path, capsys, base, fields):
     config = DSNOConfig(**fields)
     written = write_official_checkpoint(tmp_path / "official.pt", config, with_scheduler=True)
     preset = small_preset(tmp_path, base, fields)
     assert cli.main(["convert", str(tmp_path / "official.pt"), "--preset", preset, "--out", str(tmp_path / "ours.pt")]) == 0
-    with pytest.raises(SystemExit):   # never overwrites
-        cli.main(["convert", str(tmp_path / "official.pt"), "--preset", preset, "--out", str(tmp_path / "ours.pt")])
+    before = (tmp_path / "ours.pt").read_bytes()
+    capsys.readouterr()
+    assert cli.main(["convert", str(tmp_path / "official.pt"), "--preset", preset, "--out", str(tmp_path / "ours.pt")]) == 1
+    error = capsys.readouterr().err   # never overwrites; one line naming the file
+    assert error.count("\n") == 1 and "ours.pt exists" in error and (tmp_path / "ours.pt").read_bytes() == before
+    # another architecture: one line naming the checkpoint and the tensors that do not fit
+    assert cli.main(["convert", str(tmp_path / "official.pt"), "--preset", "cifar10", "--out", str(tmp_path / "x.pt")]) == 1
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "official.pt" in error and "all_modules" in error
+    assert not (tmp_path / "x.pt").exists()
 
     outputs = {}
     for name in ("official.pt", "ours.pt"):
@@ -321,7 +329,9 @@ def test_fid_outputs_are_readable(tmp_path):
     from PIL import Image   # what EDM's fid.py, clean-fid and torch-fidelity read images with
 
     images = np.random.default_rng(0).integers(0, 256, size=(5, 8, 6, 3), dtype=np.uint8)
-    with zipfile.ZipFile(io.BytesIO(png_zip_bytes(images))) as archive:
+    buffer = io.BytesIO()
+    write_png_zip(buffer, images)
+    with zipfile.ZipFile(buffer) as archive:
         names = sorted(archive.namelist())
         assert names == [f"{i:06d}.png" for i in range(5)]
         for i, name in enumerate(names):
