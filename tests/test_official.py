@@ -365,3 +365,22 @@ def test_sample_writes_folder_zip_and_npz(tmp_path):
     trajectory = np.load(out / "trajectory.npy")
     np.testing.assert_array_equal(np.load(out / "samples.npz")["arr_0"], to_uint8_images(trajectory[:, -1]))
     np.testing.assert_array_equal(np.load(out / "samples.npz")["arr_0"], arr)
+
+
+@pytest.mark.parametrize("override, key", [("sample.noise=numpy", "sample.noise"), ("sample.uint8=floor", "sample.uint8"),
+                                           ("sample.images=tar", "sample.images"), ("train.loss=lpips", "train.loss"),
+                                           ("model.temporal_precision=bf16", "model.temporal_precision"),
+                                           ("schedule.t_min=-0.1", "schedule.t_min")])
+def test_new_settings_are_checked(override, key):
+    from dsno.config import ConfigError
+
+    with pytest.raises(ConfigError, match=key.split(".")[1]):
+        load_config("cifar10", [override])
+    assert load_config("tiny", ["schedule.t_min=0.0", "sample.noise=dsno", "sample.images=zip"])["schedule"]["t_min"] == 0.0
+
+
+def test_convert_refuses_what_is_not_dsnos(tmp_path, capsys):
+    torch.save({"ema": {"encoder.0.res.conv1.weight": torch.zeros(1)}, "model": {}}, tmp_path / "ours.pt")
+    assert cli.main(["convert", str(tmp_path / "ours.pt"), "--preset", "cifar10", "--out", str(tmp_path / "x.pt")]) == 1
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "not a checkpoint of DSNO's code" in error and not (tmp_path / "x.pt").exists()
