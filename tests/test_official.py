@@ -384,3 +384,20 @@ def test_convert_refuses_what_is_not_dsnos(tmp_path, capsys):
     assert cli.main(["convert", str(tmp_path / "ours.pt"), "--preset", "cifar10", "--out", str(tmp_path / "x.pt")]) == 1
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "not a checkpoint of DSNO's code" in error and not (tmp_path / "x.pt").exists()
+
+
+def test_presets_follow_dsnos_configs():
+    # DSNO's configs/cifar10-dsno-t4.yaml and configs/imagenet64-dsno-t4.yaml (training and optim sections)
+    expected = {
+        "cifar10": dict(loss="vgg", loss_weight="snr", lr=2e-4, warmup=10000, milestones=[100000, 200000, 300000],
+                        ema_decay=0.9999, steps=400000, batch_size=32, grad_accum=1, grad_clip=0.0,
+                        betas=[0.9, 0.999], eps=1e-8, warmup_start_factor=0.001, gamma=0.5),
+        "imagenet64": dict(loss="L1", loss_weight="snr", lr=2e-4, warmup=10000,
+                           milestones=[200000, 400000, 600000, 800000], ema_decay=0.9999, steps=480000, batch_size=8,
+                           grad_accum=4, grad_clip=0.0, gamma=0.5),
+    }
+    for preset, train in expected.items():
+        config = load_config(preset)
+        assert {key: config["train"][key] for key in train} == train
+        assert config["model"]["temporal_precision"] == "fp32"
+        assert make_config(preset).dropout == {"cifar10": 0.2, "imagenet64": 0.1}[preset]
