@@ -18,27 +18,32 @@
     where M* mixes with the conjugate weights transposed (Wr^T, -Wi^T): D is one scalar per mode, so
     it commutes with the per-mode mixing, and dx is the forward chain with other weights.
 
-Kernels
+Kernels (launch plan: forward one launch; backward at most two plus one deterministic reduction)
 
-    _spectral_mix_kernel    out = epilogue(residual, G M F in): y and time_conv's y (residual x),
-                            time_conv's g (mask from s, residual dy), dx (conjugate weights, residual
-                            dy for time_conv); the epilogue's factors are runtime scalars, so one
-                            compiled kernel per (T, K, dtype) serves all of them. Each program owns
-                            BLOCK_P pixels of one batch item and BLOCK_OUT output channels and loops
-                            over the input channels in BLOCK_IN steps: it reads the [T, BLOCK_P,
-                            BLOCK_IN] input tile once, transforms it along T in registers, and
-                            accumulates the R rows of Y in R fp32 tiles; after the loop it applies G
-                            and the epilogue and writes every output element once. Nothing
-                            intermediate touches global memory. Programs that share a pixel tile are
-                            adjacent in launch order, so for C_out > BLOCK_OUT the tile's later reads
-                            hit L2.
-    _spectral_weight_grad_kernel
-                            dweight: program (in block, out block, pixel slice) accumulates the R
-                            [BLOCK_IN, BLOCK_OUT] products of F x and D F g over its slice of the
-                            B * P pixels and stores them to its own slot of a partial buffer; the
-                            slots are then summed in a fixed order (deterministic). With
-                            DSNO_KERNELS_TRITON_ATOMICS=1 the slices are atomically added into one
-                            buffer instead (less memory, summation order not deterministic).
+    _spectral_mix_kernel    out = epilogue(residual, G M F in): y and time_conv's y (residual x), or
+                            with STORE_MASK the backward's mask pass: s > 0 as 1 bit per element
+                            ([B, T, C, cdiv(P, 32)] int32 words), where g = dy * leaky_relu'(s) would
+                            be a tensor of forward size. The epilogue's factors are runtime scalars.
+                            Each program owns BLOCK_P pixels of one batch item and BLOCK_OUT output
+                            channels and loops over the input channels in BLOCK_IN steps: it reads
+                            the [T, BLOCK_P, BLOCK_IN] input tile once, transforms it along T in
+                            registers, and accumulates the R rows of Y in R fp32 tiles; after the
+                            loop it applies G and the epilogue and writes every output element once.
+                            Nothing intermediate touches global memory. Programs that share a pixel
+                            tile are adjacent in launch order, so for C_out > BLOCK_OUT the tile's
+                            later reads hit L2. The weight is read through its strides
+                            ([C_in, C_out, K, 2] as given: no per-call copy).
+    _spectral_backward_kernel
+                            both halves of the backward in one launch: the first programs compute
+                            dx = G M* F g (the mix program with the weight's channel strides swapped
+                            and the imaginary part negated; + dy for time_conv), the others the
+                            weight gradient's pixel slices. For time_conv both read g as dy times the
+                            mask's bit (1 or the slope). Weight-gradient program (in block, out block,
+                            pixel slice) accumulates the R [BLOCK_IN, BLOCK_OUT] products of F x and
+                            D F g over its slice of the B * P pixels and stores them in the weight's
+                            layout: straight into grad_weight when there is one slice, else into its
+                            slot of a partial buffer of at most 10% of |x| bytes.
+    _sum_slices_kernel      the partial buffer's slices summed in a fixed order (deterministic).
 
 Channel mixing: per BLOCK_IN step and mode, the tl.dots [BLOCK_P x BLOCK_IN] @ [BLOCK_IN x BLOCK_OUT]
 of (Xr, Xi) with (Wr, Wi) into the mode's two accumulators (one dot for DC / Nyquist), rather than
@@ -64,11 +69,21 @@ T and the R accumulators live in registers, which is what T = 4 wants; from T ~ 
 registers and compile for longer (tens of seconds at T = 32, K = 17).
 
 Launch configurations come from `launch_configs(kernel, T, K, C_in, C_out, pixels, ...)`, pruned for
-the device's shared memory and a register estimate; the candidates are autotuned per (T, K, C_in,
-C_out, pixels, dtype) unless DSNO_KERNELS_TRITON_AUTOTUNE=0, which runs the first one untimed.
+the device's shared memory and a register estimate; the forward's candidates are autotuned per (T, K,
+C_in, C_out, pixels, dtype) unless DSNO_KERNELS_TRITON_AUTOTUNE=0, which runs the first one untimed;
+the backward launch takes the first configuration of each half.
+
+Host path: everything about a call that depends only on the shapes, strides, dtype, device and
+settings (configurations, grids, scalar arguments, the 32-bit offset check) is computed once and
+cached (`_forward_calls`, `_backward_calls`); a call allocates its outputs and launches with the
+pointers and the cached arguments passed positionally. Nothing depends on the data (no host sync, no
+data-dependent allocation), so the ops can be captured in CUDA graphs. Eager calls on plain tensors
+launch the kernels directly, with a torch.autograd.Function for autograd; under torch.compile, a
+dispatch mode or a functorch transform the calls go through the registered ops below.
 
 Registration: on a GPU the ops dsno_kernels::triton_{spectral_time_conv, time_conv}[_backward] are
-torch.library.triton_op + wrap_triton, so torch.compile traces into the kernels. With
+torch.library.triton_op (wrap_triton where the tensors are traced), so torch.compile traces into the
+kernels. With
 TRITON_INTERPRET=1 (set before importing dsno_kernels) the kernels run in Triton's interpreter on CPU
 tensors, registered as torch.library.custom_op for the CPU (triton_op fails opcheck and compile
 there); the interpreter gets one small configuration, and bf16 dot operands are upcast to fp32 after
@@ -603,11 +618,11 @@ def _sum_slices_kernel(partial_ptr, out_ptr, N, NUM_SLICES, BLOCK: tl.constexpr)
 
 # (BLOCK_OUT, BLOCK_IN, BLOCK_P, num_warps, num_stages), best guess first. BLOCK_P is the dots' M:
 # 64 rows per warpgroup on Hopper. The first is for the CIFAR-10 shape (T=4, K=2, C=256, bf16): three
-# 128 x 64 fp32 accumulators over two warpgroups, 210 registers and no spills on sm_90 (ptxas), three
-# stages so that a BLOCK_IN step's loads are in flight during the previous step's MMAs.
+# 128 x 64 fp32 accumulators over two warpgroups, 232 registers and no spills on sm_90, three stages
+# so that a BLOCK_IN step's loads are in flight during the previous step's MMAs. (128, 32, 64, 8, *)
+# spills on sm_90 since the weight is read through its strides (benchmarks/results/kernel_report.md).
 _MIX_CANDIDATES = (
     (64, 32, 128, 8, 3),
-    (128, 32, 64, 8, 3),
     (64, 32, 128, 8, 4),
     (64, 32, 128, 8, 2),
     (64, 32, 64, 4, 4),
@@ -616,6 +631,9 @@ _MIX_CANDIDATES = (
     (16, 16, 64, 4, 2),
     (16, 16, 16, 4, 1),
 )
+# fp32 inputs keep their T input tiles in twice the registers: the 8-warp, 128-pixel tiles spill on
+# sm_90, the 4-warp 64-pixel ones (252 registers) do not.
+_MIX_CANDIDATES_FP32 = tuple(c for c in _MIX_CANDIDATES if c[2] <= 64)
 # (BLOCK_IN, BLOCK_OUT, BLOCK_P, num_warps, num_stages); BLOCK_IN is the dots' M, BLOCK_P their K.
 _WEIGHT_GRAD_CANDIDATES = (
     (64, 64, 32, 8, 3),
@@ -689,7 +707,10 @@ def launch_configs(
     out_extent = max(16, _next_power_of_2(C_out))
     in_extent = max(16, _next_power_of_2(C_in))
     pixel_extent = max(16, _next_power_of_2(pixels))
-    candidates = _MIX_CANDIDATES if kernel == "mix" else _WEIGHT_GRAD_CANDIDATES
+    if kernel == "mix":
+        candidates = _MIX_CANDIDATES_FP32 if element_size == 4 else _MIX_CANDIDATES
+    else:
+        candidates = _WEIGHT_GRAD_CANDIDATES
     kept = []
     for config in candidates:
         # Registers (4 bytes) of the live tiles: the accumulators, the T input tiles (converted to
