@@ -50,6 +50,9 @@ __all__ = [
     "make_config",
     "build_model",
     "build_backbone",
+    "import_factory",
+    "build_from_spec",
+    "build_model_from_config",
     "load_backbone_weights",
     "count_parameters",
     "temporal_layers",
@@ -234,6 +237,31 @@ def build_backbone(name_or_config: Union[str, Mapping[str, Any], DSNOConfig] = "
     return UNet(make_config(name_or_config, **overrides))
 
 
+def import_factory(spec: str):
+    """The callable named by "package.module:function" (how configs name user-defined networks)."""
+    import importlib
+
+    module_name, _, attribute = spec.partition(":")
+    try:
+        return getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError, ValueError) as error:
+        raise ValueError(f"cannot import {spec!r} (expected 'package.module:function'): {error}") from error
+
+
+def build_from_spec(name: str, overrides: Optional[Mapping[str, Any]], preset_builder) -> nn.Module:
+    """preset_builder(name, **overrides) for a preset name, or the "package.module:function" it names."""
+    overrides = dict(overrides or {})
+    if ":" in name:
+        return import_factory(name)(**overrides)
+    return preset_builder(name, **overrides)
+
+
+def build_model_from_config(model_config: Mapping[str, Any]) -> nn.Module:
+    """The network of a dsno config's `model` section: name (a preset or "package.module:function") and
+    overrides (its keyword arguments)."""
+    return build_from_spec(model_config["name"], model_config.get("overrides"), build_model)
+
+
 # ---------------------------------------------------------------------------------------------------
 # Initialisation (DDPM's: variance scaling, fan_avg, uniform; zero biases; zero for the last layer of
 # each residual branch, so every block starts as the identity).
@@ -362,7 +390,9 @@ class AttnBlock(nn.Module):
         qkv = self.qkv(self.norm(x)).reshape(N, 3, self.num_heads, C // self.num_heads, H * W)
         q, k, v = qkv.transpose(-1, -2).unbind(1)  # each [N, heads, H * W, head_dim]
         h = F.scaled_dot_product_attention(q, k, v)
-        h = h.transpose(-1, -2).reshape(N, C, H, W)
+        # contiguous: with one head the reshape alone is a channels-last view, and the 1x1 conv's weight
+        # gradient then comes out channels-last too, which DDP's gradient buckets copy with a warning
+        h = h.transpose(-1, -2).contiguous().reshape(N, C, H, W)
         return x + self.proj_out(h)
 
 

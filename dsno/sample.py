@@ -8,6 +8,8 @@ Writes, under sample.out:
     trajectory.png   one row per sample (up to 8): the noise, then the M states
 Images are mapped from [-1, 1] to [0, 255]; 1- and 3-channel data are shown as they are, other channel
 counts by their first channel. PNGs are written with zlib alone, so no imaging library is needed.
+The files are written all or nothing (temporary files, renamed once all are complete), so a failed
+or killed run leaves an earlier run's outputs as they were.
 """
 
 from __future__ import annotations
@@ -24,11 +26,15 @@ import torch
 from torch import nn
 
 from . import distributed
-from .checkpoint import load_checkpoint
-from .train import CHECKPOINT, build_model_from_config
+from .checkpoint import (CHECKPOINT, AtomicOutputs, atomic_write_bytes, check_output_dir, load_checkpoint,
+                         load_model_state, remove_stale_temporaries)
+from .config import validate_config
+from .model import build_model_from_config
 from .trajectories import sample_noise
 
-__all__ = ["sample", "load_sampler", "to_uint8_images", "image_grid", "write_png"]
+__all__ = ["sample", "load_sampler", "to_uint8_images", "image_grid", "png_bytes", "write_png"]
+
+_OUTPUTS = ("trajectory.npy", "noise.npy", "labels.npy", "samples.png", "trajectory.png")
 
 
 def load_sampler(checkpoint: str | Path, *, use_ema: bool = True, device: str | torch.device = "cpu",
@@ -36,7 +42,7 @@ def load_sampler(checkpoint: str | Path, *, use_ema: bool = True, device: str | 
     """(model in eval mode on device, checkpoint metadata: logsnr, t, noise_shape, num_classes, config)."""
     state = load_checkpoint(checkpoint, map_location="cpu")
     model = model_factory() if model_factory is not None else build_model_from_config(state["config"]["model"])
-    model.load_state_dict(state["ema" if use_ema else "model"])
+    load_model_state(model, state["ema" if use_ema else "model"], checkpoint, state["config"]["model"])
     model.to(device).eval()
     meta = {key: state[key] for key in ("logsnr", "t", "noise_shape", "num_classes", "config", "step")}
     return model, meta
@@ -62,8 +68,8 @@ def image_grid(images: np.ndarray, columns: int, pad: int = 2, scale: int = 1) -
     return grid
 
 
-def write_png(path: str | Path, image: np.ndarray) -> None:
-    """An [H, W, 3] uint8 image as an 8-bit RGB PNG (no filtering, zlib-compressed)."""
+def png_bytes(image: np.ndarray) -> bytes:
+    """An [H, W, 3] uint8 image as an 8-bit RGB PNG file's bytes (no filtering, zlib-compressed)."""
     image = np.ascontiguousarray(image, dtype=np.uint8)
     height, width, _ = image.shape
     rows = np.concatenate([np.zeros((height, 1), dtype=np.uint8), image.reshape(height, width * 3)], axis=1)
@@ -72,8 +78,13 @@ def write_png(path: str | Path, image: np.ndarray) -> None:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    Path(path).write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
-                           + chunk(b"IDAT", zlib.compress(rows.tobytes(), 6)) + chunk(b"IEND", b""))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows.tobytes(), 6))
+            + chunk(b"IEND", b""))
+
+
+def write_png(path: str | Path, image: np.ndarray) -> None:
+    """An [H, W, 3] uint8 image as an 8-bit RGB PNG file (written atomically)."""
+    atomic_write_bytes(path, png_bytes(image))
 
 
 @torch.no_grad()
@@ -82,39 +93,48 @@ def sample(config: dict[str, Any], *, model_factory: Callable[[], nn.Module] | N
     """Sample per config["sample"]; returns {"trajectory": path, "samples_png": path, ...}."""
     from tqdm import tqdm
 
+    config = validate_config(config)
     cfg = config["sample"]
+    out = Path(cfg["out"])
+    check_output_dir(out, "sample.out")
     device = distributed.resolve_device(cfg["device"], int(os.environ.get("LOCAL_RANK", 0)))
     checkpoint = cfg["checkpoint"] or str(Path(config["train"]["out"]) / CHECKPOINT)
     model, meta = load_sampler(checkpoint, use_ema=cfg["use_ema"], device=device, model_factory=model_factory)
     dtype = next(model.parameters()).dtype
     logsnr = torch.tensor(meta["logsnr"], dtype=dtype, device=device)
-    count, batch_size = int(cfg["num_samples"]), int(cfg["batch_size"])
+    count, batch_size = cfg["num_samples"], cfg["batch_size"]
     num_classes = meta["num_classes"]
     if cfg["class_label"] is not None and not num_classes:
-        raise ValueError("sample.class_label was given but the model is not class-conditional")
+        raise ValueError(f"sample.class_label={cfg['class_label']} was given but {checkpoint} is not "
+                         f"class-conditional; leave it null")
+    if cfg["class_label"] is not None and cfg["class_label"] >= num_classes:
+        raise ValueError(f"sample.class_label={cfg['class_label']}: {checkpoint} has classes 0..{num_classes - 1}")
 
     noise, labels = sample_noise(range(count), meta["noise_shape"], cfg["seed"], num_classes)
     if cfg["class_label"] is not None:
         labels.fill_(int(cfg["class_label"]))
-    outputs = []
+    batches = []
     for start in tqdm(range(0, count, batch_size), desc="sample", disable=not progress, dynamic_ncols=True):
         z = noise[start:start + batch_size].to(device, dtype)
         y = None if labels is None else labels[start:start + batch_size].to(device)
-        outputs.append((model(z, logsnr) if y is None else model(z, logsnr, y)).float().cpu())
-    trajectory = torch.cat(outputs).numpy()
+        batches.append((model(z, logsnr) if y is None else model(z, logsnr, y)).float().cpu())
+    trajectory = torch.cat(batches).numpy()
 
-    out = Path(cfg["out"])
-    out.mkdir(parents=True, exist_ok=True)
-    np.save(out / "trajectory.npy", trajectory)
-    np.save(out / "noise.npy", noise.numpy())
-    if labels is not None:
-        np.save(out / "labels.npy", labels.numpy())
     finals = to_uint8_images(trajectory[:, -1])
-    scale = int(cfg["png_scale"])
-    write_png(out / "samples.png", image_grid(finals, columns=math.ceil(math.sqrt(count)), scale=scale))
+    scale = cfg["png_scale"]
     shown = min(count, 8)
     rows = np.concatenate([noise[:shown, None].numpy(), trajectory[:shown]], axis=1)   # [shown, 1 + M, C, H, W]
-    write_png(out / "trajectory.png", image_grid(to_uint8_images(rows).reshape(-1, *finals.shape[1:]),
-                                                 columns=rows.shape[1], scale=scale))
+    for name in _OUTPUTS:  # temporaries left by a killed earlier run
+        remove_stale_temporaries(out, f".{name}.*.tmp")
+    with AtomicOutputs(out) as outputs:
+        outputs.write("trajectory.npy", lambda handle: np.save(handle, trajectory))
+        outputs.write("noise.npy", lambda handle: np.save(handle, noise.numpy()))
+        if labels is not None:
+            outputs.write("labels.npy", lambda handle: np.save(handle, labels.numpy()))
+        samples_png = png_bytes(image_grid(finals, columns=math.ceil(math.sqrt(count)), scale=scale))
+        outputs.write("samples.png", lambda handle: handle.write(samples_png))
+        trajectory_png = png_bytes(image_grid(to_uint8_images(rows).reshape(-1, *finals.shape[1:]),
+                                              columns=rows.shape[1], scale=scale))
+        outputs.write("trajectory.png", lambda handle: handle.write(trajectory_png))
     return {"trajectory": str(out / "trajectory.npy"), "samples_png": str(out / "samples.png"),
             "trajectory_png": str(out / "trajectory.png"), "checkpoint": checkpoint, "step": meta["step"]}
