@@ -1212,9 +1212,9 @@ def _launches_directly(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Eager mode on plain tensors: nothing traces this call (no torch.compile, no dispatch mode such
     as FakeTensorMode, no functorch transform), so the kernels can be launched without the op layer."""
     return (
-        type(x) in _PLAIN_TENSORS
+        not torch.compiler.is_compiling()  # first: torch.compile need not trace what follows
+        and type(x) in _PLAIN_TENSORS
         and type(weight) in _PLAIN_TENSORS
-        and not torch.compiler.is_compiling()
         and torch._C._len_torch_dispatch_stack() == 0
         and not torch._C._are_functorch_transforms_active()
     )
