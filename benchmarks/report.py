@@ -26,9 +26,12 @@ import sys
 import tempfile
 from collections import defaultdict
 
+import dsno_kernels
 from benchmarks.harness import GPU_SHAPES
 
-PROVIDER_ORDER = ("dsno_fft", "torch_fft", "dense_gemm", "neuralop", "cpu", "triton", "cuda", "teacher", "torch")
+# The fused-kernel providers are the dsno_kernels backends benchmarked on some device (their records say).
+KERNEL_PROVIDERS = tuple(b.name for b in dsno_kernels.backends() if b.benchmark_device is not None)
+PROVIDER_ORDER = ("dsno_fft", "torch_fft", "dense_gemm", "neuralop", *KERNEL_PROVIDERS, "teacher", "torch")
 OP_ORDER = ("spectral_time_conv", "time_conv")
 MODEL_OPS = ("train_step", "train_step_compiled", "sample_one_pass", "sample_one_pass_cudagraph",
              "sample_teacher_ddim512")
@@ -37,7 +40,6 @@ SHARE_OP = "temporal_share"  # a profiled training step: extra_info "temporal_sh
 DIRECTION_ORDER = ("fwd", "fwd+bwd")
 DTYPE_ORDER = ("fp32", "bf16")
 BASELINES = ("dsno_fft", "dense_gemm")
-KERNEL_PROVIDERS = ("cpu", "triton", "cuda")
 REQUIRED_KEYS = ("provider", "op", "direction", "dtype", "shape", "bytes", "gbps", "copy_gbps", "device", "torch", "triton")
 # Added later; results saved before them read as None.
 OPTIONAL_KEYS = ("kernel_seconds", "kernel_gbps", "temporal_share")

@@ -117,13 +117,6 @@ def test_copy(benchmark, bench_device, bench_seconds, copy_gbps):
 # The baselines compute the layer (not benchmarks: they run in smoke mode, and skip under --benchmark-only)
 
 
-@pytest.mark.parametrize("T, K", [(1, 1), (4, 2), (5, 3), (6, 4), (8, 3)])
-def test_fold_dense_matches_reference_fold(T, K):
-    weight = torch.randn(3, 2, K, 2, dtype=torch.float64)
-    expected = dsno_kernels.reference.dense_block_circulant(weight, T)
-    torch.testing.assert_close(baselines.fold_dense(weight, T), expected, rtol=1e-12, atol=1e-12)
-
-
 @pytest.mark.parametrize("provider", baselines.BASELINE_PROVIDERS)
 @pytest.mark.parametrize("op", baselines.OPS)
 @pytest.mark.parametrize("spatial", [(), (3, 2)], ids=["1d", "2d"])
@@ -151,5 +144,5 @@ def test_baseline_matches_reference(provider, op, spatial, bench_device):
     (dw64,) = torch.autograd.grad(reference(x.double(), w64), [w64], dy)
     if provider == "dense_gemm":  # its parameter is the folded matrix A: carry dA back to the weight
         w_fold = weight.double().requires_grad_()
-        (dparam,) = torch.autograd.grad(baselines.fold_dense(w_fold, T), [w_fold], dparam.double())
+        (dparam,) = torch.autograd.grad(dsno_kernels.reference.dense_block_circulant(w_fold, T), [w_fold], dparam.double())
     torch.testing.assert_close(dparam.double(), dw64, rtol=1e-5, atol=1e-5)

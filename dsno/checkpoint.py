@@ -37,6 +37,7 @@ __all__ = [
     "remove_stale_temporaries",
     "save_checkpoint",
     "load_checkpoint",
+    "checked_checkpoint",
     "load_tensor_file",
     "load_model_state",
     "rng_state",
@@ -219,7 +220,11 @@ _CHECKPOINT_KEYS = ("version", "step", "model", "ema", "config", "logsnr", "t", 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """A dsno training checkpoint (weights_only load; one-line ValueError for garbage, a truncated file,
     code inside, or a file that is not a dsno checkpoint)."""
-    state = load_tensor_file(path, "checkpoint", map_location)
+    return checked_checkpoint(load_tensor_file(path, "checkpoint", map_location), path)
+
+
+def checked_checkpoint(state: Any, path: str | os.PathLike) -> dict[str, Any]:
+    """`state` (loaded from `path`) if it is a dsno training checkpoint of this format; ValueError otherwise."""
     missing = [key for key in _CHECKPOINT_KEYS if not isinstance(state, dict) or key not in state]
     if missing:
         raise ValueError(f"{path}: not a dsno training checkpoint (no {', '.join(missing)}); give the "

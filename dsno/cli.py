@@ -49,6 +49,8 @@ _FLAGS: dict[str, list[tuple[str, str, Any, str]]] = {
         ("--lr", "train.lr", float, "peak learning rate"),
         ("--bf16", "train.bf16", bool, "bf16 autocast for the forward pass"),
         ("--init-backbone", "train.init_backbone", str, "teacher backbone state_dict to initialise the U-Net"),
+        ("--loss", "train.loss", str, "L1 | L2 | vgg (DSNO's perceptual loss)"),
+        ("--temporal-precision", "model.temporal_precision", str, "fp32 (DSNO's numerics) | autocast (fused, fast)"),
         ("--device", "train.device", str, "auto | cpu | cuda"),
     ],
     "sample": [
@@ -58,6 +60,11 @@ _FLAGS: dict[str, list[tuple[str, str, Any, str]]] = {
         ("--batch-size", "sample.batch_size", int, "samples per forward pass"),
         ("--seed", "sample.seed", int, "noise seed"),
         ("--class-label", "sample.class_label", int, "class for every sample (class-conditional models)"),
+        ("--noise", "sample.noise", str, "seeded (per sample) | dsno (DSNO's generator stream for the seed and batch size)"),
+        ("--uint8", "sample.uint8", str, "truncate (DSNO's rule) | round"),
+        ("--images", "sample.images", str, "none | folder | zip: final images as PNGs for FID tools"),
+        ("--npz", "sample.npz", bool, "also write samples.npz (arr_0: [N, H, W, 3] uint8)"),
+        ("--temporal-precision", "model.temporal_precision", str, "fp32 (DSNO's numerics) | autocast (fused, fast)"),
         ("--device", "sample.device", str, "auto | cpu | cuda"),
     ],
 }
@@ -67,6 +74,7 @@ _SUMMARIES = {
     "train": "train DSNO on trajectories (DDP under torchrun, exact resume)",
     "sample": "one forward pass from noise to the whole trajectory; .npy and PNG",
     "config": "print the resolved config as YAML",
+    "convert": "convert a checkpoint of DSNO's own code (devzhk/DSNO-pytorch) to this package's format",
 }
 
 _DESCRIPTIONS = {
@@ -80,6 +88,10 @@ _DESCRIPTIONS = {
     "sample": "Map noise to the whole trajectory in one forward pass of a trained model; writes "
               "trajectory.npy and PNG grids.",
     "config": "Print the resolved config (preset or file, then --set overrides) as YAML.",
+    "convert": "Read a checkpoint written by DSNO's training scripts (keys model / ema / args) and write a "
+               "checkpoint that `dsno sample` and `dsno train` read: the weights mapped to this package's "
+               "names and layouts, with the preset's config and time points. (`dsno sample` also reads "
+               "DSNO's checkpoints directly.)",
 }
 
 _EXTENSIONS = {
@@ -119,6 +131,15 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("--no-progress", action="store_true", help="no progress bar")
         _add_debug_option(sub)
         sub.set_defaults(subparser=sub)
+    convert = commands.add_parser("convert", help=_SUMMARIES["convert"], description=_DESCRIPTIONS["convert"])
+    convert.add_argument("official", metavar="OFFICIAL.pt", help="checkpoint of DSNO's code (solver-model_*.pt)")
+    convert.add_argument("--preset", required=True, metavar="PRESET|FILE",
+                         help="the config the checkpoint was trained with: cifar10, imagenet64, or a YAML file")
+    convert.add_argument("--out", required=True, metavar="OURS.pt", help="checkpoint to write (must not exist)")
+    convert.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                         help="override a config key of the preset (repeatable)")
+    _add_debug_option(convert)
+    convert.set_defaults(subparser=convert)
     for command, (module_name, text) in _EXTENSIONS.items():
         sub = commands.add_parser(command, help=text, description=text)
         module = importlib.import_module(module_name)
@@ -164,9 +185,23 @@ def _run(args: argparse.Namespace, config: dict[str, Any]) -> int:
             from .sample import sample
 
             result = sample(config, progress=progress)
-            print(f"wrote {result['trajectory']}, {result['samples_png']}, {result['trajectory_png']}")
+            print("wrote " + ", ".join(str(result[key]) for key in ("trajectory", "images", "npz", "samples_png",
+                                                                    "trajectory_png") if key in result))
     finally:
         distributed.cleanup()
+    return 0
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from .official import convert_official_checkpoint
+
+    config = load_config(args.preset, args.overrides)
+    try:
+        state = convert_official_checkpoint(args.official, config, args.out)
+    except KeyError as error:  # the state_dict is of another architecture: say which tensors
+        raise ValueError(f"{args.official}: {error.args[0]}") from None
+    print(f"wrote {args.out}: model {config['model']['name']}, {len(state['ema'])} tensors (EMA and raw weights), "
+          f"time points t = {[round(t, 6) for t in state['t']]}")
     return 0
 
 
@@ -185,6 +220,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     if getattr(args, "extension", None):
         handler: Callable[[argparse.Namespace], int | None] = importlib.import_module(args.extension).main
         return int(handler(args) or 0)
+    if args.command == "convert":
+        return _convert(args)
     config = _resolve(args)
     if args.command == "config":
         sys.stdout.write(dump_config(config))

@@ -57,6 +57,7 @@ class _Section(BaseModel):
 class ModelSection(_Section):
     name: Text                                  # dsno.model preset or "package.module:function"
     overrides: dict[str, Any]
+    temporal_precision: Literal["fp32", "autocast"]    # fp32: DSNO's numerics; autocast: the fused fast path
 
 
 class DataSection(_Section):
@@ -67,7 +68,7 @@ class DataSection(_Section):
 class ScheduleSection(_Section):
     logsnr_min: float
     logsnr_max: float
-    t_min: Annotated[float, Field(gt=0.0, lt=1.0)]
+    t_min: Annotated[float, Field(ge=0.0, lt=1.0)]     # DSNO's data.epsilon is 0.0
     num_steps: Count
     num_points: Count
     spacing: Literal["uniform", "quadratic"]
@@ -121,7 +122,8 @@ class TrainSection(_Section):
     warmup_start_factor: Annotated[float, Field(gt=0.0, le=1.0)]
     milestones: list[Natural]
     gamma: Annotated[float, Field(gt=0.0)]
-    loss: Literal["L1", "L2"]
+    loss: Literal["L1", "L2", "vgg"]
+    vgg_weights: Text                            # "imagenet" (torchvision's, downloaded) or a vgg16 state_dict file
     loss_weight: Literal["snr", "none"]
     ema_decay: Probability
     grad_clip: Annotated[float, Field(ge=0.0)]   # 0 disables
@@ -146,6 +148,11 @@ class SampleSection(_Section):
     use_ema: bool
     png_scale: Annotated[int, Field(ge=1, le=64)]
     device: Device
+    noise: Literal["seeded", "dsno"]
+    uint8: Literal["truncate", "round"]
+    images: Literal["none", "folder", "zip"]
+    npz: bool
+    save_trajectory: bool
 
 
 class Config(_Section):

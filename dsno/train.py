@@ -3,7 +3,8 @@
 Per optimizer step, on a batch of (noise z, teacher trajectory X [B, M, C, H, W]):
 
     pred   = model(z, logsnr)                                   one forward pass, all M time points
-    loss_m = mean over batch and pixels of |pred_m - X_m| (L1) or (pred_m - X_m)^2 (L2)
+    loss_m = mean over batch and pixels of |pred_m - X_m| (L1) or (pred_m - X_m)^2 (L2), or DSNO's
+             VGG perceptual distance (vgg); see dsno/losses.py
     loss   = mean_m  w_m loss_m,     w_m = clamp(sqrt(exp(logsnr_m)), 1, 1e4)   (loss_weight: snr)
 
 Adam; lr factor = linear warmup from warmup_start_factor to 1 over `warmup` steps, times gamma for
@@ -39,7 +40,8 @@ from .checkpoint import (CHECKPOINT, CHECKPOINT_VERSION, METRICS, atomic_write_t
                          load_checkpoint, load_model_state, load_tensor_file, remove_stale_temporaries, rng_state,
                          save_checkpoint, set_rng_state)
 from .config import dump_config, validate_config
-from .model import build_model_from_config
+from .losses import VGGPerceptualLoss, snr_weights, trajectory_loss
+from .model import build_model_from_config, set_temporal_precision
 from .trajectories import TrajectoryDataset
 
 __all__ = [
@@ -49,25 +51,6 @@ __all__ = [
     "ResumableDistributedSampler",
     "train",
 ]
-
-
-def snr_weights(logsnr: torch.Tensor) -> torch.Tensor:
-    """DSNO's per-time-point loss weights clamp(sqrt(exp(logsnr)), 1, 1e4)."""
-    return torch.exp(0.5 * logsnr).clamp(1.0, 1e4)
-
-
-def trajectory_loss(pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor,
-                    kind: str = "L2") -> tuple[torch.Tensor, torch.Tensor]:
-    """(weighted scalar loss, per-time-point loss [M]) for pred/target [B, M, ...]."""
-    difference = pred - target
-    if kind == "L1":
-        elementwise = difference.abs()
-    elif kind == "L2":
-        elementwise = difference.square()
-    else:
-        raise ValueError(f"loss must be 'L1' or 'L2', got {kind!r}")
-    per_point = elementwise.mean(dim=[d for d in range(elementwise.ndim) if d != 1])
-    return (per_point * weights).mean(), per_point
 
 
 class WarmupMultiStep:
@@ -175,6 +158,7 @@ def train(config: dict[str, Any], *, model_factory: Callable[[], nn.Module] | No
     dataset = TrajectoryDataset(data_dir)
     torch.manual_seed(cfg["seed"])  # identical initial weights on every rank (DDP also broadcasts them)
     model = model_factory() if model_factory is not None else build_model_from_config(config["model"])
+    set_temporal_precision(model, config["model"]["temporal_precision"])
     if cfg["init_backbone"]:
         from .model import load_backbone_weights
 
@@ -189,6 +173,7 @@ def train(config: dict[str, Any], *, model_factory: Callable[[], nn.Module] | No
     logsnr = dataset.logsnr.to(device, dtype)
     weights = (snr_weights(dataset.logsnr) if cfg["loss_weight"] == "snr" else torch.ones_like(dataset.logsnr))
     weights = weights.to(device, loss_dtype)
+    perceptual = VGGPerceptualLoss(cfg["vgg_weights"]).to(device) if cfg["loss"] == "vgg" else None
 
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg["lr"], betas=tuple(cfg["betas"]), eps=cfg["eps"],
                                  weight_decay=cfg["weight_decay"])
@@ -264,7 +249,7 @@ def train(config: dict[str, Any], *, model_factory: Callable[[], nn.Module] | No
                 with contextlib.nullcontext() if sync else ddp_model.no_sync():
                     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bool(cfg["bf16"])):
                         pred = ddp_model(noise, logsnr) if label is None else ddp_model(noise, logsnr, label)
-                    loss, per_point = trajectory_loss(pred.to(loss_dtype), target, weights, cfg["loss"])
+                    loss, per_point = trajectory_loss(pred.to(loss_dtype), target, weights, cfg["loss"], perceptual)
                     (loss / grad_accum).backward()
                 point_losses += per_point.detach() / grad_accum
             grad_norm = None  # stays a tensor: reading it every step would synchronise the GPU

@@ -1,22 +1,13 @@
 """Triton backend ("triton"): fused forward and backward kernels of the temporal spectral convolution.
 
-    x [B, T, C_in, *S], weight [C_in, C_out, K, 2]; the trailing dims flatten to P pixels, so per batch
-    item x is [T, C_in, P] and every pixel column goes through
+    The maths and its notation (F, M, G, D, the R rows and their order, the transposed chain of the
+    backward with the conjugate-transposed weights M*) are reference.py's. Here x [B, T, C_in, *S] is
+    [B, T, C_in, P] with the trailing dims flattened to P pixels, and the kernels compute
 
-        X = F x            F [R, T]   the truncated real DFT along T    (adds / FMAs on CUDA cores)
-        Y = M X            per mode k: Yr = Wr^T Xr - Wi^T Xi, Yi = Wi^T Xr + Wr^T Xi   (tl.dot)
-        y = G Y            G [T, R]   the irfft, G = F^T D with D = c_k / T per mode
-        time_conv:         y = x + leaky_relu(G M F x)
-
-    R counts the real rows: (real, imag) for complex modes, (real) alone for DC and Nyquist, in the
-    row order of reference.spectral_bases. The backward is the transposed chain:
-
-        g  = dy                              (time_conv: dy * (s > 0 ? 1 : slope), s = G M F x recomputed)
-        dx = F^T M^T G^T g = G M* F g        (time_conv: + dy)
-        dWr = sum_pixels Xr dYr^T + Xi dYi^T     dWi = sum_pixels Xr dYi^T - Xi dYr^T,   dY = G^T g = D F g
-
-    where M* mixes with the conjugate weights transposed (Wr^T, -Wi^T): D is one scalar per mode, so
-    it commutes with the per-mode mixing, and dx is the forward chain with other weights.
+        forward:   y = G M F x                    time_conv: y = x + leaky_relu(G M F x)
+        backward:  g = dy                         time_conv: g = dy * leaky_relu'(s), s = G M F x recomputed
+                   dx = G M* F g                  time_conv: + dy
+                   grad_weight from the products of F x and dY = D F g, summed over the pixels
 
 Kernels (launch plan: forward one launch; backward at most two plus one deterministic reduction)
 
@@ -99,7 +90,8 @@ from typing import Optional
 
 import torch
 
-from ._library import register_op_pair
+from . import settings
+from ._library import register_ops
 from .api import Backend, register_backend
 
 try:
@@ -124,9 +116,8 @@ __all__ = ["MAX_TIME_POINTS", "INTERPRETING", "launch_configs", "num_rows", "cle
 
 MAX_TIME_POINTS = 32
 INTERPRETING = _TRITON_IMPORT_ERROR is None and os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on")
-FP32_PRECISION_ENV_VAR = "DSNO_KERNELS_FP32"
-AUTOTUNE_ENV_VAR = "DSNO_KERNELS_TRITON_AUTOTUNE"
-_FP32_PRECISIONS = ("tf32", "tf32x3", "ieee")
+FP32_PRECISION_ENV_VAR = settings.FP32
+AUTOTUNE_ENV_VAR = settings.TRITON_AUTOTUNE
 
 
 # ------------------------------------------------------------------------------------------------
@@ -736,7 +727,7 @@ def launch_configs(
         kept.append(config)
     if not kept:
         kept = [candidates[-1]]
-    if INTERPRETING or os.environ.get(AUTOTUNE_ENV_VAR, "1") == "0":
+    if INTERPRETING or settings.get(AUTOTUNE_ENV_VAR) == "0":
         return kept[:1]
     return kept[:_MAX_TIMED_CONFIGS]
 
@@ -911,7 +902,7 @@ def _backward_plan(B: int, T: int, K: int, C_in: int, C_out: int, P: int, elemen
 
 
 def _autotuning() -> bool:
-    return not INTERPRETING and os.environ.get(AUTOTUNE_ENV_VAR, "1") != "0"
+    return not INTERPRETING and settings.get(AUTOTUNE_ENV_VAR) != "0"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -1061,10 +1052,7 @@ def _fp32_precision(dtype: torch.dtype) -> str:
     exact otherwise."""
     if dtype != torch.float32:
         return "ieee"
-    precision = os.environ.get(FP32_PRECISION_ENV_VAR, "tf32").lower()
-    if precision not in _FP32_PRECISIONS:
-        raise ValueError(f"{FP32_PRECISION_ENV_VAR} must be one of {_FP32_PRECISIONS}, got {precision!r}")
-    return precision
+    return settings.get(FP32_PRECISION_ENV_VAR)
 
 
 def _as_pixels(t: torch.Tensor) -> torch.Tensor:
@@ -1180,8 +1168,9 @@ if _TRITON_IMPORT_ERROR is None:
         "spectral_time_conv_backward": _define_op("spectral_time_conv_backward", _triton_spectral_time_conv_backward),
         "time_conv_backward": _define_op("time_conv_backward", _triton_time_conv_backward),
     }
-    register_op_pair(_OPS["spectral_time_conv"], _OPS["spectral_time_conv_backward"])
-    register_op_pair(_OPS["time_conv"], _OPS["time_conv_backward"])
+    # Fakes and autograd (twice differentiable) for the dispatcher path; the eager calls below
+    # launch directly instead of register_ops' generic eager functions (which dispatch to the op).
+    register_ops(_OPS)
 
 
 class _EagerAutograd(torch.autograd.Function):
@@ -1246,5 +1235,10 @@ register_backend(
         unavailable_reason=_unavailable_reason,
         max_time_points=MAX_TIME_POINTS,
         ops=_OPS,
+        # Where the extension has no CUDA kernels, Triton runs CUDA tensors; never auto-picked when interpreting.
+        auto_priority={} if INTERPRETING else {"cuda": 10},
+        benchmark_device="cuda",
+        interpreted=INTERPRETING,
+        fp32_via_tf32_on_cuda=True,
     )
 )

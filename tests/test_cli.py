@@ -58,7 +58,8 @@ def test_help(argv, capsys):
 def test_config_overrides_and_flags(capsys):
     assert run_cli("config", "-c", "cifar10", "--set", "train.lr=1e-4", "--set", "model.overrides.dropout=0.1") == 0
     config = yaml.safe_load(capsys.readouterr().out)
-    assert config["train"]["lr"] == 1e-4 and config["model"] == {"name": "cifar10", "overrides": {"dropout": 0.1}}
+    assert config["train"]["lr"] == 1e-4 and config["model"] == {"name": "cifar10", "overrides": {"dropout": 0.1},
+                                                                  "temporal_precision": "fp32"}
     assert config["schedule"]["num_steps"] == 512 and config["schedule"]["spacing"] == "quadratic"
     args = cli.build_parser().parse_args(["train", "-c", "tiny", "--set", "train.lr=0.5", "--lr", "0.25", "--bf16"])
     resolved = cli._resolve(args)

@@ -37,7 +37,16 @@ def dsno_invocations() -> list[tuple[int, list[str]]]:
     """(README line, argv after `dsno`) for each `dsno ...` / `python -m dsno ...` / `torchrun ... -m dsno ...`."""
     found = []
     for line, code in blocks("bash"):
+        # a command continued with a trailing backslash is one line, reported at its first line
+        commands, start = [], None
         for offset, text in enumerate(code.splitlines()):
+            if start is None:
+                start, parts = offset, []
+            parts.append(text[:-1] if text.endswith("\\") else text)
+            if not text.endswith("\\"):
+                commands.append((start, " ".join(parts)))
+                start = None
+        for offset, text in commands:
             words = shlex.split(text, comments=True)
             for index, word in enumerate(words):
                 if word == "dsno" and (index == 0 or words[index - 1] == "-m"):
