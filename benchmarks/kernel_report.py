@@ -114,7 +114,7 @@ def triton_on_cpu() -> Iterator[None]:
     recorded_launches)."""
     from dsno_kernels import api
 
-    original = api._BACKENDS["triton"]
+    original = api.get_backend("triton")
     api.register_backend(dataclasses.replace(original, device_types=("cpu",), unavailable_reason=lambda: None))
     try:
         yield
@@ -126,17 +126,17 @@ def triton_on_cpu() -> Iterator[None]:
 def gpu_limits(arch: int) -> Iterator[None]:
     """The triton backend plans its launches for an sm_`arch` GPU's limits whatever the tensors' device
     (meta or CPU tensors stand in for CUDA ones)."""
-    from dsno_kernels import triton_spectral
+    from dsno_kernels.backends import triton as triton_backend
 
-    saved = triton_spectral._device_limits, triton_spectral._device_key
-    triton_spectral._device_limits = lambda index: (SHARED_MEMORY_LIMIT[arch], MULTIPROCESSORS[arch])
-    triton_spectral._device_key = lambda device: 0
-    triton_spectral.clear_launch_plans()
+    saved = triton_backend._device_limits, triton_backend._device_key
+    triton_backend._device_limits = lambda index: (SHARED_MEMORY_LIMIT[arch], MULTIPROCESSORS[arch])
+    triton_backend._device_key = lambda device: 0
+    triton_backend.clear_launch_plans()
     try:
         yield
     finally:
-        triton_spectral._device_limits, triton_spectral._device_key = saved
-        triton_spectral.clear_launch_plans()
+        triton_backend._device_limits, triton_backend._device_key = saved
+        triton_backend.clear_launch_plans()
 
 
 def aten_ops(fn: Callable[[], object]) -> list[str]:
@@ -281,24 +281,24 @@ def shape_launches(
     """The launches of one time_conv forward and one backward at `shape` (a harness.OpShape) on meta
     tensors, planned for sm_`arch`, with one configuration (no autotuning); with pixels_last, x has
     its channels innermost in memory."""
-    from dsno_kernels import triton_spectral
+    from dsno_kernels.backends import triton as triton_backend
 
     x = torch.empty(shape.x_shape, dtype=dtype, device="meta")
     if pixels_last:
         x = torch.empty(*shape.x_shape[:2], *shape.x_shape[3:], shape.C, dtype=dtype, device="meta").movedim(-1, 2)
     w = torch.empty(shape.C, shape.C, shape.K, 2, dtype=dtype, device="meta")
-    saved = os.environ.get(triton_spectral.AUTOTUNE_ENV_VAR)
-    os.environ[triton_spectral.AUTOTUNE_ENV_VAR] = "0"
+    saved = os.environ.get(triton_backend.AUTOTUNE_ENV_VAR)
+    os.environ[triton_backend.AUTOTUNE_ENV_VAR] = "0"
     try:
         with gpu_limits(arch), recorded_launches() as forward:
-            y = triton_spectral._forward(x, w, negative_slope)
+            y = triton_backend._forward(x, w, negative_slope)
         with gpu_limits(arch), recorded_launches() as backward:
-            triton_spectral._backward(y, x, w, negative_slope)
+            triton_backend._backward(y, x, w, negative_slope)
     finally:
         if saved is None:
-            os.environ.pop(triton_spectral.AUTOTUNE_ENV_VAR)
+            os.environ.pop(triton_backend.AUTOTUNE_ENV_VAR)
         else:
-            os.environ[triton_spectral.AUTOTUNE_ENV_VAR] = saved
+            os.environ[triton_backend.AUTOTUNE_ENV_VAR] = saved
     return {"forward": forward, "backward": backward}
 
 
@@ -317,9 +317,9 @@ def _config(launch: RecordedLaunch) -> str:
 def static_report(archs=(90, 80), dtypes=("bf16", "fp32"), shapes=None, log=print) -> list[dict]:
     """One row per (arch, dtype, kernel variant) with the shapes that launch it."""
     from benchmarks.harness import GPU_SHAPES
-    from dsno_kernels import triton_spectral
+    from dsno_kernels.backends import triton as triton_backend
 
-    shapes = shapes or [s for s in GPU_SHAPES.values() if s.T <= triton_spectral.MAX_TIME_POINTS]
+    shapes = shapes or [s for s in GPU_SHAPES.values() if s.T <= triton_backend.MAX_TIME_POINTS]
     rows = []
     for arch in archs:
         for dtype_name in dtypes:

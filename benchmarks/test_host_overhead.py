@@ -26,9 +26,9 @@ DIRECTIONS = ("fwd", "fwd+bwd")
 
 
 def _triton_ready() -> bool:
-    from dsno_kernels import triton_spectral
+    from dsno_kernels.backends import triton as triton_backend
 
-    return triton_spectral._TRITON_IMPORT_ERROR is None
+    return triton_backend._TRITON_IMPORT_ERROR is None
 
 
 @pytest.fixture

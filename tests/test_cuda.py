@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from common import TF32_TOLERANCE, TOLERANCE, assert_close_to_reference
-from dsno_kernels import cpp_ops
-from dsno_kernels.reference import spectral_time_conv_reference, time_conv_reference
+from dsno_kernels.backends import cpp as cpp_backend
+from dsno_kernels.backends.reference import spectral_time_conv_reference, time_conv_reference
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -30,18 +30,18 @@ def _extension_links_cuda() -> bool:
         return b"libc10_cuda.so" in library.read()
 
 
-@pytest.mark.skipif(cpp_ops._IMPORT_ERROR is not None, reason="the C++ extension is not built")
+@pytest.mark.skipif(cpp_backend._IMPORT_ERROR is not None, reason="the C++ extension is not built")
 def test_cuda_kernels_registered_when_built_with_cuda():
     if not _extension_links_cuda():
         pytest.skip("the extension was built without CUDA")
     for op in OPS:
         assert torch._C._dispatch_has_kernel_for_dispatch_key(f"dsno_kernels::{op}", "CUDA"), op
-    assert cpp_ops.has_cuda_kernels()
+    assert cpp_backend.has_cuda_kernels()
 
 
 @pytest.fixture
 def cuda_kernels():
-    assert cpp_ops.has_cuda_kernels(), "a GPU is present but the extension was built without CUDA kernels"
+    assert cpp_backend.has_cuda_kernels(), "a GPU is present but the extension was built without CUDA kernels"
     return torch.ops.dsno_kernels
 
 

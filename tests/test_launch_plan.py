@@ -19,10 +19,10 @@ import torch
 import dsno_kernels
 from benchmarks import kernel_report
 from benchmarks.harness import GPU_SHAPES
-from dsno_kernels import triton_spectral
+from dsno_kernels.backends import triton as triton_backend
 
 pytestmark = pytest.mark.skipif(
-    triton_spectral._TRITON_IMPORT_ERROR is not None, reason="Triton is not installed"
+    triton_backend._TRITON_IMPORT_ERROR is not None, reason="Triton is not installed"
 )
 ALLOCATIONS = {"aten::empty", "aten::new_empty", "aten::empty_like", "aten::empty_strided"}
 OPS = ["spectral_time_conv", "time_conv"]
@@ -77,7 +77,7 @@ def _bytes(t: torch.Tensor) -> int:
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
-@pytest.mark.parametrize("name", [n for n, s in GPU_SHAPES.items() if s.T <= triton_spectral.MAX_TIME_POINTS])
+@pytest.mark.parametrize("name", [n for n, s in GPU_SHAPES.items() if s.T <= triton_backend.MAX_TIME_POINTS])
 def test_backward_writes_nothing_of_forward_size_but_dx(name, dtype):
     """At the GPU benchmark shapes, planned for an H100: the backward's launches write dx, a bit mask,
     and weight-gradient partials of at most 10% of |x| (or, in one slice, grad_weight itself)."""
@@ -112,13 +112,13 @@ def test_backward_writes_nothing_of_forward_size_but_dx(name, dtype):
 def test_launch_plans_are_cached_per_shape(op):
     x, w = _inputs(requires_grad=True)
     dy = torch.randn_like(x)
-    triton_spectral.clear_launch_plans()
+    triton_backend.clear_launch_plans()
     with kernel_report.recorded_launches():
         for _ in range(3):
             torch.autograd.grad(_call(op, x, w), (x, w), dy)
-    assert triton_spectral._forward_calls.cache_info().misses == 1
-    assert triton_spectral._backward_calls.cache_info().misses == 1
-    assert triton_spectral._forward_calls.cache_info().hits == 2
+    assert triton_backend._forward_calls.cache_info().misses == 1
+    assert triton_backend._backward_calls.cache_info().misses == 1
+    assert triton_backend._forward_calls.cache_info().hits == 2
 
 
 def test_allocations_and_launches_do_not_depend_on_the_data():
@@ -155,7 +155,7 @@ def test_eager_calls_skip_the_op_layer_and_traced_calls_use_it():
             return func(*args, **(kwargs or {}))
 
     x, w = _inputs(requires_grad=False)
-    assert triton_spectral._launches_directly(x, w)
+    assert triton_backend._launches_directly(x, w)
     with kernel_report.recorded_launches() as launches, Record():
         _call("time_conv", x, w)
     assert any("dsno_kernels.triton_time_conv" in name for name in seen), seen

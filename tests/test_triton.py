@@ -1,4 +1,4 @@
-"""The Triton backend (dsno_kernels/triton_spectral.py) beyond tests/test_ops.py's generic checks:
+"""The Triton backend (dsno_kernels/backends/triton.py) beyond tests/test_ops.py's generic checks:
 several channel and pixel blocks with masked edges, the largest T, the LeakyReLU mask in low precision,
 the weight-gradient reduction (slices, atomics), layouts the kernels write through, the compile-time
 DFT constants, the launch configurations, and a compile of every kernel for sm_80 and sm_90 that needs
@@ -21,15 +21,15 @@ import pytest
 import torch
 
 import dsno_kernels
-from dsno_kernels import triton_spectral
-from dsno_kernels.api import _BACKENDS, resolve_backend
-from dsno_kernels.reference import spectral_bases, spectral_time_conv_reference
+from dsno_kernels.backends import triton as triton_backend
+from dsno_kernels.api import resolve_backend
+from dsno_kernels.backends.reference import spectral_bases, spectral_time_conv_reference
 from benchmarks import kernel_report
 from benchmarks.harness import OpShape
 from common import DTYPE_IDS, TOLERANCE, assert_close_to_reference, tolerance
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-TRITON = _BACKENDS["triton"]
+TRITON = dsno_kernels.get_backend("triton")
 pytestmark = pytest.mark.skipif(
     "triton" not in dsno_kernels.available_backends(DEVICE),
     reason=f"the triton backend cannot run on {DEVICE}: {TRITON.unavailable_reason()}",
@@ -42,7 +42,7 @@ ALL_DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
 def _untimed_configurations(monkeypatch):
     """One launch configuration per problem: on a GPU every distinct shape would otherwise compile
     and time up to four. The tests of autotuning set the variable back."""
-    monkeypatch.setenv(triton_spectral.AUTOTUNE_ENV_VAR, "0")
+    monkeypatch.setenv(triton_backend.AUTOTUNE_ENV_VAR, "0")
 
 
 def _random(*shape, dtype, seed, scale=1.0):
@@ -100,24 +100,24 @@ def _check_op(op, x, w, dtype, slope=0.2, what=""):
 # Numerics
 
 
-@pytest.mark.parametrize("T", range(1, triton_spectral.MAX_TIME_POINTS + 1))
+@pytest.mark.parametrize("T", range(1, triton_backend.MAX_TIME_POINTS + 1))
 def test_compile_time_dft_constants_match_the_reference_bases(T):
     """The kernels' F and G entries (constexpr, with 0 and +-1 exact) are reference.spectral_bases."""
     K = T // 2 + 1
     F, G = spectral_bases(T, K)
     row = 0
     for k in range(K):
-        for imag in (False, True) if not triton_spectral._is_real_mode(k, T) else (False,):
+        for imag in (False, True) if not triton_backend._is_real_mode(k, T) else (False,):
             for t in range(T):
-                f = triton_spectral._basis(k, t, T, imag, False)
-                g = triton_spectral._basis(k, t, T, imag, True)
+                f = triton_backend._basis(k, t, T, imag, False)
+                g = triton_backend._basis(k, t, T, imag, True)
                 # The reference evaluates cos / sin at unreduced angles (up to 2 pi * 16 * 31), the
                 # kernels at 2 pi (k t mod T) / T: they agree to the reference's rounding, ~1e-13.
                 assert abs(f - F[row, t].item()) < 1e-12 and abs(g - G[t, row].item()) < 1e-12, (k, t, imag)
                 if abs(F[row, t].item()) < 1e-12 or abs(abs(F[row, t].item()) - 1) < 1e-12:
                     assert f in (0.0, 1.0, -1.0), f"entry ({k}, {t}, imag={imag}) = {f!r} is not exact"
             row += 1
-    assert row == triton_spectral.num_rows(T, K)
+    assert row == triton_backend.num_rows(T, K)
 
 
 # (T, K, C_in, C_out, trailing dims): channels and pixels span several blocks of the interpreter's
@@ -172,8 +172,8 @@ def test_largest_time_axis(T, K):
 
 
 def test_longer_time_axis_is_handed_to_the_next_backend():
-    x = _random(1, triton_spectral.MAX_TIME_POINTS + 1, 3, 2, dtype=torch.float32, seed=8)
-    assert TRITON.max_time_points == triton_spectral.MAX_TIME_POINTS
+    x = _random(1, triton_backend.MAX_TIME_POINTS + 1, 3, 2, dtype=torch.float32, seed=8)
+    assert TRITON.max_time_points == triton_backend.MAX_TIME_POINTS
     assert resolve_backend("triton", x).name != "triton"
     w = _random(3, 3, 2, 2, dtype=torch.float32, seed=9)
     out = dsno_kernels.spectral_time_conv(x, w, backend="triton")
@@ -196,16 +196,16 @@ def test_empty_inputs():
 def test_offsets_beyond_32_bits_are_refused():
     x = torch.empty_strided((1, 2, 3, 4), (1, 2**31, 1, 3), device="meta")
     with pytest.raises(ValueError, match="2\\^31"):
-        triton_spectral._check_32_bit_offsets(x.shape, x.stride(), (3, 3, 2, 2))
-    triton_spectral._check_32_bit_offsets(x[:, :1].shape, x.stride(), (3, 3, 1, 2))
+        triton_backend._check_32_bit_offsets(x.shape, x.stride(), (3, 3, 2, 2))
+    triton_backend._check_32_bit_offsets(x[:, :1].shape, x.stride(), (3, 3, 1, 2))
 
 
 @pytest.fixture
 def fresh_launch_plans():
     """Launch plans are cached per shape: a test that changes what they depend on starts and ends afresh."""
-    triton_spectral.clear_launch_plans()
+    triton_backend.clear_launch_plans()
     yield
-    triton_spectral.clear_launch_plans()
+    triton_backend.clear_launch_plans()
 
 
 @pytest.mark.parametrize("op", ["spectral_time_conv", "time_conv"])
@@ -218,10 +218,10 @@ def test_weight_gradient_in_several_slices_matches_one(op, monkeypatch, fresh_la
     args = (grad_out, x, w) if op == "spectral_time_conv" else (grad_out, x, w, 0.1)
     grads = {}
     for slices in (1, 3):
-        monkeypatch.setattr(triton_spectral, "_weight_grad_slices", lambda *_, n=slices: n)
-        triton_spectral.clear_launch_plans()
-        grads[slices] = triton_spectral._OPS[f"{op}_backward"](*args)
-        plan = triton_spectral._backward_plan(3, 4, 2, 20, 20, 23, 4, None)
+        monkeypatch.setattr(triton_backend, "_weight_grad_slices", lambda *_, n=slices: n)
+        triton_backend.clear_launch_plans()
+        grads[slices] = triton_backend._OPS[f"{op}_backward"](*args)
+        plan = triton_backend._backward_plan(3, 4, 2, 20, 20, 23, 4, None)
         assert plan.slices == slices and (plan.reduce is None) == (slices == 1)
     assert torch.equal(grads[1][0], grads[3][0])
     assert_close_to_reference(grads[3][1], grads[1][1].double(), 1e-5, "slices")
@@ -230,10 +230,10 @@ def test_weight_gradient_in_several_slices_matches_one(op, monkeypatch, fresh_la
 def test_fp32_precision_setting(monkeypatch):
     x = _random(2, 4, 5, 6, dtype=torch.float32, seed=13)
     w = _random(5, 5, 2, 2, dtype=torch.float32, seed=14, scale=0.3)
-    monkeypatch.setenv(triton_spectral.FP32_PRECISION_ENV_VAR, "fp16")
-    with pytest.raises(ValueError, match=triton_spectral.FP32_PRECISION_ENV_VAR):
+    monkeypatch.setenv(triton_backend.FP32_PRECISION_ENV_VAR, "fp16")
+    with pytest.raises(ValueError, match=triton_backend.FP32_PRECISION_ENV_VAR):
         dsno_kernels.spectral_time_conv(x, w, backend="triton")
-    monkeypatch.setenv(triton_spectral.FP32_PRECISION_ENV_VAR, "ieee")
+    monkeypatch.setenv(triton_backend.FP32_PRECISION_ENV_VAR, "ieee")
     out = dsno_kernels.spectral_time_conv(x, w, backend="triton")
     expected = spectral_time_conv_reference(x.double(), w.double())
     assert_close_to_reference(out, expected, TOLERANCE[torch.float32], "ieee")
@@ -243,7 +243,7 @@ def test_fp32_precision_setting(monkeypatch):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=DTYPE_IDS.get)
 def test_cifar10_layer_shape(dtype, monkeypatch):
     """DSNO's CIFAR-10 temporal layer (T=4, K=2, C=256, 32x32), batch 2, through the autotuner."""
-    monkeypatch.setenv(triton_spectral.AUTOTUNE_ENV_VAR, "1")
+    monkeypatch.setenv(triton_backend.AUTOTUNE_ENV_VAR, "1")
     x = _random(2, 4, 256, 32, 32, dtype=dtype, seed=15)
     w = _random(256, 256, 2, 2, dtype=dtype, seed=16, scale=(256 * 2) ** -0.5)
     _check_op("time_conv", x, w, dtype, slope=0.01, what="cifar10")
@@ -259,22 +259,22 @@ def test_cifar10_layer_shape(dtype, monkeypatch):
      ("mix", 32, 17, 64, 64, 4096), ("weight_grad", 32, 17, 64, 64, 4096)],
 )  # fmt: skip
 def test_launch_configs(kernel, T, K, C_in, C_out, pixels, monkeypatch):
-    monkeypatch.setenv(triton_spectral.AUTOTUNE_ENV_VAR, "1")
-    configs = triton_spectral.launch_configs(kernel, T, K, C_in, C_out, pixels, 2, 227 * 1024)
+    monkeypatch.setenv(triton_backend.AUTOTUNE_ENV_VAR, "1")
+    configs = triton_backend.launch_configs(kernel, T, K, C_in, C_out, pixels, 2, 227 * 1024)
     assert configs and len(set(configs)) == len(configs)
-    if triton_spectral.INTERPRETING:
+    if triton_backend.INTERPRETING:
         assert len(configs) == 1
     for config in configs:
         *blocks, warps, stages = config
         assert all(block >= 16 and block & (block - 1) == 0 for block in blocks), config
         assert warps in (1, 2, 4, 8) and stages >= 1
     extents = {"mix": (C_out, C_in, pixels), "weight_grad": (C_in, C_out, pixels)}[kernel]
-    smallest = triton_spectral._MIX_CANDIDATES[-1] if kernel == "mix" else triton_spectral._WEIGHT_GRAD_CANDIDATES[-1]
+    smallest = triton_backend._MIX_CANDIDATES[-1] if kernel == "mix" else triton_backend._WEIGHT_GRAD_CANDIDATES[-1]
     for config in configs:
         if config != smallest:
             assert all(block <= max(16, 2 * extent) for block, extent in zip(config, extents)), config
-    monkeypatch.setenv(triton_spectral.AUTOTUNE_ENV_VAR, "0")
-    assert triton_spectral.launch_configs(kernel, T, K, C_in, C_out, pixels, 2, 227 * 1024) == configs[:1]
+    monkeypatch.setenv(triton_backend.AUTOTUNE_ENV_VAR, "0")
+    assert triton_backend.launch_configs(kernel, T, K, C_in, C_out, pixels, 2, 227 * 1024) == configs[:1]
 
 
 def test_registration():
@@ -282,7 +282,7 @@ def test_registration():
     assert set(ops) == {"spectral_time_conv", "time_conv", "spectral_time_conv_backward", "time_conv_backward"}
     for role, op in ops.items():
         assert op._qualname == f"dsno_kernels::triton_{role}" and hasattr(torch.ops.dsno_kernels, f"triton_{role}")
-    assert TRITON.device_types == (("cpu",) if triton_spectral.INTERPRETING else ("cuda",))
+    assert TRITON.device_types == (("cpu",) if triton_backend.INTERPRETING else ("cuda",))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -330,7 +330,7 @@ def trace_triton_ops() -> str:
     from torch._functorch.aot_autograd import aot_function
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    triton_spectral._device_limits = lambda index: (kernel_report.SHARED_MEMORY_LIMIT[90], 132)
+    triton_backend._device_limits = lambda index: (kernel_report.SHARED_MEMORY_LIMIT[90], 132)
     graphs = []
 
     def keep_graph(graph_module, example_inputs):

@@ -90,9 +90,9 @@ from typing import Optional
 
 import torch
 
-from . import settings
-from ._library import register_ops
-from .api import Backend, register_backend
+from .. import settings
+from .._library import register_ops
+from ..api import Backend, register_backend
 
 try:
     import triton
