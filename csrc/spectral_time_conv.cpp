@@ -29,6 +29,8 @@
 #include <ATen/TensorOperators.h>
 #include <torch/library.h>
 
+#include "common.h"
+
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -38,28 +40,9 @@ namespace {
 
 constexpr double kPi = 3.14159265358979323846;
 
-bool mode_is_real(int64_t k, int64_t T) { return k == 0 || 2 * k == T; }
-
-void check_inputs(const at::Tensor& x, const at::Tensor& weight, bool square) {
-  TORCH_CHECK(x.dim() >= 3, "x must have shape [B, T, C_in, *S], got ", x.sizes());
-  TORCH_CHECK(weight.dim() == 4 && weight.size(3) == 2, "weight must have shape [C_in, C_out, K, 2], got ",
-              weight.sizes());
-  TORCH_CHECK(weight.size(0) == x.size(2), "weight.shape[0] must equal x.shape[2] (C_in), got ", weight.sizes(),
-              " and ", x.sizes());
-  const int64_t T = x.size(1), K = weight.size(2);
-  TORCH_CHECK(T >= 1 && K >= 1 && K <= T / 2 + 1, "weight.shape[2] (K) must be in [1, T // 2 + 1] for T = ", T,
-              ", got ", K);
-  TORCH_CHECK(!square || weight.size(1) == weight.size(0), "time_conv needs C_in == C_out, got weight ",
-              weight.sizes());
-  TORCH_CHECK(x.scalar_type() == weight.scalar_type(), "x and weight must have the same dtype, got ",
-              x.scalar_type(), " and ", weight.scalar_type());
-  TORCH_CHECK(at::isFloatingType(x.scalar_type()), "x must be a floating tensor, got ", x.scalar_type());
-  TORCH_CHECK(x.device() == weight.device(), "x and weight must be on the same device");
-}
-
 // The real-form pieces of one call, in the accumulation dtype.
-struct Spectral {
-  int64_t B, T, K, R, C_in, C_out, P;
+struct Spectral : Dims {
+  int64_t R;                             // rows of the real DFT: 1 per real mode, 2 per complex one
   std::vector<int64_t> first_row, rows;  // per mode: its first row in F / G and its row count (1 or 2)
   at::Tensor F, G;                       // [R, T], [T, R]
   std::vector<at::Tensor> M;             // per mode: [rows * C_out, rows * C_in]
@@ -67,13 +50,7 @@ struct Spectral {
 
 Spectral make_spectral(const at::Tensor& x, const at::Tensor& weight, at::ScalarType acc_type) {
   Spectral s;
-  s.B = x.size(0);
-  s.T = x.size(1);
-  s.C_in = x.size(2);
-  s.C_out = weight.size(1);
-  s.K = weight.size(2);
-  s.P = 1;
-  for (int64_t d = 3; d < x.dim(); ++d) s.P *= x.size(d);
+  static_cast<Dims&>(s) = describe_dims(x, weight);
   s.R = 0;
   for (int64_t k = 0; k < s.K; ++k) {
     s.first_row.push_back(s.R);
@@ -172,16 +149,6 @@ void scatter_columns(const acc_t* src, scalar_t* dst, int64_t T, int64_t C, int6
   });
 }
 
-// Branch-free (so vectorised) LeakyReLU pieces: the sign of s is random, a branch would mispredict.
-template <typename acc_t>
-inline acc_t leaky_relu(acc_t v, acc_t slope) {
-  return std::max(v, acc_t(0)) + slope * std::min(v, acc_t(0));
-}
-template <typename acc_t>
-inline acc_t leaky_relu_grad(acc_t s, acc_t grad, acc_t slope) {
-  return grad * (s > acc_t(0) ? acc_t(1) : slope);
-}
-
 // Direct path (small T, images): the DFT along T is folded into the tile load and the inverse DFT plus
 // epilogue into the store, as FMAs over contiguous pixel runs; only the channel mixing goes to BLAS.
 // For long T (R * T FMAs per element) or tiny P (runs too short to vectorise) the GEMM path wins.
@@ -252,7 +219,7 @@ void masked_adjoint_transform(const acc_t* Y, const acc_t* G, int64_t rows, cons
       for (int64_t t = 0; t < T; ++t) {
         synthesize_run(Y, G, rows, t, C, c, cols, col, len, run);
         const scalar_t* grad = dy + ((b * T + t) * C + c) * P + p;
-        for (int64_t j = 0; j < len; ++j) run[j] = leaky_relu_grad(run[j], static_cast<acc_t>(grad[j]), slope);
+        for (int64_t j = 0; j < len; ++j) run[j] = apply_epilogue(kLeakyGrad, run[j], static_cast<acc_t>(grad[j]), slope);
         for (int64_t r = 0; r < rows; ++r) {
           const acc_t a = G[t * rows + r];
           acc_t* out = dY + (r * C + c) * cols + col;
@@ -292,11 +259,9 @@ void tile_forward(const Spectral& sp, TileBuffers& buf, int64_t cols) {
   at::mm_out(buf.s, sp.G, buf.Y);
 }
 
-at::Tensor forward_cpu(const at::Tensor& x_in, const at::Tensor& weight, bool fused_time_conv, double slope) {
-  check_inputs(x_in, weight, fused_time_conv);
-  std::vector<int64_t> out_shape = x_in.sizes().vec();
-  out_shape[2] = weight.size(1);
-  at::Tensor y = at::empty(out_shape, x_in.options().memory_format(at::MemoryFormat::Contiguous));
+at::Tensor forward_cpu(const at::Tensor& x_in, const at::Tensor& weight, bool time_conv, double slope) {
+  check_inputs(x_in, weight, time_conv);
+  at::Tensor y = at::empty(output_shape(x_in, weight), x_in.options().memory_format(at::MemoryFormat::Contiguous));
   if (y.numel() == 0) return y;
   const at::Tensor x = x_in.contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "spectral_time_conv_cpu", [&] {
@@ -318,9 +283,9 @@ at::Tensor forward_cpu(const at::Tensor& x_in, const at::Tensor& weight, bool fu
           load_transform(xp, F, sp.R, buf.X.mutable_data_ptr<acc_t>(), sp.T, sp.C_in, sp.P, n0, width, cols);
           mix_modes(sp, buf, cols);
           const acc_t* Yb = buf.Y.const_data_ptr<acc_t>();
-          if (fused_time_conv) {
+          if (time_conv) {
             store_transform(Yb, G, sp.R, yp, sp.T, sp.C_out, sp.P, n0, width, cols, [&](int64_t offset, acc_t v) {
-              return static_cast<acc_t>(xp[offset]) + leaky_relu(v, neg);
+              return apply_epilogue(kResidualLeaky, v, static_cast<acc_t>(xp[offset]), neg);
             });
           } else {
             store_transform(Yb, G, sp.R, yp, sp.T, sp.C_out, sp.P, n0, width, cols, [](int64_t, acc_t v) { return v; });
@@ -331,9 +296,9 @@ at::Tensor forward_cpu(const at::Tensor& x_in, const at::Tensor& weight, bool fu
         gather_columns(xp, xb, sp.T, sp.C_in, sp.P, n0, width, cols);
         tile_forward(sp, buf, cols);
         acc_t* sb = buf.s.mutable_data_ptr<acc_t>();
-        if (fused_time_conv) {  // y = x + leaky_relu(s); C_in == C_out, so x's tile lines up with s's
+        if (time_conv) {  // y = x + leaky_relu(s); C_in == C_out, so x's tile lines up with s's
           const int64_t n = sp.T * sp.C_out * cols;
-          for (int64_t i = 0; i < n; ++i) sb[i] = xb[i] + leaky_relu(sb[i], neg);
+          for (int64_t i = 0; i < n; ++i) sb[i] = apply_epilogue(kResidualLeaky, sb[i], xb[i], neg);
         }
         scatter_columns(sb, yp, sp.T, sp.C_out, sp.P, n0, width, cols);
       }
@@ -343,12 +308,9 @@ at::Tensor forward_cpu(const at::Tensor& x_in, const at::Tensor& weight, bool fu
 }
 
 std::tuple<at::Tensor, at::Tensor> backward_cpu(const at::Tensor& grad_out_in, const at::Tensor& x_in,
-                                                const at::Tensor& weight, bool fused_time_conv, double slope) {
-  check_inputs(x_in, weight, fused_time_conv);
-  std::vector<int64_t> out_shape = x_in.sizes().vec();
-  out_shape[2] = weight.size(1);
-  TORCH_CHECK(grad_out_in.sizes().vec() == out_shape, "grad_out must have shape ", at::IntArrayRef(out_shape),
-              ", got ", grad_out_in.sizes());
+                                                const at::Tensor& weight, bool time_conv, double slope) {
+  check_inputs(x_in, weight, time_conv);
+  check_grad_out(grad_out_in, x_in, weight);
   at::Tensor grad_x = at::empty(x_in.sizes(), x_in.options().memory_format(at::MemoryFormat::Contiguous));
   at::Tensor grad_w = at::zeros(weight.sizes(), weight.options());
   if (grad_out_in.numel() == 0) {
@@ -385,7 +347,7 @@ std::tuple<at::Tensor, at::Tensor> backward_cpu(const at::Tensor& grad_out_in, c
       at::Tensor dY = at::empty({sp.R, sp.C_out * cols}, opt);
       at::Tensor dX = at::empty({sp.R, sp.C_in * cols}, opt);
       at::Tensor dxb = at::empty({sp.T, sp.C_in * cols}, opt);
-      at::Tensor dy_tile = fused_time_conv ? at::empty({sp.T, sp.C_out * cols}, opt) : at::Tensor();
+      at::Tensor dy_tile = time_conv ? at::empty({sp.T, sp.C_out * cols}, opt) : at::Tensor();
       const at::Tensor Gt = sp.G.t(), Ft = sp.F.t();
       for (int64_t chunk = chunk_begin; chunk < chunk_end; ++chunk) {
         for (int64_t k = 0; k < sp.K; ++k) dM[chunk].push_back(at::zeros_like(sp.M[k]));
@@ -394,7 +356,7 @@ std::tuple<at::Tensor, at::Tensor> backward_cpu(const at::Tensor& grad_out_in, c
           const bool direct = use_direct_path(sp);
           if (direct) {
             load_transform(xp, F, sp.R, buf.X.mutable_data_ptr<acc_t>(), sp.T, sp.C_in, sp.P, n0, width, cols);
-            if (fused_time_conv) {
+            if (time_conv) {
               mix_modes(sp, buf, cols);  // recompute Y (hence s) for the LeakyReLU mask
               masked_adjoint_transform(buf.Y.const_data_ptr<acc_t>(), G, sp.R, dyp, neg, dY.mutable_data_ptr<acc_t>(),
                                        sp.T, sp.C_out, sp.P, n0, width, cols);
@@ -404,13 +366,13 @@ std::tuple<at::Tensor, at::Tensor> backward_cpu(const at::Tensor& grad_out_in, c
           } else {
             gather_columns(xp, buf.x.mutable_data_ptr<acc_t>(), sp.T, sp.C_in, sp.P, n0, width, cols);
             acc_t* gb = g.mutable_data_ptr<acc_t>();
-            if (fused_time_conv) {
+            if (time_conv) {
               acc_t* dyb = dy_tile.mutable_data_ptr<acc_t>();
               gather_columns(dyp, dyb, sp.T, sp.C_out, sp.P, n0, width, cols);
               tile_forward(sp, buf, cols);  // recompute s for the LeakyReLU mask
               const acc_t* sb = buf.s.const_data_ptr<acc_t>();
               const int64_t n = sp.T * sp.C_out * cols;
-              for (int64_t i = 0; i < n; ++i) gb[i] = leaky_relu_grad(sb[i], dyb[i], neg);
+              for (int64_t i = 0; i < n; ++i) gb[i] = apply_epilogue(kLeakyGrad, sb[i], dyb[i], neg);
             } else {
               gather_columns(dyp, gb, sp.T, sp.C_out, sp.P, n0, width, cols);
               at::mm_out(buf.X, sp.F, buf.x);
@@ -427,7 +389,7 @@ std::tuple<at::Tensor, at::Tensor> backward_cpu(const at::Tensor& grad_out_in, c
           }
           if (direct) {
             const acc_t* dXb = dX.const_data_ptr<acc_t>();
-            if (fused_time_conv) {  // the residual's gradient is dy itself
+            if (time_conv) {  // the residual's gradient is dy itself
               store_transform(dXb, Ft_rows, sp.R, dxp, sp.T, sp.C_in, sp.P, n0, width, cols,
                               [&](int64_t offset, acc_t v) { return v + static_cast<acc_t>(dyp[offset]); });
             } else {
@@ -438,7 +400,7 @@ std::tuple<at::Tensor, at::Tensor> backward_cpu(const at::Tensor& grad_out_in, c
           }
           at::mm_out(dxb, Ft, dX);
           acc_t* dxbp = dxb.mutable_data_ptr<acc_t>();
-          if (fused_time_conv) {  // the residual's gradient is dy itself
+          if (time_conv) {  // the residual's gradient is dy itself
             const acc_t* dyb = dy_tile.const_data_ptr<acc_t>();
             const int64_t n = sp.T * sp.C_in * cols;
             for (int64_t i = 0; i < n; ++i) dxbp[i] += dyb[i];
@@ -467,21 +429,6 @@ std::tuple<at::Tensor, at::Tensor> backward_cpu(const at::Tensor& grad_out_in, c
   return {grad_x, grad_w};
 }
 
-at::Tensor spectral_time_conv_cpu(const at::Tensor& x, const at::Tensor& weight) {
-  return forward_cpu(x, weight, false, 0.0);
-}
-at::Tensor time_conv_cpu(const at::Tensor& x, const at::Tensor& weight, double negative_slope) {
-  return forward_cpu(x, weight, true, negative_slope);
-}
-std::tuple<at::Tensor, at::Tensor> spectral_time_conv_backward_cpu(const at::Tensor& grad_out, const at::Tensor& x,
-                                                                   const at::Tensor& weight) {
-  return backward_cpu(grad_out, x, weight, false, 0.0);
-}
-std::tuple<at::Tensor, at::Tensor> time_conv_backward_cpu(const at::Tensor& grad_out, const at::Tensor& x,
-                                                          const at::Tensor& weight, double negative_slope) {
-  return backward_cpu(grad_out, x, weight, true, negative_slope);
-}
-
 }  // namespace
 
 TORCH_LIBRARY(dsno_kernels, m) {
@@ -491,12 +438,7 @@ TORCH_LIBRARY(dsno_kernels, m) {
   m.def("time_conv_backward(Tensor grad_out, Tensor x, Tensor weight, float negative_slope) -> (Tensor, Tensor)");
 }
 
-TORCH_LIBRARY_IMPL(dsno_kernels, CPU, m) {
-  m.impl("spectral_time_conv", &spectral_time_conv_cpu);
-  m.impl("time_conv", &time_conv_cpu);
-  m.impl("spectral_time_conv_backward", &spectral_time_conv_backward_cpu);
-  m.impl("time_conv_backward", &time_conv_backward_cpu);
-}
+TORCH_LIBRARY_IMPL(dsno_kernels, CPU, m) { Ops<forward_cpu, backward_cpu>::register_impls(m); }
 
 }  // namespace dsno_kernels
 
