@@ -4,10 +4,12 @@ build of torch are present.
     pip install -e . --no-build-isolation      (torch must already be installed; see README.md)
 
 Switches: DSNO_KERNELS_CUDA=0|1 (skip / require the CUDA part; default: build it when possible),
-DSNO_KERNELS_CUDA_ARCHS (default "80;90"), MAX_JOBS (parallel compile jobs).
+DSNO_KERNELS_CUDA_ARCHS (default "80;90"), both defined and validated in dsno_kernels/settings.py;
+MAX_JOBS (parallel compile jobs).
 """
 
 import glob
+import importlib.util
 import os
 import shutil
 import sys
@@ -34,8 +36,27 @@ from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtensio
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
+def _load_settings():
+    """dsno_kernels/settings.py by path: importing the package would need the extension being built."""
+    spec = importlib.util.spec_from_file_location("_dsno_kernels_settings", os.path.join(HERE, "dsno_kernels", "settings.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # (dataclasses look their module up)
+    spec.loader.exec_module(module)
+    return module
+
+
+settings = _load_settings()
+
+
+def _setting(read):
+    try:
+        return read()
+    except ValueError as error:
+        sys.exit(f"dsno-kernels: {error}")
+
+
 def want_cuda() -> bool:
-    switch = os.environ.get("DSNO_KERNELS_CUDA", "auto")
+    switch = _setting(lambda: settings.get(settings.BUILD_CUDA))
     possible = torch.version.cuda is not None and cpp_ext.CUDA_HOME is not None
     if switch == "0":
         return False
@@ -46,19 +67,11 @@ def want_cuda() -> bool:
                 f"torch.version.cuda={torch.version.cuda}, CUDA_HOME={cpp_ext.CUDA_HOME}"
             )
         return True
-    if switch != "auto":
-        sys.exit(f"DSNO_KERNELS_CUDA must be 0, 1 or unset, got {switch!r}")
     return possible
 
 
 def cuda_gencode_flags() -> list[str]:
-    archs = os.environ.get("DSNO_KERNELS_CUDA_ARCHS", "80;90")
-    flags = []
-    for arch in filter(None, (a.strip() for a in archs.replace(",", ";").split(";"))):
-        if not arch.rstrip("a").isdigit():
-            sys.exit(f"DSNO_KERNELS_CUDA_ARCHS must look like '80;90', got {archs!r}")
-        flags.append(f"-gencode=arch=compute_{arch},code=sm_{arch}")
-    return flags
+    return [f"-gencode=arch=compute_{arch},code=sm_{arch}" for arch in _setting(settings.cuda_archs)]
 
 
 def extensions():

@@ -12,9 +12,10 @@
                  is folded once outside the timed region (reference.dense_block_circulant) and the
                  backward differentiates A itself (torch.matmul then folds the batch into one GEMM,
                  which copies x into [B*P, T*C] order, as it does whenever A requires grad); at model
-                 level `fold_dense` refolds A from the weight in every forward, differentiably,
-                 because the weight trains.
-    cpu, triton, cuda   the dsno_kernels backends, through the public functions.
+                 level A is refolded from the weight in every forward (dense_block_circulant is
+                 differentiable), because the weight trains.
+    cpu, triton, cuda   the dsno_kernels backends with a `benchmark_device` (KERNEL_PROVIDERS, read from
+                 the registry), through the public functions, each on its record's device type.
     neuralop     neuraloperator's SpectralConv on channels-first [B, C, T] input (fno1d shapes, fp32
                  only: its weights are complex, and there is no complex bf16; when it is installed).
 
@@ -26,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
 from typing import Callable, Iterator
 
 import torch
@@ -34,16 +34,12 @@ import torch.nn.functional as F
 
 import dsno_kernels
 from dsno_kernels import api as kernels_api
-from dsno_kernels.reference import (
-    dense_block_circulant,
-    mode_is_real,
-    spectral_time_conv_reference,
-    time_conv_reference,
-)
+from dsno_kernels.reference import dense_block_circulant, spectral_time_conv_reference, time_conv_reference
 
 BASELINE_PROVIDERS = ("dsno_fft", "torch_fft", "dense_gemm")
-KERNEL_PROVIDERS = ("cpu", "triton", "cuda")
-KERNEL_DEVICE = {"cpu": "cpu", "triton": "cuda", "cuda": "cuda"}  # where each backend is benchmarked
+# The fused-kernel backends and the device type each is benchmarked on, from their Backend records.
+KERNEL_DEVICE = {b.name: b.benchmark_device for b in dsno_kernels.backends() if b.benchmark_device is not None}
+KERNEL_PROVIDERS = tuple(KERNEL_DEVICE)
 OPS = ("spectral_time_conv", "time_conv")
 DSNO_NEGATIVE_SLOPE = 0.01  # nn.LeakyReLU()'s default, which DSNO's TimeConv uses
 
@@ -69,30 +65,7 @@ def dsno_time_conv(x: torch.Tensor, weight: torch.Tensor, negative_slope: float 
 
 
 # ------------------------------------------------------------------------------------------------
-# The dense block-circulant form
-
-
-def fold_dense(weight: torch.Tensor, T: int) -> torch.Tensor:
-    """The layer as one matrix A [T * C_out, T * C_in] (t-major), differentiable in the weight.
-
-    With F_r[k, s] = cos(a), F_i[k, s] = -sin(a), G_r[t, k] = c_k/T cos(a), G_i[t, k] = -c_k/T sin(a)
-    (a = 2 pi k t / T), y[t] = sum_k G_r Yr + G_i Yi with Yr = Wr^T Xr - Wi^T Xi, Yi = Wi^T Xr + Wr^T Xi
-    gives A[t, o, s, i] = sum_k P_r[t, s, k] Wr[i, o, k] + P_i[t, s, k] Wi[i, o, k] with
-    P_r = G_r F_r + G_i F_i and P_i = G_i F_r - G_r F_i. DC and Nyquist have F_i = G_i = 0, which drops
-    their Wi as irfft does. Same matrix as reference.dense_block_circulant, in fp32 (fp64 for fp64)."""
-    C_in, C_out, K, _ = weight.shape
-    compute_dtype = torch.float64 if weight.dtype == torch.float64 else torch.float32
-    t = torch.arange(T, dtype=torch.float64, device=weight.device)
-    k = torch.arange(K, dtype=torch.float64, device=weight.device)
-    angle = 2 * math.pi * k[:, None] * t[None, :] / T  # [K, T]
-    c = torch.tensor([1.0 if mode_is_real(m, T) else 2.0 for m in range(K)], dtype=torch.float64, device=weight.device)
-    f_r, f_i = torch.cos(angle), -torch.sin(angle)  # [K, s]
-    g_r, g_i = (c[:, None] / T * torch.cos(angle)).T, (-c[:, None] / T * torch.sin(angle)).T  # [t, K]
-    p_r = (g_r[:, None, :] * f_r.T[None] + g_i[:, None, :] * f_i.T[None]).to(compute_dtype)  # [t, s, K]
-    p_i = (g_i[:, None, :] * f_r.T[None] - g_r[:, None, :] * f_i.T[None]).to(compute_dtype)
-    w = weight.to(compute_dtype)
-    A = torch.einsum("tsk,iok->tosi", p_r, w[..., 0]) + torch.einsum("tsk,iok->tosi", p_i, w[..., 1])
-    return A.reshape(T * C_out, T * C_in)
+# The dense block-circulant form (reference.dense_block_circulant folds it)
 
 
 def dense_spectral_time_conv(x: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
@@ -138,8 +111,8 @@ def provider_unavailable_reason(provider: str, device: str) -> str | None:
     if provider == "neuralop":
         return neuralop_unavailable_reason()
     if provider not in dsno_kernels.available_backends():
-        backend = kernels_api._BACKENDS.get(provider)
-        reason = backend.unavailable_reason() if backend is not None else "it is not registered"
+        registered = provider in {b.name for b in dsno_kernels.backends()}
+        reason = dsno_kernels.get_backend(provider).unavailable_reason() if registered else "it is not registered"
         return f"dsno_kernels backend {provider!r} is unavailable: {reason or 'no device for it'}"
     if provider not in dsno_kernels.available_backends(device):
         return f"dsno_kernels backend {provider!r} does not run on {device}"
@@ -214,7 +187,7 @@ def _model_dsno_fft(x, weight, negative_slope):
 
 
 def _model_dense_gemm(x, weight, negative_slope):
-    return dense_time_conv(x, fold_dense(weight, x.shape[1]).to(x.dtype), negative_slope)
+    return dense_time_conv(x, dense_block_circulant(weight, x.shape[1]).to(x.dtype), negative_slope)
 
 
 def _model_spectral_dsno_fft(x, weight):
@@ -222,7 +195,7 @@ def _model_spectral_dsno_fft(x, weight):
 
 
 def _model_spectral_dense_gemm(x, weight):
-    return dense_spectral_time_conv(x, fold_dense(weight, x.shape[1]).to(x.dtype))
+    return dense_spectral_time_conv(x, dense_block_circulant(weight, x.shape[1]).to(x.dtype))
 
 
 _MODEL_BASELINE_BACKENDS = {
@@ -245,7 +218,7 @@ def temporal_layers_on(model: torch.nn.Module, provider: str) -> Iterator[int]:
     backend = "reference" if provider == "torch_fft" else provider
     registered = None
     if provider in _MODEL_BASELINE_BACKENDS:
-        if provider in kernels_api._BACKENDS:
+        if provider in {b.name for b in dsno_kernels.backends()}:
             raise RuntimeError(f"a dsno_kernels backend named {provider!r} already exists")
         spectral_fn, time_conv_fn = _MODEL_BASELINE_BACKENDS[provider]
         registered = kernels_api.Backend(provider, ("cpu", "cuda"), spectral_fn, time_conv_fn)
@@ -259,5 +232,4 @@ def temporal_layers_on(model: torch.nn.Module, provider: str) -> Iterator[int]:
         for layer, previous in zip(layers, saved):
             layer.backend = previous
         if registered is not None:
-            # dsno_kernels has no unregister: drop the temporary entry from its registry directly.
-            del kernels_api._BACKENDS[provider]
+            kernels_api.unregister_backend(provider)

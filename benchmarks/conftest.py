@@ -13,7 +13,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from benchmarks import harness
+from benchmarks import harness, report
 
 
 def pytest_addoption(parser):
@@ -71,11 +71,16 @@ def provider_selected(config, provider: str) -> bool:
 
 
 def pytest_collection_modifyitems(config, items):
-    """Every benchmark reads the device's clock: CUDA events on a GPU (see harness.cuda_event_clock)."""
+    """Every benchmark reads the host-inclusive clock of its device (harness.clock_for)."""
     timer = pytest.mark.benchmark(timer=harness.clock_for(bench_device_name(config)))
     for item in items:
         if "benchmark" in getattr(item, "fixturenames", ()):
             item.add_marker(timer)
+
+
+def pytest_benchmark_update_json(config, benchmarks, output_json):
+    """Save the statistics without the raw per-round samples (report.drop_round_samples)."""
+    report.drop_round_samples(output_json)
 
 
 @pytest.fixture(scope="session")

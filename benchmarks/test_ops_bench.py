@@ -69,50 +69,15 @@ def _skip_reason(case: OpCase, device: str, x: torch.Tensor) -> str | None:
     return reason
 
 
-def make_timed_call(case: OpCase, device: str):
-    """The callable the benchmark times: one forward (no autograd graph) or one forward + backward
-    (gradients of x and of the provider's weight, no accumulation), each call on the next input set."""
-    shape, dtype = case.shape, harness.DTYPES[case.dtype]
-    backward = case.direction == "fwd+bwd"
-    scale = 1.0 / (shape.C * shape.C)  # DSNO's initialisation of the Fourier weights
-    weight = scale * torch.rand(shape.C, shape.C, shape.K, 2, device=device)
-    first_x = torch.randn(shape.x_shape, device=device, dtype=dtype)
-    reason = _skip_reason(case, device, first_x)
-    if reason is not None:
-        pytest.skip(reason)
-    layer = baselines.make_layer(case.provider, case.op, weight, shape.T, dtype, requires_grad=backward)
-    with torch.no_grad():
-        out = layer.forward(layer.to_layout(first_x))
-    set_bytes = first_x.numel() * first_x.element_size() + (out.numel() * out.element_size() if backward else 0)
-    count = harness.num_input_sets(set_bytes, device)
-    xs = [layer.to_layout(first_x)] + [
-        layer.to_layout(torch.randn(shape.x_shape, device=device, dtype=dtype)) for _ in range(count - 1)
-    ]
-    order = itertools.cycle(range(count))
-    if not backward:
-
-        def forward():
-            with torch.no_grad():
-                layer.forward(xs[next(order)])
-
-        return forward
-
-    xs = [x.requires_grad_() for x in xs]
-    dys = [torch.randn_like(out) for _ in range(count)]
-
-    def forward_backward():
-        i = next(order)
-        y = layer.forward(xs[i])
-        torch.autograd.grad(y, [xs[i], *layer.params], dys[i])
-
-    return forward_backward
-
-
 def test_op(benchmark, op_case, bench_device, bench_seconds, copy_gbps):
     case = op_case
     benchmark.group = f"{case.op} {case.direction} {case.dtype} {case.shape.name}"
-    call = make_timed_call(case, bench_device)
-    harness.run_benchmark(benchmark, call, bench_device, seconds=bench_seconds)
+    probe = torch.empty(case.shape.x_shape, device=bench_device, dtype=harness.DTYPES[case.dtype])
+    reason = _skip_reason(case, bench_device, probe)
+    if reason is not None:
+        pytest.skip(reason)
+    call = harness.make_timed_call(case.provider, case.op, case.shape, case.dtype, case.direction, bench_device)
+    kernel_seconds = harness.run_benchmark(benchmark, call, bench_device, seconds=bench_seconds)
     harness.record(
         benchmark,
         provider=case.provider,
@@ -123,6 +88,7 @@ def test_op(benchmark, op_case, bench_device, bench_seconds, copy_gbps):
         nbytes=harness.floor_bytes(case.shape, case.direction, case.dtype),
         copy_gbps=copy_gbps,
         device=bench_device,
+        kernel_seconds=kernel_seconds,
     )
 
 
@@ -132,7 +98,7 @@ def test_copy(benchmark, bench_device, bench_seconds, copy_gbps):
     src = torch.randn(nbytes // 4, device=bench_device)
     dst = torch.empty_like(src)
     benchmark.group = "copy"
-    harness.run_benchmark(benchmark, lambda: dst.copy_(src), bench_device, seconds=bench_seconds)
+    kernel_seconds = harness.run_benchmark(benchmark, lambda: dst.copy_(src), bench_device, seconds=bench_seconds)
     harness.record(
         benchmark,
         provider="torch",
@@ -143,18 +109,12 @@ def test_copy(benchmark, bench_device, bench_seconds, copy_gbps):
         nbytes=2 * nbytes,
         copy_gbps=copy_gbps,
         device=bench_device,
+        kernel_seconds=kernel_seconds,
     )
 
 
 # ------------------------------------------------------------------------------------------------
 # The baselines compute the layer (not benchmarks: they run in smoke mode, and skip under --benchmark-only)
-
-
-@pytest.mark.parametrize("T, K", [(1, 1), (4, 2), (5, 3), (6, 4), (8, 3)])
-def test_fold_dense_matches_reference_fold(T, K):
-    weight = torch.randn(3, 2, K, 2, dtype=torch.float64)
-    expected = dsno_kernels.reference.dense_block_circulant(weight, T)
-    torch.testing.assert_close(baselines.fold_dense(weight, T), expected, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("provider", baselines.BASELINE_PROVIDERS)
@@ -184,5 +144,5 @@ def test_baseline_matches_reference(provider, op, spatial, bench_device):
     (dw64,) = torch.autograd.grad(reference(x.double(), w64), [w64], dy)
     if provider == "dense_gemm":  # its parameter is the folded matrix A: carry dA back to the weight
         w_fold = weight.double().requires_grad_()
-        (dparam,) = torch.autograd.grad(baselines.fold_dense(w_fold, T), [w_fold], dparam.double())
+        (dparam,) = torch.autograd.grad(dsno_kernels.reference.dense_block_circulant(w_fold, T), [w_fold], dparam.double())
     torch.testing.assert_close(dparam.double(), dw64, rtol=1e-5, atol=1e-5)

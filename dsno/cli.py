@@ -7,16 +7,23 @@ the resolved config. Multi-GPU: `torchrun --nproc_per_node 8 -m dsno train -c ci
 
 `eval` and `demo` are provided by the modules dsno.metrics and dsno.demo: each must define
 `main(args) -> int | None`, and may define `add_arguments(parser)` to add its own options.
+
+Errors: a bad setting prints the command's usage and one line naming the key, the value and what is
+allowed (exit 2); any other expected failure (missing or damaged file, full disk, unusable device,
+mismatched checkpoint) prints one line `dsno COMMAND: error: ...` (exit 1). `--debug` or DSNO_DEBUG=1
+shows the traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
+import os
 import sys
 from typing import Any, Callable, Sequence
 
-from .config import dump_config, load_config, presets, set_value
+from .config import ConfigError, dump_config, load_config, presets, set_value, validate_config
 
 __all__ = ["build_parser", "main"]
 
@@ -28,7 +35,7 @@ _FLAGS: dict[str, list[tuple[str, str, Any, str]]] = {
         ("--shard-size", "traj.shard_size", int, "trajectories per shard file"),
         ("--batch-size", "traj.batch_size", int, "trajectories solved together per process"),
         ("--solver", "traj.solver", str, "ddim | heun"),
-        ("--steps", "schedule.num_steps", int, "solver steps from noise to data"),
+        ("--solver-steps", "schedule.num_steps", int, "teacher solver steps from noise to data"),
         ("--seed", "traj.seed", int, "noise seed (sample i uses SeedSequence([seed, i]))"),
         ("--teacher-weights", "teacher.weights", str, "teacher network state_dict (teacher.kind=backbone)"),
         ("--max-new-shards", "traj.max_new_shards", int, "stop after this many new shards per process"),
@@ -37,11 +44,13 @@ _FLAGS: dict[str, list[tuple[str, str, Any, str]]] = {
     "train": [
         ("--data", "train.data", str, "trajectory dataset folder (default: traj.out)"),
         ("--out", "train.out", str, "run folder: checkpoint.pt, metrics.jsonl, config.yaml"),
-        ("--steps", "train.steps", int, "total optimizer steps"),
+        ("--steps", "train.steps", int, "optimizer steps in total (a resumed run continues up to this)"),
         ("--batch-size", "train.batch_size", int, "batch size per process"),
         ("--lr", "train.lr", float, "peak learning rate"),
         ("--bf16", "train.bf16", bool, "bf16 autocast for the forward pass"),
         ("--init-backbone", "train.init_backbone", str, "teacher backbone state_dict to initialise the U-Net"),
+        ("--loss", "train.loss", str, "L1 | L2 | vgg (DSNO's perceptual loss)"),
+        ("--temporal-precision", "model.temporal_precision", str, "fp32 (DSNO's numerics) | autocast (fused, fast)"),
         ("--device", "train.device", str, "auto | cpu | cuda"),
     ],
     "sample": [
@@ -51,6 +60,11 @@ _FLAGS: dict[str, list[tuple[str, str, Any, str]]] = {
         ("--batch-size", "sample.batch_size", int, "samples per forward pass"),
         ("--seed", "sample.seed", int, "noise seed"),
         ("--class-label", "sample.class_label", int, "class for every sample (class-conditional models)"),
+        ("--noise", "sample.noise", str, "seeded (per sample) | dsno (DSNO's generator stream for the seed and batch size)"),
+        ("--uint8", "sample.uint8", str, "truncate (DSNO's rule) | round"),
+        ("--images", "sample.images", str, "none | folder | zip: final images as PNGs for FID tools"),
+        ("--npz", "sample.npz", bool, "also write samples.npz (arr_0: [N, H, W, 3] uint8)"),
+        ("--temporal-precision", "model.temporal_precision", str, "fp32 (DSNO's numerics) | autocast (fused, fast)"),
         ("--device", "sample.device", str, "auto | cpu | cuda"),
     ],
 }
@@ -60,6 +74,7 @@ _SUMMARIES = {
     "train": "train DSNO on trajectories (DDP under torchrun, exact resume)",
     "sample": "one forward pass from noise to the whole trajectory; .npy and PNG",
     "config": "print the resolved config as YAML",
+    "convert": "convert a checkpoint of DSNO's own code (devzhk/DSNO-pytorch) to this package's format",
 }
 
 _DESCRIPTIONS = {
@@ -73,6 +88,10 @@ _DESCRIPTIONS = {
     "sample": "Map noise to the whole trajectory in one forward pass of a trained model; writes "
               "trajectory.npy and PNG grids.",
     "config": "Print the resolved config (preset or file, then --set overrides) as YAML.",
+    "convert": "Read a checkpoint written by DSNO's training scripts (keys model / ema / args) and write a "
+               "checkpoint that `dsno sample` and `dsno train` read: the weights mapped to this package's "
+               "names and layouts, with the preset's config and time points. (`dsno sample` also reads "
+               "DSNO's checkpoints directly.)",
 }
 
 _EXTENSIONS = {
@@ -89,19 +108,14 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
                         help="override any config key, e.g. --set train.lr=1e-4 (repeatable; values are YAML)")
 
 
-def _load_extension(module_name: str):
-    try:
-        return importlib.import_module(module_name)
-    except ModuleNotFoundError as error:
-        if error.name == module_name:
-            return None
-        raise
+def _add_debug_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error (or set DSNO_DEBUG=1)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dsno", description=__doc__.split("\n\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Example (CPU, a minute): dsno gen-traj -c tiny && dsno train -c tiny && dsno sample -c tiny")
+        epilog="Example (CPU): dsno gen-traj -c tiny && dsno train -c tiny && dsno sample -c tiny")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for command in ("gen-traj", "train", "sample", "config"):
         sub = commands.add_parser(command, help=_SUMMARIES[command], description=_DESCRIPTIONS[command])
@@ -115,12 +129,24 @@ def build_parser() -> argparse.ArgumentParser:
                 sub.add_argument(flag, dest=key, type=kind, default=None, metavar=metavar, help=f"{text} (sets {key})")
         if command != "config":
             sub.add_argument("--no-progress", action="store_true", help="no progress bar")
+        _add_debug_option(sub)
+        sub.set_defaults(subparser=sub)
+    convert = commands.add_parser("convert", help=_SUMMARIES["convert"], description=_DESCRIPTIONS["convert"])
+    convert.add_argument("official", metavar="OFFICIAL.pt", help="checkpoint of DSNO's code (solver-model_*.pt)")
+    convert.add_argument("--preset", required=True, metavar="PRESET|FILE",
+                         help="the config the checkpoint was trained with: cifar10, imagenet64, or a YAML file")
+    convert.add_argument("--out", required=True, metavar="OURS.pt", help="checkpoint to write (must not exist)")
+    convert.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                         help="override a config key of the preset (repeatable)")
+    _add_debug_option(convert)
+    convert.set_defaults(subparser=convert)
     for command, (module_name, text) in _EXTENSIONS.items():
         sub = commands.add_parser(command, help=text, description=text)
-        module = _load_extension(module_name)
-        if module is not None and hasattr(module, "add_arguments"):
+        module = importlib.import_module(module_name)
+        if hasattr(module, "add_arguments"):
             module.add_arguments(sub)
-        sub.set_defaults(extension=module_name)
+        _add_debug_option(sub)
+        sub.set_defaults(extension=module_name, subparser=sub)
     return parser
 
 
@@ -130,7 +156,7 @@ def _resolve(args: argparse.Namespace) -> dict[str, Any]:
         value = getattr(args, key, None)
         if value is not None:
             set_value(config, key, value)
-    return config
+    return validate_config(config)
 
 
 def _run(args: argparse.Namespace, config: dict[str, Any]) -> int:
@@ -150,34 +176,83 @@ def _run(args: argparse.Namespace, config: dict[str, Any]) -> int:
 
             result = train(config, progress=progress)
             if distributed.current().is_main:
-                print(f"trained to step {result['step']} (loss {result['loss']:.6g}); checkpoint in {result['out']}")
+                if result["start_step"] == result["step"]:
+                    print(f"{result['out']} is already at step {result['step']} (train.steps): nothing to do")
+                else:
+                    print(f"trained to step {result['step']} (loss {result['loss']:.6g}); checkpoint in "
+                          f"{result['out']}")
         elif args.command == "sample":
             from .sample import sample
 
             result = sample(config, progress=progress)
-            print(f"wrote {result['trajectory']}, {result['samples_png']}, {result['trajectory_png']}")
+            print("wrote " + ", ".join(str(result[key]) for key in ("trajectory", "images", "npz", "samples_png",
+                                                                    "trajectory_png") if key in result))
     finally:
         distributed.cleanup()
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if getattr(args, "extension", None):
-        module = _load_extension(args.extension)
-        if module is None:
-            parser.error(f"`dsno {args.command}` needs {args.extension}, which is not installed in this package")
-        handler: Callable[[argparse.Namespace], int | None] = module.main
-        return int(handler(args) or 0)
+def _convert(args: argparse.Namespace) -> int:
+    from .official import convert_official_checkpoint
+
+    config = load_config(args.preset, args.overrides)
     try:
-        config = _resolve(args)
-    except (ValueError, FileNotFoundError) as error:
-        parser.error(str(error))
+        state = convert_official_checkpoint(args.official, config, args.out)
+    except KeyError as error:  # the state_dict is of another architecture: say which tensors
+        raise ValueError(f"{args.official}: {error.args[0]}") from None
+    print(f"wrote {args.out}: model {config['model']['name']}, {len(state['ema'])} tensors (EMA and raw weights), "
+          f"time points t = {[round(t, 6) for t in state['t']]}")
+    return 0
+
+
+def _describe(error: BaseException) -> str:
+    """One line for an expected failure."""
+    if isinstance(error, OSError) and error.errno is not None:
+        where = f"{error.filename}: " if error.filename else ""
+        if error.errno == errno.ENOSPC:
+            return f"{where}no space left on the device; free some (or write elsewhere) and rerun: finished work is kept"
+        return f"{where}{error.strerror}"
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if getattr(args, "extension", None):
+        handler: Callable[[argparse.Namespace], int | None] = importlib.import_module(args.extension).main
+        return int(handler(args) or 0)
+    if args.command == "convert":
+        return _convert(args)
+    config = _resolve(args)
     if args.command == "config":
         sys.stdout.write(dump_config(config))
         return 0
     return _run(args, config)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # reported with the command's usage, as argparse does for every other mistake in it
+        args.subparser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    debug = args.debug or os.environ.get("DSNO_DEBUG", "") not in ("", "0")
+    try:
+        return _dispatch(args)
+    except ConfigError as error:
+        if debug:
+            raise
+        args.subparser.error(_describe(error))  # the command's usage, then the message; exit 2
+    except (ValueError, OSError) as error:  # expected failures: bad or missing files, full disk, no device
+        if debug:
+            raise
+        print(f"{args.subparser.prog}: error: {_describe(error)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"{args.subparser.prog}: interrupted (finished shards and checkpoints are kept; the same command "
+              f"resumes)", file=sys.stderr)
+        return 130
+    return 0
 
 
 if __name__ == "__main__":

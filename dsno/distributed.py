@@ -47,8 +47,14 @@ def resolve_device(device: str = "auto", local_rank: int = 0) -> torch.device:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError("device 'cuda' was asked for but CUDA is not available")
+            raise ValueError("device 'cuda' was asked for but CUDA is not available here; use --device cpu "
+                             "(or auto)")
         return torch.device("cuda", local_rank)
+    if device.startswith("cuda:"):
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if int(device[5:]) >= count:
+            raise ValueError(f"device {device!r} was asked for but this machine has {count} CUDA device(s); "
+                             f"use --device cpu, cuda or auto")
     return torch.device(device)
 
 

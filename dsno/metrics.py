@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -119,25 +121,58 @@ def time_call(fn: Callable[[], Any], repeats: int = 1) -> tuple[Any, float]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.description = ("Compare sample files (.npy, [N, ...]; a [N, M, C, H, W] trajectory from `dsno sample` "
-                          "is compared by its last time point) with a reference file: Frechet distance in "
-                          "pixel space, and the mean per-sample MSE when the files pair up (same N and shape, "
-                          "i.e. the same noises in the same order).")
-    parser.add_argument("samples", nargs="+", help="sample files to evaluate")
+    parser.description = ("Compare sample files with a reference file: Frechet distance (FD) in pixel space, "
+                          "and the mean per-sample MSE when the files pair up (same N and shape, i.e. the same "
+                          "noises in the same order). Accepts .npy files of N samples, [N, ...] with N >= 2 "
+                          "(e.g. [N, C, H, W] images, or `dsno gen-traj`'s shard-*.noise.npy), and [N, M, C, H, W] "
+                          "trajectories (`dsno sample`'s trajectory.npy, a shard's .traj.npy), which are compared "
+                          "by their last time point. The FD fits a D-dimensional Gaussian (D values per "
+                          "sample): it needs N > D samples to be meaningful, and more (10x) to be stable; fewer "
+                          "gives a warning.")
+    parser.add_argument("samples", nargs="+", help="sample files to evaluate (.npy)")
     parser.add_argument("--reference", required=True, help="reference samples (.npy)")
-    parser.add_argument("--json", dest="json_out", metavar="FILE", help="also write the results as JSON")
+    parser.add_argument("--json", dest="json_out", metavar="FILE", help="also write the results as JSON (atomically)")
 
 
 def _load_samples(path: str) -> np.ndarray:
-    array = np.load(path)
-    return array[:, -1] if array.ndim == 5 else array
+    try:
+        array = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise
+    except (ValueError, OSError, EOFError) as error:
+        raise ValueError(f"{path}: not a readable .npy array ({' '.join(str(error).split())}); "
+                         f"give .npy files of samples [N, ...]") from None
+    if not isinstance(array, np.ndarray) or array.ndim < 2 or array.dtype.kind not in "fiu":
+        raise ValueError(f"{path}: holds {getattr(array, 'dtype', type(array))} of shape "
+                         f"{getattr(array, 'shape', '?')}; expected numbers of shape [N, ...] (N samples)")
+    array = array[:, -1] if array.ndim == 5 else array
+    if array.shape[0] < 2:
+        raise ValueError(f"{path}: {array.shape[0]} sample; a Frechet distance needs at least 2")
+    return array
+
+
+def _warn_if_few(path: str, samples: np.ndarray) -> None:
+    count, dim = samples.shape[0], int(np.prod(samples.shape[1:]))
+    if count <= dim:
+        print(f"dsno eval: warning: {path} has N={count} samples of D={dim} values: the covariance of fewer "
+              f"than D+1 samples is singular, so its FD is mostly estimation bias; use N > D (10x D for a "
+              f"stable value)", file=sys.stderr)
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.json_out:
+        from .checkpoint import check_output_dir
+
+        check_output_dir(Path(args.json_out).parent, "--json")
     reference = _load_samples(args.reference)
+    _warn_if_few(args.reference, reference)
     results: dict[str, dict[str, Any]] = {}
     for path in args.samples:
         samples = _load_samples(path)
+        if samples.shape[1:] != reference.shape[1:]:
+            raise ValueError(f"{path}: samples of shape {list(samples.shape[1:])}, the reference's are "
+                             f"{list(reference.shape[1:])}; compare files of the same data")
+        _warn_if_few(path, samples)
         entry: dict[str, Any] = {"num_samples": int(samples.shape[0]),
                                  "frechet_distance": frechet_distance(samples, reference)}
         if samples.shape == reference.shape:
@@ -149,6 +184,9 @@ def main(args: argparse.Namespace) -> int:
         mse = f"{entry['mse']:.4g}" if "mse" in entry else "-"
         print(f"{path:<{width}}  {entry['num_samples']:>6}  {entry['frechet_distance']:>15.4g}  {mse:>10}")
     if args.json_out:
-        with open(args.json_out, "w") as handle:
-            json.dump({"reference": args.reference, "results": results}, handle, indent=1)
+        from .checkpoint import atomic_write_text, remove_stale_temporaries
+
+        json_out = Path(args.json_out)
+        remove_stale_temporaries(json_out.parent, f".{json_out.name}.*.tmp")  # a killed earlier run's
+        atomic_write_text(json_out, json.dumps({"reference": args.reference, "results": results}, indent=1))
     return 0

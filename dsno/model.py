@@ -50,10 +50,15 @@ __all__ = [
     "make_config",
     "build_model",
     "build_backbone",
+    "import_factory",
+    "build_from_spec",
+    "build_model_from_config",
     "load_backbone_weights",
     "count_parameters",
     "temporal_layers",
     "set_temporal_backend",
+    "set_temporal_precision",
+    "TEMPORAL_PRECISIONS",
     "logsnr_embedding_input",
     "sinusoidal_embedding",
     "ResnetBlock",
@@ -234,6 +239,31 @@ def build_backbone(name_or_config: Union[str, Mapping[str, Any], DSNOConfig] = "
     return UNet(make_config(name_or_config, **overrides))
 
 
+def import_factory(spec: str):
+    """The callable named by "package.module:function" (how configs name user-defined networks)."""
+    import importlib
+
+    module_name, _, attribute = spec.partition(":")
+    try:
+        return getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError, ValueError) as error:
+        raise ValueError(f"cannot import {spec!r} (expected 'package.module:function'): {error}") from error
+
+
+def build_from_spec(name: str, overrides: Optional[Mapping[str, Any]], preset_builder) -> nn.Module:
+    """preset_builder(name, **overrides) for a preset name, or the "package.module:function" it names."""
+    overrides = dict(overrides or {})
+    if ":" in name:
+        return import_factory(name)(**overrides)
+    return preset_builder(name, **overrides)
+
+
+def build_model_from_config(model_config: Mapping[str, Any]) -> nn.Module:
+    """The network of a dsno config's `model` section: name (a preset or "package.module:function") and
+    overrides (its keyword arguments)."""
+    return build_from_spec(model_config["name"], model_config.get("overrides"), build_model)
+
+
 # ---------------------------------------------------------------------------------------------------
 # Initialisation (DDPM's: variance scaling, fan_avg, uniform; zero biases; zero for the last layer of
 # each residual branch, so every block starts as the identity).
@@ -281,11 +311,14 @@ def logsnr_embedding_input(logsnr: torch.Tensor) -> torch.Tensor:
 
 def sinusoidal_embedding(t: torch.Tensor, dim: int, max_time: float = 1.0) -> torch.Tensor:
     """Transformer-style embedding of t [N] in [0, max_time]: [sin(1000 t / max_time * f), cos(...)],
-    f = 10000 ** (-i / (dim / 2 - 1)). Returns [N, dim]."""
+    f = 10000 ** (-i / (dim / 2 - 1)). Returns [N, dim].
+
+    The frequencies are computed in float32 whatever t's dtype, exactly as DSNO's
+    get_timestep_embedding does, so an fp64 model reproduces DSNO's fp64 outputs to rounding."""
     dtype = torch.float64 if t.dtype == torch.float64 else torch.float32
     half = dim // 2
     exponent = math.log(10000) / (half - 1)
-    frequencies = torch.exp(-exponent * torch.arange(half, dtype=dtype, device=t.device))
+    frequencies = torch.exp(torch.arange(half, dtype=torch.float32, device=t.device) * -exponent).to(dtype)
     angles = (t.to(dtype) * (1000.0 / max_time))[:, None] * frequencies[None, :]
     embedding = torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)
     return F.pad(embedding, (0, dim % 2))
@@ -362,8 +395,13 @@ class AttnBlock(nn.Module):
         qkv = self.qkv(self.norm(x)).reshape(N, 3, self.num_heads, C // self.num_heads, H * W)
         q, k, v = qkv.transpose(-1, -2).unbind(1)  # each [N, heads, H * W, head_dim]
         h = F.scaled_dot_product_attention(q, k, v)
-        h = h.transpose(-1, -2).reshape(N, C, H, W)
+        # contiguous: with one head the reshape alone is a channels-last view, and the 1x1 conv's weight
+        # gradient then comes out channels-last too, which DDP's gradient buckets copy with a warning
+        h = h.transpose(-1, -2).contiguous().reshape(N, C, H, W)
         return x + self.proj_out(h)
+
+
+TEMPORAL_PRECISIONS = ("fp32", "autocast")
 
 
 class TemporalLayer(TimeConv):
@@ -372,18 +410,26 @@ class TemporalLayer(TimeConv):
 
     A trajectory of M points has only M // 2 + 1 Fourier modes; for shorter trajectories than the
     K = `modes` the layer was built with, the weights of the modes that do not exist are left out
-    (exactly what rfft(h)[:, :K] does). So M = 1 works: the layer then mixes channels only."""
+    (exactly what rfft(h)[:, :K] does). So M = 1 works: the layer then mixes channels only.
+
+    `precision` (set_temporal_precision): "fp32" runs the layer as DSNO does, in fp32 (fp64 stays
+    fp64) with autocast off, and returns fp32 like DSNO's layer, so under bf16 autocast only the
+    backbone is in bf16; "autocast" runs it in the activations' dtype on the fused low-precision
+    kernels (the fast path). Outside autocast on an fp32/fp64 model the two are the same."""
+
+    precision = "fp32"
 
     def forward_time_points(self, h: torch.Tensor, num_time_points: int) -> torch.Tensor:
         N, C, H, W = h.shape
         usable_modes = min(self.modes, num_time_points // 2 + 1)
         weight = self.weight[:, :, :usable_modes]
-        y = time_conv(
-            h.reshape(N // num_time_points, num_time_points, C, H, W),
-            weight,
-            negative_slope=self.negative_slope,
-            backend=self.backend,
-        )
+        h = h.reshape(N // num_time_points, num_time_points, C, H, W)
+        if self.precision == "fp32":
+            dtype = torch.promote_types(h.dtype, torch.float32)
+            with torch.autocast(h.device.type, enabled=False):
+                y = time_conv(h.to(dtype), weight.to(dtype), negative_slope=self.negative_slope, backend=self.backend)
+        else:
+            y = time_conv(h, weight, negative_slope=self.negative_slope, backend=self.backend)
         return y.reshape(N, C, H, W)
 
 
@@ -560,6 +606,16 @@ def set_temporal_backend(model: nn.Module, backend: str) -> None:
     "cpu", "cuda", "triton")."""
     for layer in temporal_layers(model):
         layer.backend = backend
+
+
+def set_temporal_precision(model: nn.Module, precision: str) -> None:
+    """Run every temporal layer of `model` in "fp32" (DSNO's numerics: fp32 with autocast off) or in
+    "autocast" (the autocast dtype on the fused kernels)."""
+    if precision not in TEMPORAL_PRECISIONS:
+        raise ValueError(f"temporal_precision must be one of {TEMPORAL_PRECISIONS}, got {precision!r}")
+    for layer in temporal_layers(model):
+        if isinstance(layer, TemporalLayer):
+            layer.precision = precision
 
 
 def count_parameters(model: nn.Module) -> int:

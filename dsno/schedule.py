@@ -44,7 +44,7 @@ __all__ = [
 
 LOGSNR_MIN = -20.0
 LOGSNR_MAX = 20.0
-T_MIN = 1e-5  # DSNO's data.epsilon: the last grid time, where lambda is just below lambda_max
+T_MIN = 1e-5  # the last grid time by default; DSNO's configs set data.epsilon = 0.0 (lambda = lambda_max)
 SPACINGS = ("uniform", "quadratic")
 
 

@@ -37,7 +37,6 @@ is constant along the flow (`GaussianMixtureTeacher.exact_flow`).
 
 from __future__ import annotations
 
-import importlib
 import math
 from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
@@ -245,15 +244,13 @@ def build_teacher(config: dict[str, Any], device: str | torch.device = "cpu") ->
     if not cfg["backbone"] or not cfg["weights"]:
         raise ValueError("teacher.kind=backbone needs teacher.backbone (a preset or 'module:function') "
                          "and teacher.weights (the teacher's state_dict file)")
-    overrides = dict(cfg["backbone_overrides"] or {})
-    if ":" in cfg["backbone"]:
-        module_name, _, attribute = cfg["backbone"].partition(":")
-        network = getattr(importlib.import_module(module_name), attribute)(**overrides)
-    else:
-        from .model import build_backbone
+    from .checkpoint import load_model_state, load_tensor_file
+    from .model import build_backbone, build_from_spec
 
-        network = build_backbone(cfg["backbone"], **overrides)
-    network.load_state_dict(torch.load(cfg["weights"], map_location="cpu", weights_only=True))
+    overrides = dict(cfg["backbone_overrides"] or {})
+    network = build_from_spec(cfg["backbone"], overrides, build_backbone)
+    weights = load_tensor_file(cfg["weights"], "teacher weights (teacher.weights)")
+    load_model_state(network, weights, cfg["weights"], {"backbone": cfg["backbone"], "overrides": overrides})
     network.to(device).eval().requires_grad_(False)
     teacher = NetworkTeacher(network, cfg["prediction"], torch.bfloat16 if cfg["bf16"] else None)
     info = {"kind": "backbone", "backbone": cfg["backbone"], "overrides": overrides, "weights": str(cfg["weights"]),

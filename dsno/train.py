@@ -3,7 +3,8 @@
 Per optimizer step, on a batch of (noise z, teacher trajectory X [B, M, C, H, W]):
 
     pred   = model(z, logsnr)                                   one forward pass, all M time points
-    loss_m = mean over batch and pixels of |pred_m - X_m| (L1) or (pred_m - X_m)^2 (L2)
+    loss_m = mean over batch and pixels of |pred_m - X_m| (L1) or (pred_m - X_m)^2 (L2), or DSNO's
+             VGG perceptual distance (vgg); see dsno/losses.py
     loss   = mean_m  w_m loss_m,     w_m = clamp(sqrt(exp(logsnr_m)), 1, 1e4)   (loss_weight: snr)
 
 Adam; lr factor = linear warmup from warmup_start_factor to 1 over `warmup` steps, times gamma for
@@ -23,7 +24,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import copy
-import importlib
+import inspect
 import json
 import math
 import time
@@ -35,61 +36,21 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from . import distributed
-from .checkpoint import atomic_write_text, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .config import dump_config
+from .checkpoint import (CHECKPOINT, CHECKPOINT_VERSION, METRICS, atomic_write_text, check_output_dir,
+                         load_checkpoint, load_model_state, load_tensor_file, remove_stale_temporaries, rng_state,
+                         save_checkpoint, set_rng_state)
+from .config import dump_config, validate_config
+from .losses import VGGPerceptualLoss, snr_weights, trajectory_loss
+from .model import build_model_from_config, set_temporal_precision
 from .trajectories import TrajectoryDataset
 
 __all__ = [
-    "build_model_from_config",
     "snr_weights",
     "trajectory_loss",
     "WarmupMultiStep",
     "ResumableDistributedSampler",
     "train",
-    "CHECKPOINT",
-    "METRICS",
 ]
-
-CHECKPOINT = "checkpoint.pt"
-METRICS = "metrics.jsonl"
-CHECKPOINT_VERSION = 1
-
-
-def _import_factory(spec: str) -> Callable[..., nn.Module]:
-    module_name, _, attribute = spec.partition(":")
-    try:
-        return getattr(importlib.import_module(module_name), attribute)
-    except (ImportError, AttributeError) as error:
-        raise ValueError(f"cannot import {spec!r} (expected 'package.module:function'): {error}") from error
-
-
-def build_model_from_config(model_config: dict[str, Any]) -> nn.Module:
-    """model.name: a dsno.model preset, or "package.module:function"; model.overrides: its keyword arguments."""
-    name, overrides = model_config["name"], dict(model_config.get("overrides") or {})
-    if ":" in name:
-        return _import_factory(name)(**overrides)
-    from .model import build_model
-
-    return build_model(name, **overrides)
-
-
-def snr_weights(logsnr: torch.Tensor) -> torch.Tensor:
-    """DSNO's per-time-point loss weights clamp(sqrt(exp(logsnr)), 1, 1e4)."""
-    return torch.exp(0.5 * logsnr).clamp(1.0, 1e4)
-
-
-def trajectory_loss(pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor,
-                    kind: str = "L2") -> tuple[torch.Tensor, torch.Tensor]:
-    """(weighted scalar loss, per-time-point loss [M]) for pred/target [B, M, ...]."""
-    difference = pred - target
-    if kind == "L1":
-        elementwise = difference.abs()
-    elif kind == "L2":
-        elementwise = difference.square()
-    else:
-        raise ValueError(f"loss must be 'L1' or 'L2', got {kind!r}")
-    per_point = elementwise.mean(dim=[d for d in range(elementwise.ndim) if d != 1])
-    return (per_point * weights).mean(), per_point
 
 
 class WarmupMultiStep:
@@ -148,8 +109,11 @@ class _Batches:
             self.epoch, self.index = self.epoch + 1, 0
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+# Buffers are identical on every rank (same seed, never updated by forward), so DDP need not sync them
+# each forward; newer torch spells that forward_sync_buffers and deprecates broadcast_buffers.
+_NO_BUFFER_SYNC = ({"forward_sync_buffers": False}
+                   if "forward_sync_buffers" in inspect.signature(nn.parallel.DistributedDataParallel).parameters
+                   else {"broadcast_buffers": False})
 
 
 @torch.no_grad()
@@ -179,48 +143,58 @@ def _trim_metrics(path: Path, last_step: int) -> None:
 
 def train(config: dict[str, Any], *, model_factory: Callable[[], nn.Module] | None = None,
           progress: bool = True) -> dict[str, Any]:
-    """Train per `config` (a resolved dsno config); returns {"step", "loss", "out"}.
+    """Train per `config` (a resolved dsno config); returns {"step", "start_step", "loss", "out"}.
 
     model_factory replaces building the model from config["model"] (tests and custom code)."""
     from tqdm import tqdm
 
+    config = validate_config(config)
     cfg = config["train"]
-    info, device = distributed.setup(cfg["device"])
     out = Path(cfg["out"])
+    check_output_dir(out, "train.out")
+    info, device = distributed.setup(cfg["device"])
     data_dir = cfg["data"] or config["traj"]["out"]
 
     dataset = TrajectoryDataset(data_dir)
     torch.manual_seed(cfg["seed"])  # identical initial weights on every rank (DDP also broadcasts them)
     model = model_factory() if model_factory is not None else build_model_from_config(config["model"])
+    set_temporal_precision(model, config["model"]["temporal_precision"])
     if cfg["init_backbone"]:
         from .model import load_backbone_weights
 
-        load_backbone_weights(model, torch.load(cfg["init_backbone"], map_location="cpu", weights_only=True))
+        try:
+            load_backbone_weights(model, load_tensor_file(cfg["init_backbone"], "backbone weights (train.init_backbone)"))
+        except KeyError as error:  # the state dict's tensors are not the model's
+            raise ValueError(f"{cfg['init_backbone']}: {error.args[0]}") from error
     model.to(device)
     dtype = next(model.parameters()).dtype
     loss_dtype = torch.promote_types(dtype, torch.float32)  # the loss in fp32 at least, even for a bf16 forward
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     logsnr = dataset.logsnr.to(device, dtype)
-    if cfg["loss_weight"] not in ("snr", "none"):
-        raise ValueError(f"train.loss_weight must be 'snr' or 'none', got {cfg['loss_weight']!r}")
     weights = (snr_weights(dataset.logsnr) if cfg["loss_weight"] == "snr" else torch.ones_like(dataset.logsnr))
     weights = weights.to(device, loss_dtype)
+    perceptual = VGGPerceptualLoss(cfg["vgg_weights"]).to(device) if cfg["loss"] == "vgg" else None
 
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg["lr"], betas=tuple(cfg["betas"]), eps=cfg["eps"],
                                  weight_decay=cfg["weight_decay"])
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, WarmupMultiStep(cfg["warmup"], cfg["warmup_start_factor"], cfg["milestones"], cfg["gamma"]))
 
-    start_step = 0
+    start_step, loss_value = 0, math.nan
+    total_steps = cfg["steps"]
     checkpoint_path = out / CHECKPOINT
     torch.manual_seed(cfg["seed"] + info.rank)  # per-rank stream for dropout and the like
     if cfg["resume"] and checkpoint_path.is_file():
         state = load_checkpoint(checkpoint_path, map_location=device)
-        model.load_state_dict(state["model"])
+        if state["step"] > total_steps:
+            raise ValueError(f"{checkpoint_path} is at step {state['step']}, past train.steps={total_steps} (the "
+                             f"total to train to, not steps to add): set train.steps >= {state['step']}, or "
+                             f"another train.out")
+        load_model_state(model, state["model"], checkpoint_path, config["model"])
         ema.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        start_step = state["step"]
+        start_step, loss_value = state["step"], state.get("loss", math.nan)
         if state["world_size"] == info.world_size:
             set_rng_state(state["rng"][info.rank])
         elif info.is_main:
@@ -228,14 +202,15 @@ def train(config: dict[str, Any], *, model_factory: Callable[[], nn.Module] | No
                   f"random streams and data order restart (not an exact continuation)")
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(out)
         _trim_metrics(out / METRICS, start_step)
         atomic_write_text(out / "config.yaml", dump_config(config))
 
     ddp_model: nn.Module = model
     if info.distributed:
         ddp_model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
-    grad_accum = int(cfg["grad_accum"])
+            model, device_ids=[device.index] if device.type == "cuda" else None, **_NO_BUFFER_SYNC)
+    grad_accum = cfg["grad_accum"]
     batches = iter(_Batches(dataset, batch_size=cfg["batch_size"], info=info, seed=cfg["seed"],
                             num_workers=cfg["num_workers"], pin_memory=device.type == "cuda",
                             position=start_step * grad_accum))
@@ -247,19 +222,18 @@ def train(config: dict[str, Any], *, model_factory: Callable[[], nn.Module] | No
         state = {"version": CHECKPOINT_VERSION, "step": step, "model": model.state_dict(), "ema": ema.state_dict(),
                  "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng,
                  "world_size": info.world_size, "config": config, "logsnr": dataset.logsnr.tolist(),
-                 "t": dataset.t.tolist(), "noise_shape": dataset.spec.shape, "num_classes": dataset.num_classes}
+                 "t": dataset.t.tolist(), "noise_shape": dataset.spec.shape, "num_classes": dataset.num_classes,
+                 "loss": loss_value}
         save_checkpoint(state, checkpoint_path)
         if cfg["keep_every"] and step % cfg["keep_every"] == 0:
             save_checkpoint(state, out / f"checkpoint-{step:08d}.pt")
 
-    total_steps = int(cfg["steps"])
     if info.is_main:
         parameters = sum(p.numel() for p in model.parameters())
         print(f"dsno train: {parameters:,} parameters, {len(dataset):,} trajectories, {info.world_size} process(es), "
               f"global batch {cfg['batch_size'] * info.world_size * grad_accum}, steps {start_step} -> {total_steps}")
     metrics_file = open(out / METRICS, "a") if info.is_main else contextlib.nullcontext()
     model.train()
-    loss_value = math.nan
     with metrics_file as metrics, tqdm(total=total_steps, initial=start_step, disable=not progress or not info.is_main,
                                        desc="train", dynamic_ncols=True) as bar:
         started = time.perf_counter()
@@ -275,7 +249,7 @@ def train(config: dict[str, Any], *, model_factory: Callable[[], nn.Module] | No
                 with contextlib.nullcontext() if sync else ddp_model.no_sync():
                     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bool(cfg["bf16"])):
                         pred = ddp_model(noise, logsnr) if label is None else ddp_model(noise, logsnr, label)
-                    loss, per_point = trajectory_loss(pred.to(loss_dtype), target, weights, cfg["loss"])
+                    loss, per_point = trajectory_loss(pred.to(loss_dtype), target, weights, cfg["loss"], perceptual)
                     (loss / grad_accum).backward()
                 point_losses += per_point.detach() / grad_accum
             grad_norm = None  # stays a tensor: reading it every step would synchronise the GPU
@@ -300,4 +274,4 @@ def train(config: dict[str, Any], *, model_factory: Callable[[], nn.Module] | No
                 save(done)
             bar.update(1)
     distributed.barrier()
-    return {"step": total_steps, "loss": loss_value, "out": str(out)}
+    return {"step": total_steps, "start_step": start_step, "loss": loss_value, "out": str(out)}

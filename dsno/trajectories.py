@@ -15,9 +15,13 @@ Layout of a dataset folder:
     ...
 
 Shard s holds samples [s * shard_size, min(N, (s + 1) * shard_size)). Its arrays are filled through a
-memory map under a temporary name, fsync'ed and renamed into place, then its marker is written (also
-by temp + rename). A crash leaves at worst temporary files or arrays without a marker; both are redone
-on resume, which skips exactly the shards that have markers, so nothing is duplicated or lost.
+memory map under a temporary name (preallocated, so a full disk is an ENOSPC error rather than a
+SIGBUS), fsync'ed and renamed into place, then its marker is written (also by temp + rename). The
+marker records each file's size and a cheap checksum (CRC-32 of up to 8 evenly spaced 16 KiB blocks).
+A crash leaves at worst temporary files (removed by the next run) or arrays without a marker; both are
+redone on resume, which skips exactly the shards whose marker and files agree, so nothing is
+duplicated or lost; a shard whose file was truncated or changed since is regenerated. Opening a
+dataset checks the same sizes and checksums, so a damaged file is named at once, not hours later.
 Under torchrun, shard s belongs to rank s % world_size, each rank writes only its own files, and
 rank 0 folds the markers into the manifest once every shard is done.
 """
@@ -25,8 +29,10 @@ rank 0 folds the markers into the manifest once every shard is done.
 from __future__ import annotations
 
 import bisect
+import errno
 import json
 import os
+import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -35,7 +41,8 @@ import numpy as np
 import torch
 
 from . import distributed
-from .checkpoint import atomic_write_text, fsync_directory
+from .checkpoint import atomic_write_text, check_output_dir, fsync_directory, remove_stale_temporaries
+from .config import validate_config
 from .schedule import LogSNRSchedule, output_time_points, time_grid
 from .teachers import SOLVERS, Teacher, build_teacher, solve
 
@@ -149,8 +156,13 @@ def _manifest_for(spec: TrajectorySpec, batch_size: int) -> dict[str, Any]:
 def read_manifest(root: str | os.PathLike) -> dict[str, Any]:
     path = Path(root) / MANIFEST
     if not path.is_file():
-        raise FileNotFoundError(f"no {MANIFEST} in {root}: not a trajectory dataset (run `dsno gen-traj` first)")
-    return json.loads(path.read_text())
+        raise FileNotFoundError(errno.ENOENT, f"no {MANIFEST}: not a trajectory dataset (make one with "
+                                              f"`dsno gen-traj`, or point to the folder that holds it)", str(root))
+    try:
+        return json.loads(path.read_text())
+    except ValueError as error:
+        raise ValueError(f"{path} is not valid JSON ({error}): the dataset's manifest is damaged; regenerate it "
+                         f"with `dsno gen-traj` into a new folder") from None
 
 
 def _check_same_spec(existing: dict[str, Any], spec: TrajectorySpec, root: Path) -> None:
@@ -167,6 +179,74 @@ def _completed_shards(root: Path, spec: TrajectorySpec) -> set[int]:
     return {s for s in range(spec.num_shards) if _marker_path(root, s).is_file()}
 
 
+_CHECKSUM_BLOCKS, _CHECKSUM_BLOCK = 8, 16 * 1024
+
+
+def _checksum(path: Path) -> str:
+    """CRC-32 of up to 8 evenly spaced 16 KiB blocks of the file (all of it when smaller): cheap to
+    compute for a large dataset, and it changes when a file is overwritten, zeroed or shifted."""
+    size = path.stat().st_size
+    crc = 0
+    with open(path, "rb") as handle:
+        if size <= _CHECKSUM_BLOCKS * _CHECKSUM_BLOCK:
+            crc = zlib.crc32(handle.read())
+        else:
+            for block in range(_CHECKSUM_BLOCKS):
+                handle.seek((size - _CHECKSUM_BLOCK) * block // (_CHECKSUM_BLOCKS - 1))
+                crc = zlib.crc32(handle.read(_CHECKSUM_BLOCK), crc)
+    return f"{crc:08x}"
+
+
+def _shard_problem(root: Path, marker: dict[str, Any]) -> str | None:
+    """What is wrong with a finished shard's files (missing, wrong size, wrong checksum), or None."""
+    for key, name in marker["files"].items():
+        path = root / name
+        if not path.is_file():
+            return f"{path} is missing"
+        if "bytes" not in marker:  # written before sizes were recorded
+            continue
+        size = path.stat().st_size
+        if size != marker["bytes"][key]:
+            return f"{path} has {size} bytes, {marker['bytes'][key]} were written"
+        if _checksum(path) != marker["crc32"][key]:
+            return f"{path} has changed since it was written (checksum)"
+    return None
+
+
+def _verified_shards(root: Path, spec: TrajectorySpec, shards: Sequence[int]) -> set[int]:
+    """Those of `shards` that are finished and intact; the marker of a damaged one is removed (with a note),
+    so that it is generated again."""
+    done = set()
+    for shard in shards:
+        path = _marker_path(root, shard)
+        if not path.is_file():
+            continue
+        try:
+            problem = _shard_problem(root, json.loads(path.read_text()))
+        except (ValueError, KeyError):
+            problem = f"{path} is damaged"
+        if problem is None:
+            done.add(shard)
+        else:
+            print(f"gen-traj: {problem}; regenerating {_shard_name(shard)}")
+            path.unlink()
+    return done
+
+
+def _preallocate(path: Path) -> None:
+    """Reserve the disk blocks of a just-created (sparse) file, so running out of space fails here with
+    ENOSPC instead of as a SIGBUS when the memory map is written."""
+    if not hasattr(os, "posix_fallocate"):
+        return
+    with open(path, "rb+") as handle:
+        try:
+            os.posix_fallocate(handle.fileno(), 0, path.stat().st_size)
+        except OSError as error:
+            if error.errno in (errno.EINVAL, errno.EOPNOTSUPP):  # the filesystem cannot; write as before
+                return
+            raise OSError(error.errno, error.strerror, str(path)) from None
+
+
 def _write_shard(root: Path, shard: int, spec: TrajectorySpec, teacher: Teacher, *, batch_size: int,
                  device: torch.device, compute_dtype: torch.dtype, progress) -> None:
     start, stop = spec.shard_range(shard)
@@ -179,8 +259,10 @@ def _write_shard(root: Path, shard: int, spec: TrajectorySpec, teacher: Teacher,
         arrays["labels"] = ((count,), "int64")
     final = {key: root / f"{name}.{key}.npy" for key in arrays}
     temporary = {key: root / f"{name}.{key}.npy.tmp" for key in arrays}
-    maps = {key: np.lib.format.open_memmap(temporary[key], mode="w+", dtype=dtype, shape=shape)
-            for key, (shape, dtype) in arrays.items()}
+    maps = {}
+    for key, (shape, dtype) in arrays.items():
+        maps[key] = np.lib.format.open_memmap(temporary[key], mode="w+", dtype=dtype, shape=shape)
+        _preallocate(temporary[key])
     for batch_start in range(start, stop, batch_size):
         indices = range(batch_start, min(stop, batch_start + batch_size))
         noise, labels = sample_noise(indices, spec.shape, spec.seed, spec.num_classes)
@@ -200,7 +282,9 @@ def _write_shard(root: Path, shard: int, spec: TrajectorySpec, teacher: Teacher,
             os.fsync(handle.fileno())
         os.replace(temporary[key], final[key])
     fsync_directory(root)
-    marker = {"shard": shard, "start": start, "count": count, "files": {k: p.name for k, p in final.items()}}
+    marker = {"shard": shard, "start": start, "count": count, "files": {k: p.name for k, p in final.items()},
+              "bytes": {k: p.stat().st_size for k, p in final.items()},
+              "crc32": {k: _checksum(p) for k, p in final.items()}}
     atomic_write_text(_marker_path(root, shard), json.dumps(marker, indent=1))
 
 
@@ -216,13 +300,21 @@ def generate(teacher: Teacher, spec: TrajectorySpec, out_dir: str | os.PathLike,
     a run finds every shard done (rank 0 writes it, after a barrier when a process group exists)."""
     from tqdm import tqdm
 
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    if max_new_shards is not None and (not isinstance(max_new_shards, int) or max_new_shards < 1):
+        raise ValueError(f"max_new_shards must be None or a positive int, got {max_new_shards!r}")
     root = Path(out_dir)
     info = distributed.current()
     rank = info.rank if rank is None else rank
     world_size = info.world_size if world_size is None else world_size
     device = torch.device(device)
     if info.is_main:
+        check_output_dir(root, "traj.out")
         root.mkdir(parents=True, exist_ok=True)
+        if world_size == 1 or info.distributed:  # no other writer yet (the others wait at the barrier below)
+            remove_stale_temporaries(root, "shard-*.tmp")  # a killed run's unfinished arrays and markers
+            remove_stale_temporaries(root, ".*.tmp")
         if (root / MANIFEST).is_file():
             _check_same_spec(read_manifest(root), spec, root)
         else:
@@ -230,16 +322,23 @@ def generate(teacher: Teacher, spec: TrajectorySpec, out_dir: str | os.PathLike,
     distributed.barrier()
     _check_same_spec(read_manifest(root), spec, root)
 
-    done = _completed_shards(root, spec)
-    mine = [s for s in range(spec.num_shards) if s % world_size == rank and s not in done]
+    assigned = [s for s in range(spec.num_shards) if s % world_size == rank]
+    done = _verified_shards(root, spec, assigned)
+    mine = [s for s in assigned if s not in done]
     if max_new_shards is not None:
         mine = mine[:max_new_shards]
     total = sum(spec.shard_range(s)[1] - spec.shard_range(s)[0] for s in mine)
     with tqdm(total=total, unit="sample", desc=f"gen-traj rank {rank}", disable=not progress or rank != 0,
               dynamic_ncols=True) as bar:
         for shard in mine:
-            _write_shard(root, shard, spec, teacher, batch_size=batch_size, device=device,
-                         compute_dtype=compute_dtype, progress=bar)
+            try:
+                _write_shard(root, shard, spec, teacher, batch_size=batch_size, device=device,
+                             compute_dtype=compute_dtype, progress=bar)
+            except OSError as error:  # e.g. disk full: free the space the unfinished shard took, name it
+                remove_stale_temporaries(root, f"{_shard_name(shard)}.*.tmp")
+                if error.filename is None:
+                    error = OSError(error.errno, error.strerror, str(root / _shard_name(shard)))
+                raise error from None
     distributed.barrier()
     if rank == 0:
         finalize_manifest(root)
@@ -271,6 +370,8 @@ def spec_from_config(config: dict[str, Any], teacher_info: dict[str, Any]) -> Tr
 
 def generate_from_config(config: dict[str, Any], *, progress: bool = True) -> dict[str, Any]:
     """`dsno gen-traj`: build the configured teacher and generate (or resume) traj.out; returns the manifest."""
+    config = validate_config(config)
+    check_output_dir(config["traj"]["out"], "traj.out")
     _, device = distributed.setup(config["traj"]["device"])
     teacher, teacher_info = build_teacher(config, device)
     spec = spec_from_config(config, teacher_info)
@@ -287,11 +388,16 @@ class TrajectoryDataset(torch.utils.data.Dataset):
     def __init__(self, root: str | os.PathLike, *, allow_incomplete: bool = False):
         self.root = Path(root)
         self.manifest = read_manifest(self.root)
-        if not self.manifest["complete"] and not allow_incomplete:
-            raise ValueError(f"{root} is incomplete ({len(self.manifest['shards'])} of "
-                             f"{self.manifest['num_shards']} shards): finish it with `dsno gen-traj`")
         self.spec = TrajectorySpec(**self.manifest["spec"])
+        if not self.manifest["complete"] and not allow_incomplete:
+            finished = len(_completed_shards(self.root, self.spec))
+            raise ValueError(f"{root} is incomplete ({finished} of {self.spec.num_shards} shards finished): "
+                             f"finish it by rerunning `dsno gen-traj` with the same settings")
         self.shards = sorted(self.manifest["shards"], key=lambda s: s["start"])
+        for shard in self.shards:
+            problem = _shard_problem(self.root, shard)
+            if problem is not None:
+                raise ValueError(f"{problem}: rerun `dsno gen-traj` with the same settings to regenerate it")
         self.offsets = np.cumsum([0] + [s["count"] for s in self.shards]).tolist()
         self.logsnr = torch.tensor(self.manifest["logsnr"], dtype=torch.float64)
         self.t = torch.tensor(self.manifest["t"], dtype=torch.float64)

@@ -1,15 +1,50 @@
-"""torch.library plumbing shared by every compiled backend: the fake (meta) implementations and the
-autograd formulas, registered once per (forward op, backward op) pair.
+"""The autograd and torch.library plumbing shared by every compiled backend: `register_ops` takes a
+backend's four ops and registers their fake (meta) implementations and autograd formulas once, and
+returns the two functions the backend's `Backend` record calls.
 
-Forward ops take (x, weight) or (x, weight, negative_slope) and return y; backward ops take
-(grad_out, x, weight[, negative_slope]) and return (grad_x, grad_weight). The backward recomputes
-what it needs from x and weight, so the forward saves only its inputs. Every output is a new
-contiguous tensor, whatever the strides of the inputs.
+The ops (C++ TORCH_LIBRARY ops or Python custom/triton ops, with these signatures):
+
+    spectral_time_conv(x, weight) -> y                 time_conv(x, weight, negative_slope) -> y
+    spectral_time_conv_backward(grad_out, x, weight) -> (grad_x, grad_weight)
+    time_conv_backward(grad_out, x, weight, negative_slope) -> (grad_x, grad_weight)
+
+Every output is a new contiguous tensor, whatever the strides of the inputs. The backward recomputes
+what it needs from x and weight, so the forward saves only its inputs.
+
+Double backward. Write S(x, w) for spectral_time_conv and w* for the conjugate-transposed weight
+(reference.conjugate_transpose): S is linear in x and in w, and its adjoint in x is S(., w*)
+(reference.py derives it). The backward op maps (grad_out, x, w) to (grad_x, grad_weight); given the
+gradients grad_grad_x, grad_grad_weight of its outputs, the gradients of its inputs are
+
+    spectral_time_conv_backward:  grad_grad_out = S(grad_grad_x, w) + S(x, grad_grad_weight)
+                                  grad_x        = S(g, grad_grad_weight*)
+                                  grad_weight   = backward(g, grad_grad_x, w).grad_weight
+    time_conv_backward:           the same with g = grad_out * m, where m = 1 where s = S(x, w) > 0 and
+                                  negative_slope elsewhere (zero derivative almost everywhere), and
+                                  grad_grad_out = grad_grad_x + m * (S(grad_grad_x, w) + S(x, grad_grad_weight))
+
+(g = grad_out for spectral_time_conv): the existing ops again, so the ops are differentiable to any order.
+
+Two call paths, one set of formulas: the torch.library registrations (register_autograd) serve
+torch.compile, opcheck and anything else that goes through the dispatcher; in eager mode the
+functions returned by `register_ops` call the ops below the autograd dispatch key, inside one plain
+torch.autograd.Function, which costs a fraction of the dispatcher's Python autograd kernel.
 """
 
 from __future__ import annotations
 
+import functools
+from typing import Callable
+
 import torch
+
+from .reference import conjugate_transpose
+
+ROLES = ("spectral_time_conv", "time_conv", "spectral_time_conv_backward", "time_conv_backward")
+
+
+# ------------------------------------------------------------------------------------------------
+# Fake (meta) implementations: shapes only
 
 
 def _fake_forward(x, weight, *slope):
@@ -24,25 +59,126 @@ def _fake_backward(grad_out, x, weight, *slope):
     return x.new_empty(x.shape), weight.new_empty(weight.shape)
 
 
-def register_op_pair(forward_op, backward_op) -> None:
-    """Fake implementations for both ops and the autograd formula of the forward op.
+# ------------------------------------------------------------------------------------------------
+# The autograd formulas
 
-    `forward_op` / `backward_op` are OpOverloads (torch.ops.ns.op.default) or custom_op objects."""
-    torch.library.register_fake(forward_op)(_fake_forward)
-    torch.library.register_fake(backward_op)(_fake_backward)
 
-    def setup_context(ctx, inputs, output):
+def _leaky_relu_slopes(spectral_op, x, weight, negative_slope: float, dtype) -> torch.Tensor:
+    """m = d leaky_relu(s) / ds at s = S(x, weight): 1 where s > 0, negative_slope elsewhere (torch's
+    convention at 0). A constant for autograd: its derivative is zero almost everywhere."""
+    s = spectral_op(x.detach(), weight.detach())
+    return torch.full_like(s, negative_slope, dtype=dtype).masked_fill(s > 0, 1.0)  # (not where(): fp32 scalars)
+
+
+def _double_backward(ops, ctx, grad_grad_x, grad_grad_weight):
+    """Gradients of backward(grad_out, x, weight[, negative_slope]) -> (grad_x, grad_weight) for its
+    inputs, from the gradients grad_grad_x, grad_grad_weight of its outputs (None where none flows)."""
+    grad_out, x, weight = ctx.saved_tensors
+    spectral = ops["spectral_time_conv"]
+    needs_grad_out, needs_x, needs_weight = ctx.needs_input_grad[:3]
+    slopes, g = None, grad_out
+    if ctx.slope:
+        slopes = _leaky_relu_slopes(spectral, x, weight, ctx.slope[0], grad_out.dtype)
+        g = grad_out * slopes
+    grad_grad_out = grad_x = grad_weight = None
+    if needs_grad_out and (grad_grad_x is not None or grad_grad_weight is not None):
+        terms = []
+        if grad_grad_x is not None:
+            terms.append(spectral(grad_grad_x, weight))
+        if grad_grad_weight is not None:
+            terms.append(spectral(x, grad_grad_weight))
+        grad_grad_out = terms[0] if len(terms) == 1 else terms[0] + terms[1]
+        if slopes is not None:
+            grad_grad_out = grad_grad_out * slopes
+            if grad_grad_x is not None:
+                grad_grad_out = grad_grad_out + grad_grad_x
+    if needs_x and grad_grad_weight is not None:
+        grad_x = spectral(g, conjugate_transpose(grad_grad_weight))
+    if needs_weight and grad_grad_x is not None:
+        grad_weight = ops["spectral_time_conv_backward"](g.contiguous(), grad_grad_x, weight)[1]
+    return (grad_grad_out, grad_x, grad_weight) + (None,) * len(ctx.slope)
+
+
+def _register_autograd(ops: dict) -> None:
+    def setup_forward(ctx, inputs, output):
         x, weight, *slope = inputs
         ctx.save_for_backward(x, weight)
-        ctx.slope = slope
+        ctx.slope = tuple(slope)
 
-    def backward(ctx, grad_out):
-        x, weight = ctx.saved_tensors
-        grad_x, grad_weight = backward_op(grad_out.contiguous(), x, weight, *ctx.slope)
-        grads = (
-            grad_x if ctx.needs_input_grad[0] else None,
-            grad_weight if ctx.needs_input_grad[1] else None,
+    def setup_backward(ctx, inputs, output):
+        grad_out, x, weight, *slope = inputs
+        ctx.save_for_backward(grad_out, x, weight)
+        ctx.slope = tuple(slope)
+        ctx.set_materialize_grads(False)  # a penalty on grad_x alone skips the grad_grad_weight terms
+
+    for name in ("spectral_time_conv", "time_conv"):
+        backward_op = ops[name + "_backward"]
+
+        def backward(ctx, grad_out, backward_op=backward_op):
+            x, weight = ctx.saved_tensors
+            grad_x, grad_weight = backward_op(grad_out.contiguous(), x, weight, *ctx.slope)
+            needs = ctx.needs_input_grad
+            return (grad_x if needs[0] else None, grad_weight if needs[1] else None) + (None,) * len(ctx.slope)
+
+        torch.library.register_autograd(ops[name], backward, setup_context=setup_forward)
+        torch.library.register_autograd(
+            backward_op, functools.partial(_double_backward, ops), setup_context=setup_backward
         )
-        return grads + (None,) * len(ctx.slope)
 
-    torch.library.register_autograd(forward_op, backward, setup_context=setup_context)
+
+# ------------------------------------------------------------------------------------------------
+# The eager path
+
+
+def _eager_function(forward_op, backward_op) -> Callable:
+    """forward_op as a function: below the autograd key inside a plain autograd.Function when x or the
+    weight requires grad (the ops' dispatcher autograd kernels are Python and cost more than this whole
+    Function), straight to the kernel when nothing does, and through the dispatcher when traced."""
+
+    class Function(torch.autograd.Function):
+        # The old-style forward(ctx, ...): a setup_context Function binds its arguments with
+        # inspect.signature on every call (~25 us).
+        @staticmethod
+        def forward(ctx, x, weight, *slope):
+            ctx.save_for_backward(x, weight)
+            ctx.slope = slope
+            with torch._C._AutoDispatchBelowAutograd():
+                return forward_op(x, weight, *slope)
+
+        @staticmethod
+        def backward(ctx, grad_out):
+            x, weight = ctx.saved_tensors
+            args = (grad_out.contiguous(), x, weight, *ctx.slope)
+            if torch.is_grad_enabled():  # create_graph=True: the backward op's registered autograd records it
+                grad_x, grad_weight = backward_op(*args)
+            else:
+                with torch._C._AutoDispatchBelowAutograd():
+                    grad_x, grad_weight = backward_op(*args)
+            needs = ctx.needs_input_grad
+            return (grad_x if needs[0] else None, grad_weight if needs[1] else None) + (None,) * len(ctx.slope)
+
+    def call(x: torch.Tensor, weight: torch.Tensor, *slope) -> torch.Tensor:
+        if torch.compiler.is_compiling():  # traced: the dispatcher path, with the registered fake and autograd
+            return forward_op(x, weight, *slope)
+        if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
+            return Function.apply(x, weight, *slope)
+        with torch._C._AutoDispatchBelowAutograd():
+            return forward_op(x, weight, *slope)
+
+    return call
+
+
+def register_ops(ops: dict) -> tuple[Callable, Callable]:
+    """Register fakes and autograd (twice differentiable) for a backend's four ops, given by role
+    (ROLES) as OpOverloads (torch.ops.ns.op.default) or custom_op / triton_op objects. Returns
+    (spectral_time_conv(x, weight), time_conv(x, weight, negative_slope)) for the backend's record."""
+    if set(ops) != set(ROLES):
+        raise ValueError(f"ops must have the roles {ROLES}, got {sorted(ops)}")
+    for name in ("spectral_time_conv", "time_conv"):
+        torch.library.register_fake(ops[name])(_fake_forward)
+        torch.library.register_fake(ops[name + "_backward"])(_fake_backward)
+    _register_autograd(ops)
+    return (
+        _eager_function(ops["spectral_time_conv"], ops["spectral_time_conv_backward"]),
+        _eager_function(ops["time_conv"], ops["time_conv_backward"]),
+    )

@@ -1,8 +1,9 @@
 """Public functions, input validation and backend dispatch.
 
-Each backend module (cpp_ops for "cpu" and "cuda", triton_spectral for "triton") calls
-`register_backend` at import; callers only ever go through `spectral_time_conv` / `time_conv`, so a
-new backend plugs in without touching them.
+Each backend module (reference for "reference", cpp_ops for "cpu" and "cuda", triton_spectral for
+"triton") builds its `Backend` record and calls `register_backend` at import; callers only ever go through `spectral_time_conv` /
+`time_conv`, and tests and benchmarks read the records through `backends()` / `get_backend(name)`, so
+a new backend is one module plus its registration.
 """
 
 from __future__ import annotations
@@ -10,16 +11,18 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
-import os
 from typing import Callable, Optional
 
 import torch
 
-from .reference import spectral_time_conv_reference, time_conv_reference
+from . import settings
 
 __all__ = [
     "Backend",
     "register_backend",
+    "unregister_backend",
+    "backends",
+    "get_backend",
     "available_backends",
     "spectral_time_conv",
     "time_conv",
@@ -28,7 +31,7 @@ __all__ = [
 ]
 
 SUPPORTED_DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
-BACKEND_ENV_VAR = "DSNO_KERNELS_BACKEND"
+BACKEND_ENV_VAR = settings.BACKEND
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +39,7 @@ class Backend:
     """One implementation of both ops. The functions receive validated inputs of one dtype."""
 
     name: str
+    # Device types it runs on in this process (the Triton interpreter runs on CPU tensors).
     device_types: tuple[str, ...]
     spectral_time_conv: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     time_conv: Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
@@ -46,30 +50,61 @@ class Backend:
     # The torch.library ops behind it, by role: "spectral_time_conv", "time_conv" and their
     # "_backward"s (for opcheck and introspection; empty for the pure-PyTorch reference).
     ops: dict = dataclasses.field(default_factory=dict)
+    # "auto" tries the usable backends of x's device type by descending priority; a backend without
+    # an entry for a device type runs there only when asked for by name.
+    auto_priority: dict = dataclasses.field(default_factory=dict)
+    # The device type the benchmark suites time it on; None for backends that are not fused kernels
+    # (the reference is benchmarked as the torch_fft baseline).
+    benchmark_device: Optional[str] = None
+    # Runs in an interpreter here (Triton under TRITON_INTERPRET=1): ~500x slower, tests keep it small.
+    interpreted: bool = False
+    # fp32 on CUDA tensors goes through tf32 tensor cores unless DSNO_KERNELS_FP32=ieee.
+    fp32_via_tf32_on_cuda: bool = False
 
 
 _BACKENDS: dict[str, Backend] = {}
-# "auto" tries these in order, set from what the benchmarks measured: on an H100 (benchmarks/results/
-# 2026-11-26-nvidia-h100-80gb-hbm3) the CUDA kernels beat the Triton ones at most DSNO shapes and in
-# every forward+backward but one; Triton stays as the fallback where the extension has no CUDA kernels.
-AUTO_PREFERENCE: dict[str, list[str]] = {
-    "cpu": ["cpu", "reference"],
-    "cuda": ["cuda", "triton", "reference"],
-}
+# Derived from _BACKENDS when it changes, not per call (and never while torch.compile traces a call):
+# the "auto" order per device type, and the values DSNO_KERNELS_BACKEND may take.
+_AUTO_ORDER: dict[str, tuple[Backend, ...]] = {}
+_SETTING_CHOICES: list[tuple[str, ...]] = [("auto",)]
+
+
+def _derive() -> None:
+    device_types = {t for b in _BACKENDS.values() for t in b.auto_priority}
+    _AUTO_ORDER.clear()
+    for device_type in device_types:
+        ranked = [b for b in _BACKENDS.values() if device_type in b.auto_priority]
+        _AUTO_ORDER[device_type] = tuple(sorted(ranked, key=lambda b: -b.auto_priority[device_type]))
+    _SETTING_CHOICES[0] = (*_BACKENDS, "auto")
 
 
 def register_backend(backend: Backend) -> None:
+    """Add (or replace) a backend under its name."""
+    if not isinstance(backend, Backend):
+        raise TypeError(f"backend must be a dsno_kernels.Backend, got {type(backend).__name__}")
     _BACKENDS[backend.name] = backend
+    _derive()
 
 
-register_backend(
-    Backend(
-        name="reference",
-        device_types=("cpu", "cuda"),
-        spectral_time_conv=spectral_time_conv_reference,
-        time_conv=time_conv_reference,
-    )
-)
+def unregister_backend(name: str) -> None:
+    get_backend(name)
+    del _BACKENDS[name]
+    _derive()
+
+
+def backends() -> tuple[Backend, ...]:
+    """Every registered backend, usable here or not, in registration order."""
+    return tuple(_BACKENDS.values())
+
+
+def get_backend(name: str) -> Backend:
+    """The registered backend called `name` (a ValueError lists the names when there is none)."""
+    if not isinstance(name, str):
+        raise TypeError(f"backend must be a string, got {type(name).__name__}")
+    backend = _BACKENDS.get(name)
+    if backend is None:
+        raise ValueError(f"backend must be one of {sorted(_BACKENDS) + ['auto']}, got {name!r}")
+    return backend
 
 
 def available_backends(device: str | torch.device | None = None) -> list[str]:
@@ -96,20 +131,22 @@ def _why_not(backend: Backend, x: torch.Tensor) -> Optional[str]:
     return None
 
 
+def backend_setting() -> str:
+    """DSNO_KERNELS_BACKEND, validated against the registered names: "auto" when unset."""
+    return settings.get(settings.BACKEND, choices=_SETTING_CHOICES[0])
+
+
 def resolve_backend(backend: str, x: torch.Tensor) -> Backend:
     """The backend that will run x: the named one, or for "auto" the environment variable
-    DSNO_KERNELS_BACKEND if set, else the first usable one in AUTO_PREFERENCE. A named backend that
-    cannot run on x's device is an error; one that only exceeds its max_time_points passes x on to the
-    next usable backend, as "auto" would."""
+    DSNO_KERNELS_BACKEND if set, else the usable backend of x's device type with the highest
+    auto_priority. A named backend that cannot run on x's device is an error; one that only exceeds
+    its max_time_points passes x on to the next usable backend, as "auto" would."""
     if not isinstance(backend, str):
         raise TypeError(f"backend must be a string, got {type(backend).__name__}")
     if backend == "auto":
-        backend = os.environ.get(BACKEND_ENV_VAR, "auto") or "auto"
-    if backend != "auto" and backend not in _BACKENDS:
-        known = sorted(_BACKENDS) + ["auto"]
-        raise ValueError(f"backend must be one of {known}, got {backend!r}")
+        backend = backend_setting()
     if backend != "auto":
-        chosen = _BACKENDS[backend]
+        chosen = get_backend(backend)
         reason = _why_not(chosen, x)
         if reason is None:
             return chosen
@@ -117,9 +154,8 @@ def resolve_backend(backend: str, x: torch.Tensor) -> Backend:
         if not too_long or _why_not(dataclasses.replace(chosen, max_time_points=None), x) is not None:
             raise RuntimeError(f"backend {backend!r} cannot run this input: {reason}")
         # A shape limit (not a device one): hand the input to the next backend, as "auto" would.
-    for name in AUTO_PREFERENCE.get(x.device.type, ["reference"]):
-        candidate = _BACKENDS.get(name)
-        if candidate is not None and _why_not(candidate, x) is None:
+    for candidate in _AUTO_ORDER.get(x.device.type, ()):
+        if _why_not(candidate, x) is None:
             return candidate
     return _BACKENDS["reference"]
 

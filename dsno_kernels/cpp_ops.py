@@ -8,15 +8,18 @@ Importing the compiled module `dsno_kernels._C` runs its TORCH_LIBRARY blocks, w
     dsno_kernels::time_conv_backward(Tensor grad_out, Tensor x, Tensor weight, float negative_slope)
         -> (Tensor, Tensor)
 
-with CPU kernels always and CUDA kernels when the extension was built with them. This module adds the
-fake implementations and autograd, and registers the two backends.
+with CPU kernels always and CUDA kernels when the extension was built with them. This module registers
+their fakes and autograd (_library.register_ops) and the two backends. The C++ kernels read
+DSNO_KERNELS_FP32 and DSNO_KERNELS_CUDA_PATH themselves; the cuda backend validates them first
+(settings.py), so a bad value is a ValueError naming the variable.
 """
 
 from __future__ import annotations
 
 import torch
 
-from ._library import register_op_pair
+from . import settings
+from ._library import ROLES, register_ops
 from .api import Backend, register_backend
 
 try:
@@ -59,30 +62,40 @@ def _unavailable_cuda():
 
 
 if _IMPORT_ERROR is None:
-    ops = torch.ops.dsno_kernels
-    register_op_pair(ops.spectral_time_conv.default, ops.spectral_time_conv_backward.default)
-    register_op_pair(ops.time_conv.default, ops.time_conv_backward.default)
+    _OPS = {role: getattr(torch.ops.dsno_kernels, role).default for role in ROLES}
+    _spectral_time_conv, _time_conv = register_ops(_OPS)
 
-    def _spectral_time_conv(x, weight):
-        return torch.ops.dsno_kernels.spectral_time_conv(x, weight)
+    def _check_cuda_settings():
+        settings.get(settings.FP32)
+        settings.get(settings.CUDA_PATH)
 
-    def _time_conv(x, weight, negative_slope):
-        return torch.ops.dsno_kernels.time_conv(x, weight, negative_slope)
+    def _cuda_spectral_time_conv(x, weight):
+        _check_cuda_settings()
+        return _spectral_time_conv(x, weight)
+
+    def _cuda_time_conv(x, weight, negative_slope):
+        _check_cuda_settings()
+        return _time_conv(x, weight, negative_slope)
 
 else:
+    _OPS = {}
 
     def _spectral_time_conv(*args):
         raise RuntimeError(_unavailable_cpu())
 
-    _time_conv = _spectral_time_conv
+    _time_conv = _cuda_spectral_time_conv = _cuda_time_conv = _spectral_time_conv
 
-_OPS = (
-    {
-        name: getattr(torch.ops.dsno_kernels, name).default
-        for name in ("spectral_time_conv", "time_conv", "spectral_time_conv_backward", "time_conv_backward")
-    }
-    if _IMPORT_ERROR is None
-    else {}
+register_backend(
+    Backend(
+        "cpu", ("cpu",), _spectral_time_conv, _time_conv, _unavailable_cpu, ops=_OPS,
+        auto_priority={"cpu": 10}, benchmark_device="cpu",
+    )
 )
-register_backend(Backend("cpu", ("cpu",), _spectral_time_conv, _time_conv, _unavailable_cpu, ops=_OPS))
-register_backend(Backend("cuda", ("cuda",), _spectral_time_conv, _time_conv, _unavailable_cuda, ops=_OPS))
+# On an H100 (benchmarks/results/2026-11-26-nvidia-h100-80gb-hbm3) the CUDA kernels beat the Triton
+# ones at most DSNO shapes and in every forward+backward but one: "auto" prefers them on CUDA tensors.
+register_backend(
+    Backend(
+        "cuda", ("cuda",), _cuda_spectral_time_conv, _cuda_time_conv, _unavailable_cuda, ops=_OPS,
+        auto_priority={"cuda": 20}, benchmark_device="cuda", fp32_via_tf32_on_cuda=True,
+    )
+)  # fmt: skip

@@ -8,7 +8,8 @@ every backend.
     time_conv(x, weight, s)       = x + leaky_relu(spectral_time_conv(x, weight), s)
 
 `spectral_time_conv_reference` is that formula verbatim (autograd by PyTorch); it is the ground truth
-the tests hold every backend to (in fp64) and the `dsno_fft` / `torch_fft` benchmark baselines.
+the tests hold every backend to (in fp64), the `torch_fft` benchmark baseline, and the "reference"
+backend registered at the end of this file (on any device, the fallback of backend="auto").
 
 In real arithmetic, with a[k, t] = 2 pi k t / T, each pixel's [T, C_in] column goes through
 
@@ -20,19 +21,39 @@ where c_0 = 1, c_k = 2 for 0 < k < T/2 and c_{T/2} = 1 for even T. The DC bin an
 Nyquist bin have sin(a) = 0 for every t: their imaginary rows are identically zero on the way in and
 dropped by irfft on the way out, so those modes keep only their real row (and only Wr). R counts the
 rows kept. `spectral_bases` builds F and G in that row order; every backend uses the same order.
+
+G = F^T D with D = diag(c_k / T) (one scalar per mode), so the transposed chain of the backward is the
+forward chain with other weights: F^T M^T G^T = G D^-1 M^T D F = G M* F, where M* is M of the
+conjugate-transposed weight W* = conj(W)^T [C_out, C_in, K, 2] (`conjugate_transpose`; D commutes with
+the per-mode mixing). Hence, with g the gradient of y:
+
+    grad_x      = spectral_time_conv(g, W*)
+    grad_Wr[k]  = sum_pixels Xr[k] dYr[k]^T + Xi[k] dYi[k]^T      dY = G^T g = D F g
+    grad_Wi[k]  = sum_pixels Xr[k] dYi[k]^T - Xi[k] dYr[k]^T      (0 for DC / Nyquist)
+    time_conv:  g = grad_y * leaky_relu'(s), s = G M F x;  grad_x gets + grad_y
+
+and the layer is linear in x and in W, which is what makes the backward ops differentiable with the
+same ops (_library.py). Folding F, M and G per mode gives the whole layer as one [T*C_out, T*C_in]
+block-circulant matrix (`dense_block_circulant`): A[t, o, s, i] = sum_k Pr[t, s, k] Wr[i, o, k] +
+Pi[t, s, k] Wi[i, o, k] with Pr = Gr Fr + Gi Fi and Pi = Gi Fr - Gr Fi (Fr, Fi the real and imaginary
+rows of F, Gr, Gi the matching columns of G).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
+
+from .api import Backend, register_backend
 
 __all__ = [
     "spectral_time_conv_reference",
     "time_conv_reference",
     "mode_is_real",
     "spectral_bases",
+    "conjugate_transpose",
     "dense_block_circulant",
 ]
 
@@ -80,23 +101,50 @@ def spectral_bases(T: int, K: int, dtype=torch.float64, device=None) -> tuple[to
     return F.to(dtype=dtype, device=device), G.to(dtype=dtype, device=device)
 
 
-def dense_block_circulant(weight: torch.Tensor, T: int) -> torch.Tensor:
-    """The whole layer as one real matrix A [T * C_out, T * C_in]: y[b, :, :, p] = A @ x[b, :, :, p]
-    flattened (t-major). The `dense_gemm` benchmark baseline; also an independent check of the maths."""
-    C_in, C_out, K, _ = weight.shape
-    w = weight.to(torch.float64)
-    F, G = spectral_bases(T, K, device=weight.device)
-    A = torch.zeros(T, C_out, T, C_in, dtype=torch.float64, device=weight.device)
+def conjugate_transpose(weight: torch.Tensor) -> torch.Tensor:
+    """W* [C_out, C_in, K, 2] of weight [C_in, C_out, K, 2]: the weight whose layer is the adjoint (in x)
+    of weight's layer."""
+    return torch.stack((weight[..., 0], -weight[..., 1]), dim=-1).transpose(0, 1)
+
+
+@functools.lru_cache(maxsize=64)
+def _folded_bases(T: int, K: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pr, Pi [T, T, K] in fp64 (the module docstring): the DFT pieces of dense_block_circulant, which
+    the model-level dense_gemm baseline calls in every forward. Read-only."""
+    F, G = spectral_bases(T, K, device=device)
+    p_r = torch.zeros(T, T, K, dtype=torch.float64, device=device)  # [t, s, k]
+    p_i = torch.zeros_like(p_r)
     row = 0
     for k in range(K):
-        wr, wi = w[:, :, k, 0], w[:, :, k, 1]  # [C_in, C_out]
         if mode_is_real(k, T):
-            A += torch.einsum("t,s,io->tosi", G[:, row], F[row], wr)
+            p_r[:, :, k] = torch.outer(G[:, row], F[row])
             row += 1
         else:
-            gr, gi, fr, fi = G[:, row], G[:, row + 1], F[row], F[row + 1]
-            # Yr = Wr^T Xr - Wi^T Xi ; Yi = Wi^T Xr + Wr^T Xi ; y = gr Yr + gi Yi
-            A += torch.einsum("t,s,io->tosi", gr, fr, wr) - torch.einsum("t,s,io->tosi", gr, fi, wi)
-            A += torch.einsum("t,s,io->tosi", gi, fr, wi) + torch.einsum("t,s,io->tosi", gi, fi, wr)
+            g_r, g_i, f_r, f_i = G[:, row], G[:, row + 1], F[row], F[row + 1]
+            p_r[:, :, k] = torch.outer(g_r, f_r) + torch.outer(g_i, f_i)
+            p_i[:, :, k] = torch.outer(g_i, f_r) - torch.outer(g_r, f_i)
             row += 2
-    return A.reshape(T * C_out, T * C_in).to(weight.dtype)
+    return p_r, p_i
+
+
+def dense_block_circulant(weight: torch.Tensor, T: int) -> torch.Tensor:
+    """The whole layer as one real matrix A [T * C_out, T * C_in]: y[b, :, :, p] = A @ x[b, :, :, p]
+    flattened (t-major). Differentiable in the weight; computed in fp32 (fp64 for an fp64 weight) and
+    returned in that dtype. The `dense_gemm` benchmark baseline, and an independent check of the maths."""
+    C_in, C_out, K, _ = weight.shape
+    dtype = torch.float64 if weight.dtype == torch.float64 else torch.float32
+    p_r, p_i = (p.to(dtype) for p in _folded_bases(T, K, weight.device))
+    w = weight.to(dtype)
+    A = torch.einsum("tsk,iok->tosi", p_r, w[..., 0]) + torch.einsum("tsk,iok->tosi", p_i, w[..., 1])
+    return A.reshape(T * C_out, T * C_in)
+
+
+register_backend(
+    Backend(
+        name="reference",
+        device_types=("cpu", "cuda"),
+        spectral_time_conv=spectral_time_conv_reference,
+        time_conv=time_conv_reference,
+        auto_priority={"cpu": 0, "cuda": 0},
+    )
+)

@@ -1,22 +1,13 @@
 """Triton backend ("triton"): fused forward and backward kernels of the temporal spectral convolution.
 
-    x [B, T, C_in, *S], weight [C_in, C_out, K, 2]; the trailing dims flatten to P pixels, so per batch
-    item x is [T, C_in, P] and every pixel column goes through
+    The maths and its notation (F, M, G, D, the R rows and their order, the transposed chain of the
+    backward with the conjugate-transposed weights M*) are reference.py's. Here x [B, T, C_in, *S] is
+    [B, T, C_in, P] with the trailing dims flattened to P pixels, and the kernels compute
 
-        X = F x            F [R, T]   the truncated real DFT along T    (adds / FMAs on CUDA cores)
-        Y = M X            per mode k: Yr = Wr^T Xr - Wi^T Xi, Yi = Wi^T Xr + Wr^T Xi   (tl.dot)
-        y = G Y            G [T, R]   the irfft, G = F^T D with D = c_k / T per mode
-        time_conv:         y = x + leaky_relu(G M F x)
-
-    R counts the real rows: (real, imag) for complex modes, (real) alone for DC and Nyquist, in the
-    row order of reference.spectral_bases. The backward is the transposed chain:
-
-        g  = dy                              (time_conv: dy * (s > 0 ? 1 : slope), s = G M F x recomputed)
-        dx = F^T M^T G^T g = G M* F g        (time_conv: + dy)
-        dWr = sum_pixels Xr dYr^T + Xi dYi^T     dWi = sum_pixels Xr dYi^T - Xi dYr^T,   dY = G^T g = D F g
-
-    where M* mixes with the conjugate weights transposed (Wr^T, -Wi^T): D is one scalar per mode, so
-    it commutes with the per-mode mixing, and dx is the forward chain with other weights.
+        forward:   y = G M F x                    time_conv: y = x + leaky_relu(G M F x)
+        backward:  g = dy                         time_conv: g = dy * leaky_relu'(s), s = G M F x recomputed
+                   dx = G M* F g                  time_conv: + dy
+                   grad_weight from the products of F x and dY = D F g, summed over the pixels
 
 Kernels
 
@@ -83,7 +74,8 @@ from typing import Optional
 
 import torch
 
-from ._library import register_op_pair
+from . import settings
+from ._library import register_ops
 from .api import Backend, register_backend
 from .reference import mode_is_real
 
@@ -109,10 +101,9 @@ __all__ = ["MAX_TIME_POINTS", "INTERPRETING", "launch_configs", "num_rows"]
 
 MAX_TIME_POINTS = 32
 INTERPRETING = _TRITON_IMPORT_ERROR is None and os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on")
-FP32_PRECISION_ENV_VAR = "DSNO_KERNELS_FP32"
-AUTOTUNE_ENV_VAR = "DSNO_KERNELS_TRITON_AUTOTUNE"
-ATOMICS_ENV_VAR = "DSNO_KERNELS_TRITON_ATOMICS"
-_FP32_PRECISIONS = ("tf32", "tf32x3", "ieee")
+FP32_PRECISION_ENV_VAR = settings.FP32
+AUTOTUNE_ENV_VAR = settings.TRITON_AUTOTUNE
+ATOMICS_ENV_VAR = settings.TRITON_ATOMICS
 
 
 # ------------------------------------------------------------------------------------------------
@@ -591,7 +582,7 @@ def launch_configs(
         kept.append(config)
     if not kept:
         kept = [candidates[-1]]
-    if INTERPRETING or os.environ.get(AUTOTUNE_ENV_VAR, "1") == "0":
+    if INTERPRETING or settings.get(AUTOTUNE_ENV_VAR) == "0":
         return kept[:1]
     return kept[:_MAX_TIMED_CONFIGS]
 
@@ -641,10 +632,7 @@ def _input_precision(dtype: torch.dtype) -> str:
     """tl.dot's input_precision: for fp32 from DSNO_KERNELS_FP32 (default tf32); exact otherwise."""
     if dtype != torch.float32:
         return "ieee"
-    precision = os.environ.get(FP32_PRECISION_ENV_VAR, "tf32").lower()
-    if precision not in _FP32_PRECISIONS:
-        raise ValueError(f"{FP32_PRECISION_ENV_VAR} must be one of {_FP32_PRECISIONS}, got {precision!r}")
-    return precision
+    return settings.get(FP32_PRECISION_ENV_VAR)
 
 
 def _dot_flags(dtype: torch.dtype) -> dict:
@@ -726,7 +714,7 @@ def _weight_grad(x, grad, K: int) -> torch.Tensor:
     C_out = grad.shape[2]
     R = num_rows(T, K)
     acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-    use_atomics = os.environ.get(ATOMICS_ENV_VAR, "0") == "1"
+    use_atomics = settings.get(ATOMICS_ENV_VAR) == "1"
     slices = _weight_grad_slices(B, P, C_in, C_out, R, x.device)
     if use_atomics:
         partial = torch.zeros((1, R, C_in, C_out), dtype=acc_dtype, device=x.device)
@@ -892,16 +880,13 @@ if _TRITON_IMPORT_ERROR is None:
         "spectral_time_conv_backward": _define_op("spectral_time_conv_backward", _triton_spectral_time_conv_backward),
         "time_conv_backward": _define_op("time_conv_backward", _triton_time_conv_backward),
     }
-    register_op_pair(_OPS["spectral_time_conv"], _OPS["spectral_time_conv_backward"])
-    register_op_pair(_OPS["time_conv"], _OPS["time_conv_backward"])
+    _spectral_time_conv, _time_conv = register_ops(_OPS)
+else:
 
+    def _spectral_time_conv(*args):
+        raise RuntimeError(_unavailable_reason())
 
-def _spectral_time_conv(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    return _OPS["spectral_time_conv"](x, weight)
-
-
-def _time_conv(x: torch.Tensor, weight: torch.Tensor, negative_slope: float) -> torch.Tensor:
-    return _OPS["time_conv"](x, weight, negative_slope)
+    _time_conv = _spectral_time_conv
 
 
 register_backend(
@@ -913,5 +898,10 @@ register_backend(
         unavailable_reason=_unavailable_reason,
         max_time_points=MAX_TIME_POINTS,
         ops=_OPS,
+        # Where the extension has no CUDA kernels, Triton runs CUDA tensors; never auto-picked when interpreting.
+        auto_priority={} if INTERPRETING else {"cuda": 10},
+        benchmark_device="cuda",
+        interpreted=INTERPRETING,
+        fp32_via_tf32_on_cuda=True,
     )
 )

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import os
 
 import torch
 
 import dsno_kernels
+from dsno_kernels import settings
 from dsno_kernels.reference import spectral_time_conv_reference, time_conv_reference
 
 DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
@@ -76,7 +76,7 @@ def sample_inputs(device="cpu", dtype=torch.float64, *, requires_grad=False, see
         for t in (x, w, w_sq):
             t.requires_grad_(requires_grad)
         slope = (0.01, 0.2, 1.5)[index % 3]
-        name = f"T{T}-K{K}-B{batch}-Cin{C_in}-Cout{C_out}-S{'x'.join(map(str, trailing)) or 'none'}" + (
+        name = f"T{T}-K{K}-B{batch}-C_in{C_in}-C_out{C_out}-S{'x'.join(map(str, trailing)) or 'none'}" + (
             "-strided" if strided else ""
         )
         cases.append(SampleInput(name, x, w, w_sq, slope))
@@ -98,14 +98,13 @@ def run(op: str, sample: SampleInput, backend: str) -> torch.Tensor:
 
 
 def tolerance(dtype: torch.dtype, backend: str, device_type: str) -> float:
-    if dtype == torch.float32 and device_type == "cuda" and backend in ("triton", "cuda") and tf32_enabled():
-        return TF32_TOLERANCE
-    return TOLERANCE[dtype]
+    tf32 = device_type == "cuda" and dsno_kernels.get_backend(backend).fp32_via_tf32_on_cuda and tf32_enabled()
+    return TF32_TOLERANCE if dtype == torch.float32 and tf32 else TOLERANCE[dtype]
 
 
 def tf32_enabled() -> bool:
     """fp32 on the GPU backends goes through tf32 unless DSNO_KERNELS_FP32=ieee."""
-    return os.environ.get("DSNO_KERNELS_FP32", "tf32") != "ieee"
+    return settings.get(settings.FP32) != "ieee"
 
 
 def assert_close_to_reference(actual: torch.Tensor, expected: torch.Tensor, tol: float, what: str) -> None:

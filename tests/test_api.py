@@ -1,13 +1,19 @@
-"""Input validation, backend dispatch and the nn.Modules."""
+"""Input validation, backend dispatch and the registry, the environment variables, the info report
+and the nn.Modules."""
 
 from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 import dsno_kernels
-from dsno_kernels import SpectralTimeConv, TimeConv, resolve_backend, spectral_time_conv, time_conv
-from dsno_kernels.api import _BACKENDS
+from dsno_kernels import SpectralTimeConv, TimeConv, api, resolve_backend, settings, spectral_time_conv, time_conv
 
 X = torch.randn(2, 4, 3, 5)
 W = torch.randn(3, 3, 2, 2)
@@ -72,7 +78,7 @@ def test_environment_variable_overrides_auto(monkeypatch):
     assert resolve_backend("auto", X).name == "reference"
     assert resolve_backend("cpu", X).name == "cpu"  # an explicit choice wins over the variable
     monkeypatch.setenv("DSNO_KERNELS_BACKEND", "nonsense")
-    with pytest.raises(ValueError, match="nonsense"):
+    with pytest.raises(ValueError, match="DSNO_KERNELS_BACKEND.*nonsense"):
         spectral_time_conv(X, W)
 
 
@@ -81,11 +87,107 @@ def test_auto_picks_the_compiled_cpu_backend():
     assert resolve_backend("auto", X).name == "cpu"
 
 
-def test_shape_limit_passes_input_to_next_backend(monkeypatch):
-    limited = _BACKENDS["cpu"].__class__(**{**_BACKENDS["cpu"].__dict__, "name": "limited", "max_time_points": 2})
-    monkeypatch.setitem(_BACKENDS, "limited", limited)
+@pytest.fixture
+def registered():
+    """Registers Backend records for one test, and removes them afterwards."""
+    names = []
+
+    def register(backend):
+        api.register_backend(backend)
+        names.append(backend.name)
+        return backend
+
+    yield register
+    for name in names:
+        api.unregister_backend(name)
+
+
+def test_shape_limit_passes_input_to_next_backend(registered):
+    registered(dataclasses.replace(dsno_kernels.get_backend("cpu"), name="limited", max_time_points=2, auto_priority={}))
     assert resolve_backend("limited", torch.randn(1, 2, 3)).name == "limited"
     assert resolve_backend("limited", torch.randn(1, 3, 3)).name == "cpu"
+
+
+def test_registry_accessors(registered):
+    records = dsno_kernels.backends()
+    assert [b.name for b in records][:2] == ["reference", "cpu"] and {"cuda", "triton"} <= {b.name for b in records}
+    assert all(isinstance(b, dsno_kernels.Backend) for b in records)
+    assert dsno_kernels.get_backend("cpu") is records[1]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        records[1].name = "renamed"
+    with pytest.raises(ValueError, match="backend must be one of"):
+        dsno_kernels.get_backend("fftw")
+    # Traits that tests and benchmarks read instead of lists of names.
+    assert dsno_kernels.get_backend("cpu").benchmark_device == "cpu"
+    assert {dsno_kernels.get_backend(n).benchmark_device for n in ("cuda", "triton")} == {"cuda"}
+    assert dsno_kernels.get_backend("reference").benchmark_device is None
+    assert dsno_kernels.get_backend("triton").fp32_via_tf32_on_cuda and not dsno_kernels.get_backend("cpu").fp32_via_tf32_on_cuda
+    # A new backend with a higher priority is what "auto" picks; removing it restores the old choice.
+    fast = registered(dataclasses.replace(dsno_kernels.get_backend("cpu"), name="faster", auto_priority={"cpu": 99}))
+    assert resolve_backend("auto", X) is fast
+    api.unregister_backend("faster")
+    assert resolve_backend("auto", X).name == "cpu"
+    api.register_backend(fast)  # (the fixture unregisters it again)
+
+
+@pytest.mark.parametrize("name", sorted(settings.VARIABLES))
+def test_every_environment_variable_is_validated_naming_it(name, monkeypatch):
+    read = api.backend_setting if name == settings.BACKEND else lambda: settings.get(name)
+    monkeypatch.setenv(name, "bogus")
+    with pytest.raises(ValueError, match=name):
+        read()
+    monkeypatch.setenv(name, "")
+    assert read() == settings.VARIABLES[name].default
+
+
+def test_fp32_setting_is_one_value_set_for_both_gpu_backends(monkeypatch):
+    for value in ("tf32", "tf32x3", "ieee"):
+        monkeypatch.setenv(settings.FP32, value)
+        assert settings.get(settings.FP32) == value
+    monkeypatch.setenv(settings.FP32, "fp16")
+    with pytest.raises(ValueError, match="DSNO_KERNELS_FP32"):
+        dsno_kernels.get_backend("cuda").spectral_time_conv(X, W)  # validated before any kernel runs
+
+
+def test_cuda_archs_setting(monkeypatch):
+    monkeypatch.setenv(settings.BUILD_CUDA_ARCHS, "80; 90a,")
+    assert settings.cuda_archs() == ["80", "90a"]
+    monkeypatch.setenv(settings.BUILD_CUDA_ARCHS, "sm_90")
+    with pytest.raises(ValueError, match=settings.BUILD_CUDA_ARCHS):
+        settings.cuda_archs()
+
+
+def test_readme_lists_every_environment_variable():
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    for name in settings.VARIABLES:
+        assert f"| `{name}`" in readme, name
+
+
+def _info(**env):
+    environment = {**os.environ, **env}
+    return subprocess.run(
+        [sys.executable, "-m", "dsno_kernels.info"], capture_output=True, text=True, env=environment, timeout=120
+    )
+
+
+def test_info_reports_backends_versions_and_settings():
+    result = _info(DSNO_KERNELS_FP32="ieee")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert f"torch        {torch.__version__}" in out
+    for backend in dsno_kernels.backends():
+        assert f"  {backend.name:<10} " in out
+    assert "  cpu        runs here" in out
+    if not torch.cuda.is_available():
+        assert "  cuda       cannot run here: no CUDA device is visible" in out
+    assert "cpu tensors: cpu" in out
+    if dsno_kernels.cpp_ops.has_cuda_kernels():
+        assert "CUDA kernels for sm_" in out  # read from the extension's binary
+    for name in settings.VARIABLES:
+        assert name in out
+    assert "DSNO_KERNELS_FP32              'ieee'" in out
+    bad = _info(DSNO_KERNELS_BACKEND="bogus")
+    assert bad.returncode == 1 and "INVALID: environment variable DSNO_KERNELS_BACKEND" in bad.stdout
 
 
 def test_empty_batch_and_empty_trailing_dims():

@@ -4,6 +4,7 @@ dsno_kernels, agreement across backends, and loading a backbone's weights."""
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -21,6 +22,8 @@ from dsno.model import (
     load_backbone_weights,
     make_config,
     set_temporal_backend,
+    set_temporal_precision,
+    sinusoidal_embedding,
     temporal_layers,
 )
 
@@ -193,6 +196,42 @@ def test_bf16_autocast_forward():
         out = model(x, logsnr)
     assert out.shape == (2, 4, 3, 8, 8)
     assert torch.isfinite(out).all()
+
+
+def test_temporal_precision_fp32_runs_the_temporal_layers_as_dsno():
+    torch.manual_seed(0)
+    layer = build_model("tiny").encoder[0].temporal
+    layer.weight.data.normal_(0, 0.1)
+    h = torch.randn(2 * 4, 32, 8, 8)
+    with torch.no_grad():
+        exact = layer.forward_time_points(h, 4)   # fp32, no autocast
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            fp32 = layer.forward_time_points(h.bfloat16(), 4)
+            layer.precision = "autocast"
+            fast = layer.forward_time_points(h.bfloat16(), 4)
+    # fp32: DSNO's SpectralConv1d (x.float(), autocast off) returns fp32; only the bf16 input is rounded
+    assert fp32.dtype == torch.float32 and fast.dtype == torch.bfloat16
+    with torch.no_grad():
+        layer.precision = "fp32"
+        torch.testing.assert_close(fp32, layer.forward_time_points(h.bfloat16().float(), 4), rtol=0, atol=0)
+    assert (fast.float() - exact).abs().max() > (fp32 - exact).abs().max()
+    model = build_model("tiny")
+    set_temporal_precision(model, "autocast")
+    assert {layer.precision for layer in temporal_layers(model)} == {"autocast"}
+    with pytest.raises(ValueError, match="temporal_precision"):
+        set_temporal_precision(model, "bf16")
+
+
+def test_time_embedding_frequencies_are_float32_as_dsno():
+    # DSNO's get_timestep_embedding: exp(-arange(half, dtype=float32) * (log(10000) / (half - 1))) in
+    # float32, even for fp64 times; the angles are (1000 t) * frequency in t's dtype
+    t = torch.tensor([0.0, 0.3, 0.999], dtype=torch.float64)
+    frequencies = torch.exp(-torch.arange(64, dtype=torch.float32) * (math.log(10000) / 63))
+    angles = (t * 1000.0)[:, None] * frequencies[None, :]
+    expected = torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1)
+    assert torch.equal(sinusoidal_embedding(t, 128), expected)
+    angles = (t.float() * 1000.0)[:, None] * frequencies[None, :]
+    assert torch.equal(sinusoidal_embedding(t.float(), 128), torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1))
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -51,6 +51,29 @@ def test_uniform_points_match_dsno_uniform_indices():
     assert select_time_indices(10, 3, "uniform") == [3, 7, 10]
 
 
+def dsno_get_idx(t_idx, t_dim, num_steps, time_step):
+    """DSNO's get_idx (train_cifar.py / generate_imagenet.py): grid indices of data.t_idx."""
+    if time_step == "uniform":
+        return [num_steps // (t_dim - 1) * i for i in t_idx]
+    return [num_steps - 2 * i * i for i in reversed(t_idx)]
+
+
+@pytest.mark.parametrize("preset, t_idx, t_dim", [("cifar10", [0, 4, 8, 12, 16], 17), ("imagenet64", [0, 2, 4, 6, 8], 9)])
+def test_presets_use_dsnos_time_points(preset, t_idx, t_dim):
+    from dsno.config import load_config
+
+    schedule = load_config(preset)["schedule"]
+    # DSNO's configs: data.epsilon 0.0; CIFAR-10 512 quad steps, ImageNet-64 16 uniform steps
+    assert schedule["t_min"] == 0.0 and (schedule["logsnr_min"], schedule["logsnr_max"]) == (-20.0, 20.0)
+    expected = dsno_get_idx(t_idx, t_dim, schedule["num_steps"], "uniform" if preset == "imagenet64" else "quad")
+    indices = select_time_indices(schedule["num_steps"], schedule["num_points"], schedule["spacing"])
+    assert indices == expected[-schedule["num_points"]:]     # DSNO drops the noise (index 0)
+    points = output_time_points(schedule["num_steps"], schedule["num_points"], schedule["spacing"], schedule["t_min"])
+    if preset == "imagenet64":
+        assert points.t.tolist() == [0.75, 0.5, 0.25, 0.0]
+    assert points.logsnr[-1].item() == pytest.approx(20.0, abs=1e-9)   # epsilon 0: the last point is logsnr_max
+
+
 def test_grid_runs_from_noise_to_t_min():
     grid = time_grid(8, 1e-3)
     assert grid.dtype == torch.float64 and len(grid) == 9

@@ -12,8 +12,9 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from dsno import train as train_module
-from dsno.checkpoint import load_checkpoint, save_checkpoint
+from dsno.checkpoint import load_checkpoint, load_tensor_file, save_checkpoint
 from dsno.config import load_config
+from dsno.model import build_model_from_config
 from dsno.teachers import GaussianMixtureTeacher
 from dsno.train import WarmupMultiStep, snr_weights, train, trajectory_loss
 from dsno.trajectories import TrajectorySpec, generate
@@ -157,8 +158,12 @@ def _ddp_worker(rank, world_size, port, config):
     torch.set_num_threads(1)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
                       WORLD_SIZE=str(world_size))
+    import warnings
+
     from dsno import distributed
 
+    warnings.filterwarnings("error", category=FutureWarning)  # e.g. DDP's deprecated broadcast_buffers
+    warnings.filterwarnings("error", message="Grad strides do not match")
     try:
         train(config, model_factory=make_standin(dtype=torch.float64), progress=False)
     finally:
@@ -233,16 +238,31 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         save_checkpoint({"step": 2, "w": torch.zeros(3)}, path)
     monkeypatch.setattr(torch, "save", real_save)
-    state = load_checkpoint(path)
+    state = load_tensor_file(path, "checkpoint")
     assert state["step"] == 1 and torch.equal(state["w"], torch.ones(3))
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
     save_checkpoint({"step": 3}, path)
-    assert load_checkpoint(path)["step"] == 3
+    assert load_tensor_file(path, "checkpoint")["step"] == 3
 
 
 def test_model_from_an_import_path():
-    built = train_module.build_model_from_config({"name": "torch.nn:Linear",
-                                                  "overrides": {"in_features": 2, "out_features": 3}})
+    built = build_model_from_config({"name": "torch.nn:Linear", "overrides": {"in_features": 2, "out_features": 3}})
     assert isinstance(built, nn.Linear) and built.out_features == 3
     with pytest.raises(ValueError, match="cannot import"):
-        train_module.build_model_from_config({"name": "no_such_module_xyz:make", "overrides": {}})
+        build_model_from_config({"name": "no_such_module_xyz:make", "overrides": {}})
+
+
+def test_gradients_come_in_the_parameters_layout():
+    """DDP copies each gradient into a bucket view with its parameter's strides and warns ("Grad strides do
+    not match bucket view strides") when they differ; the raw gradient (as a hook sees it) must match."""
+    from dsno.model import build_model
+
+    torch.manual_seed(0)
+    model = build_model("tiny")
+    mismatched = []
+    for name, parameter in model.named_parameters():
+        parameter.register_hook(lambda grad, name=name, parameter=parameter: mismatched.append(name)
+                                if grad.stride() != parameter.stride() else None)
+    # batch 8: from 4 up, the CPU convolution returns a channels-last weight gradient for a channels-last input
+    model(torch.randn(8, 3, 8, 8), torch.linspace(-5, 5, 4)).square().mean().backward()
+    assert mismatched == []

@@ -125,3 +125,12 @@ def test_half_precision_storage_and_labels(tmp_path, teacher):
     assert [int(dataset[i]["label"]) for i in range(7)] == labels.tolist()
     assert dataset.num_classes == 10
     assert json.loads((tmp_path / "manifest.json").read_text())["spec"]["record"] == "xt"
+
+
+@pytest.mark.parametrize("keyword", [{"batch_size": -3}, {"batch_size": 0}, {"max_new_shards": 0}])
+def test_generate_refuses_bad_sizes_before_writing(tmp_path, keyword):
+    spec = TrajectorySpec(shape=[2, 2, 2], num_samples=4, shard_size=2, num_steps=8, num_points=2)
+    with pytest.raises(ValueError, match=next(iter(keyword))):
+        generate(GaussianMixtureTeacher.random([2, 2, 2], 2, seed=0), spec, tmp_path / "out", progress=False,
+                 **keyword)
+    assert not (tmp_path / "out").exists()

@@ -1,0 +1,102 @@
+"""Every DSNO_KERNELS_* environment variable, in one place: its allowed values, its default, who uses
+it, and the one validator. The README's table lists the same variables.
+
+Run-time variables are read on every call (a change takes effect on the next call) through `get`,
+which raises a ValueError naming the variable for any value outside the allowed ones; an unset or
+empty variable means its default. The CUDA kernels read DSNO_KERNELS_FP32 and DSNO_KERNELS_CUDA_PATH
+themselves (C++ getenv, csrc/cuda) with the same allowed values; the public functions validate them
+here first, so a bad value is the same ValueError on every backend. setup.py loads this file by path
+(it must not import the package it builds) for the two build-time variables: keep it stdlib-only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from typing import Optional
+
+__all__ = ["Variable", "VARIABLES", "get", "in_force", "cuda_archs"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Variable:
+    name: str
+    default: str
+    # The allowed values; None when `pattern` (a regular expression) or a caller checks them instead.
+    choices: Optional[tuple[str, ...]]
+    used_by: str
+    meaning: str
+    pattern: Optional[str] = None
+
+
+BACKEND = "DSNO_KERNELS_BACKEND"
+FP32 = "DSNO_KERNELS_FP32"
+CUDA_PATH = "DSNO_KERNELS_CUDA_PATH"
+TRITON_AUTOTUNE = "DSNO_KERNELS_TRITON_AUTOTUNE"
+TRITON_ATOMICS = "DSNO_KERNELS_TRITON_ATOMICS"
+BUILD_CUDA = "DSNO_KERNELS_CUDA"
+BUILD_CUDA_ARCHS = "DSNO_KERNELS_CUDA_ARCHS"
+
+VARIABLES: dict[str, Variable] = {
+    v.name: v
+    for v in (
+        Variable(
+            BACKEND, "auto", None, "dispatch (api.py)",
+            "backend that backend=\"auto\" runs: a registered backend's name or auto (an explicit "
+            "backend= argument wins)",
+        ),
+        Variable(
+            FP32, "tf32", ("tf32", "tf32x3", "ieee"), "triton and cuda backends",
+            "fp32 GEMMs on the GPU: tf32 tensor cores, three tf32 passes (close to fp32), or exact fp32 "
+            "(the cuda backend computes tf32x3 as ieee)",
+        ),
+        Variable(
+            CUDA_PATH, "auto", ("auto", "fused", "general"), "cuda backend",
+            "auto picks the fused kernels where they apply; fused makes an input they refuse an error; "
+            "general always takes the general kernels",
+        ),
+        Variable(
+            TRITON_AUTOTUNE, "1", ("0", "1"), "triton backend",
+            "1 times up to four launch configurations per problem shape; 0 runs the first, untimed",
+        ),
+        Variable(
+            TRITON_ATOMICS, "0", ("0", "1"), "triton backend",
+            "1 sums the weight-gradient slices with atomics (less memory, not deterministic)",
+        ),
+        Variable(
+            BUILD_CUDA, "auto", ("0", "1", "auto"), "setup.py (build time)",
+            "0 builds the C++ CPU kernels only, 1 requires the CUDA kernels too, auto builds them when a "
+            "CUDA toolkit and a CUDA build of torch are present",
+        ),
+        Variable(
+            BUILD_CUDA_ARCHS, "80;90", None, "setup.py (build time)",
+            "compute capabilities the CUDA kernels are compiled for, separated by ; or ,",
+            pattern=r"\s*\d+a?\s*([;,]\s*\d+a?\s*)*[;,]?\s*",
+        ),
+    )
+}  # fmt: skip
+
+
+def get(name: str, choices: Optional[tuple[str, ...]] = None) -> str:
+    """The value of the variable `name` (its default when unset or empty), validated: a ValueError
+    names the variable, the value and what is allowed. `choices` replaces the declared allowed values
+    where they are only known at run time (the registered backends for DSNO_KERNELS_BACKEND)."""
+    variable = VARIABLES[name]
+    value = os.environ.get(name, "").strip() or variable.default
+    allowed = choices if choices is not None else variable.choices
+    if allowed is not None and value not in allowed:
+        raise ValueError(f"environment variable {name} must be one of {list(allowed)}, got {value!r}")
+    if variable.pattern is not None and not re.fullmatch(variable.pattern, value):
+        raise ValueError(f"environment variable {name} must look like {variable.default!r}, got {value!r}")
+    return value
+
+
+def cuda_archs() -> list[str]:
+    """DSNO_KERNELS_CUDA_ARCHS as a list, e.g. ["80", "90"]."""
+    return [a.strip() for a in re.split(r"[;,]", get(BUILD_CUDA_ARCHS)) if a.strip()]
+
+
+def in_force() -> dict[str, str]:
+    """The variables set in this process's environment, as set (unvalidated)."""
+    return {name: os.environ[name] for name in VARIABLES if name in os.environ}
