@@ -41,7 +41,6 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
-#include <cctype>
 #include <cstdint>
 #include <cstdlib>
 #include <initializer_list>
@@ -59,21 +58,24 @@ namespace dsno_kernels {
 namespace {
 
 // ------------------------------------------------------------------------------------------------------
-// Settings, read on every call as the Triton backend reads its own (dsno_kernels' settings module and
-// README document the DSNO_KERNELS_* variables; these accept the same values, in any case).
+// Settings, read on every call. dsno_kernels/settings.py is where the DSNO_KERNELS_* variables, their
+// values and their meaning are written down (and the README's table); the public functions validate them
+// there first, and these accept exactly the same values, so that a direct torch.ops call agrees too.
 
-// The value of the environment variable `name` in lower case, `fallback` when it is unset or empty;
-// anything not in `allowed` is an error that names the variable.
+// The value of the environment variable `name` without surrounding white space, `fallback` when it is
+// unset or empty; anything not in `allowed` is an error that names the variable.
 std::string env_setting(const char* name, const char* fallback, std::initializer_list<const char*> allowed) {
   const char* raw = std::getenv(name);
-  std::string value = raw == nullptr || *raw == '\0' ? fallback : raw;
-  for (char& c : value) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  const char* space = " \t\n\r\f\v";
+  std::string value = raw == nullptr ? "" : raw;
+  const size_t first = value.find_first_not_of(space);
+  value = first == std::string::npos ? fallback : value.substr(first, value.find_last_not_of(space) - first + 1);
   std::string options;
   for (const char* option : allowed) {
     if (value == option) return value;
     options += options.empty() ? option : std::string(", ") + option;
   }
-  TORCH_CHECK(false, name, " must be one of ", options, "; got '", raw, "'");
+  TORCH_CHECK(false, "environment variable ", name, " must be one of ", options, ", got '", raw, "'");
 }
 
 enum class PathChoice { kAuto, kFused, kGeneral };
