@@ -1,4 +1,4 @@
-"""Checks specific to the CUDA kernels (csrc/cuda/spectral_time_conv_cuda.cu).
+"""Checks specific to the CUDA kernels (csrc/cuda/).
 
 test_ops.py runs the shared sample inputs, gradcheck, opcheck and torch.compile on every backend, "cuda"
 included. Those samples have few channels and pixel counts that are mostly not multiples of 8, so they
