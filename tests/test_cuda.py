@@ -1,4 +1,4 @@
-"""Checks specific to the CUDA kernels (csrc/cuda/spectral_time_conv_cuda.cu).
+"""Checks specific to the CUDA kernels (csrc/cuda/).
 
 test_ops.py runs the shared sample inputs, gradcheck, opcheck and torch.compile on every backend, "cuda"
 included. Those samples have few channels and pixel counts that are mostly not multiples of 8, so they
@@ -63,8 +63,9 @@ FUSED_MODES = [
     (torch.float16, None, TOLERANCE[torch.float16]),
     (torch.float32, "tf32", TF32_TOLERANCE),
     (torch.float32, "ieee", TOLERANCE[torch.float32]),
+    (torch.float32, "tf32x3", TOLERANCE[torch.float32]),  # no three-pass path in CUDA: runs as ieee
 ]
-MODE_IDS = ["bf16", "fp16", "fp32-tf32", "fp32-ieee"]
+MODE_IDS = ["bf16", "fp16", "fp32-tf32", "fp32-ieee", "fp32-tf32x3"]
 
 
 def _inputs(shape, dtype, *, square, seed=0):
