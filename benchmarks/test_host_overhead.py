@@ -31,14 +31,6 @@ def _triton_ready() -> bool:
     return triton_backend._TRITON_IMPORT_ERROR is None
 
 
-@pytest.fixture
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _call(backend: str, direction: str):
     shape = SHAPES[backend]
     x = torch.randn(shape, requires_grad=direction == "fwd+bwd")
