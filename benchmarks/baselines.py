@@ -5,7 +5,7 @@
                      x_ft = rfftn(x.float(), dim=[1])
                      y    = irfftn(einsum("bmihw,iom->bmohw", x_ft[:, :K], view_as_complex(W)), s=[T], dim=[1])
                  plus x + LeakyReLU(y) for time_conv. Its output is fp32 (DSNO's residual add promotes).
-    torch_fft    the same formulation in the input dtype: dsno_kernels.reference (torch.fft has no
+    torch_fft    the same formulation in the input dtype: dsno_kernels.backends.reference (torch.fft has no
                  bf16 transform, so bf16 goes through fp32 inside and is rounded back to bf16).
     dense_gemm   the whole layer folded into one real [T*C_out, T*C_in] matrix A (block circulant in
                  time) applied by one torch.matmul in the input dtype, plus the epilogue. At op level A
@@ -34,11 +34,11 @@ import torch.nn.functional as F
 
 import dsno_kernels
 from dsno_kernels import api as kernels_api
-from dsno_kernels.reference import dense_block_circulant, spectral_time_conv_reference, time_conv_reference
+from dsno_kernels.backends.reference import dense_block_circulant, spectral_time_conv_reference, time_conv_reference
 
 BASELINE_PROVIDERS = ("dsno_fft", "torch_fft", "dense_gemm")
 # The fused-kernel backends and the device type each is benchmarked on, from their Backend records.
-KERNEL_DEVICE = {b.name: b.benchmark_device for b in dsno_kernels.backends() if b.benchmark_device is not None}
+KERNEL_DEVICE = {b.name: b.benchmark_device for b in dsno_kernels.registered_backends() if b.benchmark_device is not None}
 KERNEL_PROVIDERS = tuple(KERNEL_DEVICE)
 OPS = ("spectral_time_conv", "time_conv")
 DSNO_NEGATIVE_SLOPE = 0.01  # nn.LeakyReLU()'s default, which DSNO's TimeConv uses
@@ -111,7 +111,7 @@ def provider_unavailable_reason(provider: str, device: str) -> str | None:
     if provider == "neuralop":
         return neuralop_unavailable_reason()
     if provider not in dsno_kernels.available_backends():
-        registered = provider in {b.name for b in dsno_kernels.backends()}
+        registered = provider in {b.name for b in dsno_kernels.registered_backends()}
         reason = dsno_kernels.get_backend(provider).unavailable_reason() if registered else "it is not registered"
         return f"dsno_kernels backend {provider!r} is unavailable: {reason or 'no device for it'}"
     if provider not in dsno_kernels.available_backends(device):
@@ -218,7 +218,7 @@ def temporal_layers_on(model: torch.nn.Module, provider: str) -> Iterator[int]:
     backend = "reference" if provider == "torch_fft" else provider
     registered = None
     if provider in _MODEL_BASELINE_BACKENDS:
-        if provider in {b.name for b in dsno_kernels.backends()}:
+        if provider in {b.name for b in dsno_kernels.registered_backends()}:
             raise RuntimeError(f"a dsno_kernels backend named {provider!r} already exists")
         spectral_fn, time_conv_fn = _MODEL_BASELINE_BACKENDS[provider]
         registered = kernels_api.Backend(provider, ("cpu", "cuda"), spectral_fn, time_conv_fn)

@@ -36,7 +36,7 @@ from typing import Callable, Optional
 import torch
 
 from benchmarks import baselines
-from dsno_kernels.reference import mode_is_real
+from dsno_kernels.backends.reference import mode_is_real
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 DIRECTIONS = ("fwd", "fwd+bwd")

@@ -30,7 +30,7 @@ import dsno_kernels
 from benchmarks.harness import GPU_SHAPES
 
 # The fused-kernel providers are the dsno_kernels backends benchmarked on some device (their records say).
-KERNEL_PROVIDERS = tuple(b.name for b in dsno_kernels.backends() if b.benchmark_device is not None)
+KERNEL_PROVIDERS = tuple(b.name for b in dsno_kernels.registered_backends() if b.benchmark_device is not None)
 PROVIDER_ORDER = ("dsno_fft", "torch_fft", "dense_gemm", "neuralop", *KERNEL_PROVIDERS, "teacher", "torch")
 OP_ORDER = ("spectral_time_conv", "time_conv")
 MODEL_OPS = ("train_step", "train_step_compiled", "sample_one_pass", "sample_one_pass_cudagraph",

@@ -127,9 +127,9 @@ def test_baseline_matches_reference(provider, op, spatial, bench_device):
     x = torch.randn(B, T, C, *spatial, device=bench_device)
     weight = torch.randn(C, C, K, 2, device=bench_device) / C
     dy = torch.randn(B, T, C, *spatial, device=bench_device, dtype=torch.float64)
-    reference = dsno_kernels.reference.spectral_time_conv_reference
+    reference = dsno_kernels.backends.reference.spectral_time_conv_reference
     if op == "time_conv":
-        reference = dsno_kernels.reference.time_conv_reference
+        reference = dsno_kernels.backends.reference.time_conv_reference
     x64 = x.double().requires_grad_()
     y64 = reference(x64, weight.double())
     (dx64,) = torch.autograd.grad(y64, [x64], dy)
@@ -144,5 +144,5 @@ def test_baseline_matches_reference(provider, op, spatial, bench_device):
     (dw64,) = torch.autograd.grad(reference(x.double(), w64), [w64], dy)
     if provider == "dense_gemm":  # its parameter is the folded matrix A: carry dA back to the weight
         w_fold = weight.double().requires_grad_()
-        (dparam,) = torch.autograd.grad(dsno_kernels.reference.dense_block_circulant(w_fold, T), [w_fold], dparam.double())
+        (dparam,) = torch.autograd.grad(dsno_kernels.backends.reference.dense_block_circulant(w_fold, T), [w_fold], dparam.double())
     torch.testing.assert_close(dparam.double(), dw64, rtol=1e-5, atol=1e-5)

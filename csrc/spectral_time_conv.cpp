@@ -29,6 +29,8 @@
 #include <ATen/TensorOperators.h>
 #include <torch/library.h>
 
+#include "common.h"
+
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -38,97 +40,85 @@ namespace {
 
 constexpr double kPi = 3.14159265358979323846;
 
-bool mode_is_real(int64_t k, int64_t T) { return k == 0 || 2 * k == T; }
-
-void check_inputs(const at::Tensor& x, const at::Tensor& weight, bool square) {
-  TORCH_CHECK(x.dim() >= 3, "x must have shape [B, T, C_in, *S], got ", x.sizes());
-  TORCH_CHECK(weight.dim() == 4 && weight.size(3) == 2, "weight must have shape [C_in, C_out, K, 2], got ",
-              weight.sizes());
-  TORCH_CHECK(weight.size(0) == x.size(2), "weight.shape[0] must equal x.shape[2] (C_in), got ", weight.sizes(),
-              " and ", x.sizes());
-  const int64_t T = x.size(1), K = weight.size(2);
-  TORCH_CHECK(T >= 1 && K >= 1 && K <= T / 2 + 1, "weight.shape[2] (K) must be in [1, T // 2 + 1] for T = ", T,
-              ", got ", K);
-  TORCH_CHECK(!square || weight.size(1) == weight.size(0), "time_conv needs C_in == C_out, got weight ",
-              weight.sizes());
-  TORCH_CHECK(x.scalar_type() == weight.scalar_type(), "x and weight must have the same dtype, got ",
-              x.scalar_type(), " and ", weight.scalar_type());
-  TORCH_CHECK(at::isFloatingType(x.scalar_type()), "x must be a floating tensor, got ", x.scalar_type());
-  TORCH_CHECK(x.device() == weight.device(), "x and weight must be on the same device");
-}
-
 // The real-form pieces of one call, in the accumulation dtype.
-struct Spectral {
-  int64_t B, T, K, R, C_in, C_out, P;
+struct Spectral : Dims {
+  int64_t R;                             // rows of the real DFT: 1 per real mode, 2 per complex one
   std::vector<int64_t> first_row, rows;  // per mode: its first row in F / G and its row count (1 or 2)
   at::Tensor F, G;                       // [R, T], [T, R]
   std::vector<at::Tensor> M;             // per mode: [rows * C_out, rows * C_in]
 };
 
-Spectral make_spectral(const at::Tensor& x, const at::Tensor& weight, at::ScalarType acc_type) {
+// Built in acc_t directly (the bases computed in fp64 and rounded once), without temporary tensors: at
+// small shapes this per-call work is a visible part of the op.
+template <typename scalar_t, typename acc_t>
+Spectral make_spectral(const at::Tensor& x, const at::Tensor& weight) {
   Spectral s;
-  s.B = x.size(0);
-  s.T = x.size(1);
-  s.C_in = x.size(2);
-  s.C_out = weight.size(1);
-  s.K = weight.size(2);
-  s.P = 1;
-  for (int64_t d = 3; d < x.dim(); ++d) s.P *= x.size(d);
+  static_cast<Dims&>(s) = describe_dims(x, weight);
   s.R = 0;
   for (int64_t k = 0; k < s.K; ++k) {
     s.first_row.push_back(s.R);
     s.rows.push_back(mode_is_real(k, s.T) ? 1 : 2);
     s.R += s.rows.back();
   }
-  auto cpu_double = at::TensorOptions().dtype(at::kDouble);
-  at::Tensor F = at::zeros({s.R, s.T}, cpu_double), G = at::zeros({s.T, s.R}, cpu_double);
-  auto f = F.accessor<double, 2>();
-  auto g = G.accessor<double, 2>();
+  const auto options = at::TensorOptions().dtype(c10::CppTypeToScalarType<acc_t>::value);
+  s.F = at::zeros({s.R, s.T}, options);
+  s.G = at::zeros({s.T, s.R}, options);
+  acc_t* f = s.F.mutable_data_ptr<acc_t>();  // [R, T]
+  acc_t* g = s.G.mutable_data_ptr<acc_t>();  // [T, R]
   for (int64_t k = 0; k < s.K; ++k) {
     const double c = mode_is_real(k, s.T) ? 1.0 : 2.0;
     for (int64_t t = 0; t < s.T; ++t) {
       // reduce k*t mod T first so the angle stays exact for large T
       const double angle = 2.0 * kPi * static_cast<double>((k * t) % s.T) / static_cast<double>(s.T);
       const int64_t r = s.first_row[k];
-      f[r][t] = std::cos(angle);
-      g[t][r] = c / s.T * std::cos(angle);
+      f[r * s.T + t] = static_cast<acc_t>(std::cos(angle));
+      g[t * s.R + r] = static_cast<acc_t>(c / s.T * std::cos(angle));
       if (s.rows[k] == 2) {
-        f[r + 1][t] = -std::sin(angle);
-        g[t][r + 1] = -c / s.T * std::sin(angle);
+        f[(r + 1) * s.T + t] = static_cast<acc_t>(-std::sin(angle));
+        g[t * s.R + r + 1] = static_cast<acc_t>(-c / s.T * std::sin(angle));
       }
     }
   }
-  s.F = F.to(acc_type);
-  s.G = G.to(acc_type);
-  // M_k = [[Wr^T, -Wi^T], [Wi^T, Wr^T]] (real modes: Wr^T), filled in fp64 then cast.
-  const at::Tensor w64 = weight.to(at::kCPU, at::kDouble).contiguous();
-  const auto w = w64.accessor<double, 4>();
+  // M_k = [[Wr^T, -Wi^T], [Wi^T, Wr^T]] (real modes: Wr^T).
+  const at::Tensor w_contig = weight.contiguous();
+  const scalar_t* w = w_contig.const_data_ptr<scalar_t>();  // [C_in, C_out, K, 2]
   for (int64_t k = 0; k < s.K; ++k) {
     const int64_t nr = s.rows[k], Co = s.C_out, Ci = s.C_in;
-    at::Tensor Mk = at::empty({nr * Co, nr * Ci}, cpu_double);
-    auto m = Mk.accessor<double, 2>();
+    at::Tensor Mk = at::empty({nr * Co, nr * Ci}, options);
+    acc_t* m = Mk.mutable_data_ptr<acc_t>();
+    const int64_t pitch = nr * Ci;
     for (int64_t o = 0; o < Co; ++o) {
       for (int64_t i = 0; i < Ci; ++i) {
-        m[o][i] = w[i][o][k][0];
+        const acc_t wr = static_cast<acc_t>(w[((i * Co + o) * s.K + k) * 2]);
+        m[o * pitch + i] = wr;
         if (nr == 2) {
-          m[o][Ci + i] = -w[i][o][k][1];
-          m[Co + o][i] = w[i][o][k][1];
-          m[Co + o][Ci + i] = w[i][o][k][0];
+          const acc_t wi = static_cast<acc_t>(w[((i * Co + o) * s.K + k) * 2 + 1]);
+          m[o * pitch + Ci + i] = -wi;
+          m[(Co + o) * pitch + i] = wi;
+          m[(Co + o) * pitch + Ci + i] = wr;
         }
       }
     }
-    s.M.push_back(Mk.to(acc_type));
+    s.M.push_back(Mk);
   }
   return s;
 }
 
-// Pixel columns per tile: enough for efficient GEMMs, small enough for the tile buffers to stay in L2.
-int64_t tile_columns(const Spectral& s) {
-  // about 1 MB of fp32 buffers per thread: x, s, dy tiles ([T, C, cols]) and X, Y ([R, C, cols])
+// Pixel columns per tile: enough for efficient GEMMs, small enough for the tile buffers to stay in L2
+// (`scale` times about 1 MB per thread), and, for small calls (the tiny preset's layers have 128 to 512
+// columns), at most 1 / kMinTiles of the columns so that the threads share the work. The rule does not
+// depend on the thread count, so neither does dweight's summation order.
+constexpr int64_t kMinTiles = 4;
+constexpr int64_t kMinTileColumns = 32;
+
+int64_t tile_columns(const Spectral& s, int64_t scale) {
+  // x, s, dy tiles ([T, C, cols]) and X, Y ([R, C, cols])
   const int64_t per_column = 3 * s.T * std::max(s.C_in, s.C_out) + s.R * (s.C_in + s.C_out);
-  int64_t cols = (256 * 1024) / std::max<int64_t>(per_column, 1);
-  cols = std::max<int64_t>(16, std::min<int64_t>(512, cols / 16 * 16));
-  return std::min(cols, std::max<int64_t>(s.B * s.P, 1));
+  int64_t cols = scale * (256 * 1024) / std::max<int64_t>(per_column, 1);
+  cols = std::max<int64_t>(scale * 16, std::min<int64_t>(scale * 512, cols / 16 * 16));
+  const int64_t columns = std::max<int64_t>(s.B * s.P, 1);
+  const int64_t shared = std::max(kMinTileColumns, ceil_div(ceil_div(columns, kMinTiles), 16) * 16);
+  return std::min({cols, shared, columns});
 }
 
 // Calls run(b, p, col, len) for each run of a tile's columns [n0, n0 + width) that stays inside one batch
@@ -170,16 +160,6 @@ void scatter_columns(const acc_t* src, scalar_t* dst, int64_t T, int64_t C, int6
       for (int64_t j = 0; j < len; ++j) out[j] = static_cast<scalar_t>(in[j]);
     }
   });
-}
-
-// Branch-free (so vectorised) LeakyReLU pieces: the sign of s is random, a branch would mispredict.
-template <typename acc_t>
-inline acc_t leaky_relu(acc_t v, acc_t slope) {
-  return std::max(v, acc_t(0)) + slope * std::min(v, acc_t(0));
-}
-template <typename acc_t>
-inline acc_t leaky_relu_grad(acc_t s, acc_t grad, acc_t slope) {
-  return grad * (s > acc_t(0) ? acc_t(1) : slope);
 }
 
 // Direct path (small T, images): the DFT along T is folded into the tile load and the inverse DFT plus
@@ -252,7 +232,7 @@ void masked_adjoint_transform(const acc_t* Y, const acc_t* G, int64_t rows, cons
       for (int64_t t = 0; t < T; ++t) {
         synthesize_run(Y, G, rows, t, C, c, cols, col, len, run);
         const scalar_t* grad = dy + ((b * T + t) * C + c) * P + p;
-        for (int64_t j = 0; j < len; ++j) run[j] = leaky_relu_grad(run[j], static_cast<acc_t>(grad[j]), slope);
+        for (int64_t j = 0; j < len; ++j) run[j] = apply_epilogue(kLeakyGrad, run[j], static_cast<acc_t>(grad[j]), slope);
         for (int64_t r = 0; r < rows; ++r) {
           const acc_t a = G[t * rows + r];
           acc_t* out = dY + (r * C + c) * cols + col;
@@ -263,47 +243,53 @@ void masked_adjoint_transform(const acc_t* Y, const acc_t* G, int64_t rows, cons
   });
 }
 
+// [rows, C * cols] per mode k: rows first_row[k] .. + rows[k] of a tile buffer [R, C * cols], as a
+// [rows[k] * C, cols] GEMM operand. Made once per thread, not per tile (a view costs a few us).
+std::vector<at::Tensor> mode_views(const Spectral& sp, const at::Tensor& buffer, int64_t C, int64_t cols) {
+  std::vector<at::Tensor> views;
+  for (int64_t k = 0; k < sp.K; ++k) {
+    views.push_back(buffer.narrow(0, sp.first_row[k], sp.rows[k]).view({sp.rows[k] * C, cols}));
+  }
+  return views;
+}
+
 // Per-thread tile buffers.
 struct TileBuffers {
   at::Tensor x, X, Y, s;  // [T, C_in, cols], [R, C_in, cols], [R, C_out, cols], [T, C_out, cols]
+  std::vector<at::Tensor> X_modes, Y_modes;  // mode_views of X and Y
   TileBuffers(const Spectral& sp, int64_t cols, at::ScalarType acc) {
     auto opt = at::TensorOptions().dtype(acc);
     x = at::empty({sp.T, sp.C_in * cols}, opt);
     X = at::empty({sp.R, sp.C_in * cols}, opt);
     Y = at::empty({sp.R, sp.C_out * cols}, opt);
     s = at::empty({sp.T, sp.C_out * cols}, opt);
+    X_modes = mode_views(sp, X, sp.C_in, cols);
+    Y_modes = mode_views(sp, Y, sp.C_out, cols);
   }
 };
 
 // Y_k = M_k X_k for every mode: the channel mixing, as BLAS GEMMs on the tile.
-void mix_modes(const Spectral& sp, TileBuffers& buf, int64_t cols) {
-  for (int64_t k = 0; k < sp.K; ++k) {
-    const int64_t r0 = sp.first_row[k], nr = sp.rows[k];
-    at::Tensor Xk = buf.X.narrow(0, r0, nr).view({nr * sp.C_in, cols});
-    at::Tensor Yk = buf.Y.narrow(0, r0, nr).view({nr * sp.C_out, cols});
-    at::mm_out(Yk, sp.M[k], Xk);
-  }
+void mix_modes(const Spectral& sp, TileBuffers& buf) {
+  for (int64_t k = 0; k < sp.K; ++k) at::mm_out(buf.Y_modes[k], sp.M[k], buf.X_modes[k]);
 }
 
 // GEMM path: X = F x, Y_k = M_k X_k, s = G Y on the tile already gathered into buf.x.
-void tile_forward(const Spectral& sp, TileBuffers& buf, int64_t cols) {
+void tile_forward(const Spectral& sp, TileBuffers& buf) {
   at::mm_out(buf.X, sp.F, buf.x);
-  mix_modes(sp, buf, cols);
+  mix_modes(sp, buf);
   at::mm_out(buf.s, sp.G, buf.Y);
 }
 
-at::Tensor forward_cpu(const at::Tensor& x_in, const at::Tensor& weight, bool fused_time_conv, double slope) {
-  check_inputs(x_in, weight, fused_time_conv);
-  std::vector<int64_t> out_shape = x_in.sizes().vec();
-  out_shape[2] = weight.size(1);
-  at::Tensor y = at::empty(out_shape, x_in.options().memory_format(at::MemoryFormat::Contiguous));
+at::Tensor forward_cpu(const at::Tensor& x_in, const at::Tensor& weight, bool time_conv, double slope) {
+  check_inputs(x_in, weight, time_conv);
+  at::Tensor y = at::empty(output_shape(x_in, weight), x_in.options().memory_format(at::MemoryFormat::Contiguous));
   if (y.numel() == 0) return y;
   const at::Tensor x = x_in.contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "spectral_time_conv_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const at::ScalarType acc_type = c10::CppTypeToScalarType<acc_t>::value;
-    const Spectral sp = make_spectral(x, weight, acc_type);
-    const int64_t cols = tile_columns(sp), columns = sp.B * sp.P;
+    const Spectral sp = make_spectral<scalar_t, acc_t>(x, weight);
+    const int64_t cols = tile_columns(sp, 1), columns = sp.B * sp.P;
     const int64_t tiles = (columns + cols - 1) / cols;
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     scalar_t* yp = y.mutable_data_ptr<scalar_t>();
@@ -316,11 +302,11 @@ at::Tensor forward_cpu(const at::Tensor& x_in, const at::Tensor& weight, bool fu
         const int64_t n0 = tile * cols, width = std::min(cols, columns - n0);
         if (use_direct_path(sp)) {
           load_transform(xp, F, sp.R, buf.X.mutable_data_ptr<acc_t>(), sp.T, sp.C_in, sp.P, n0, width, cols);
-          mix_modes(sp, buf, cols);
+          mix_modes(sp, buf);
           const acc_t* Yb = buf.Y.const_data_ptr<acc_t>();
-          if (fused_time_conv) {
+          if (time_conv) {
             store_transform(Yb, G, sp.R, yp, sp.T, sp.C_out, sp.P, n0, width, cols, [&](int64_t offset, acc_t v) {
-              return static_cast<acc_t>(xp[offset]) + leaky_relu(v, neg);
+              return apply_epilogue(kResidualLeaky, v, static_cast<acc_t>(xp[offset]), neg);
             });
           } else {
             store_transform(Yb, G, sp.R, yp, sp.T, sp.C_out, sp.P, n0, width, cols, [](int64_t, acc_t v) { return v; });
@@ -329,11 +315,11 @@ at::Tensor forward_cpu(const at::Tensor& x_in, const at::Tensor& weight, bool fu
         }
         acc_t* xb = buf.x.mutable_data_ptr<acc_t>();
         gather_columns(xp, xb, sp.T, sp.C_in, sp.P, n0, width, cols);
-        tile_forward(sp, buf, cols);
+        tile_forward(sp, buf);
         acc_t* sb = buf.s.mutable_data_ptr<acc_t>();
-        if (fused_time_conv) {  // y = x + leaky_relu(s); C_in == C_out, so x's tile lines up with s's
+        if (time_conv) {  // y = x + leaky_relu(s); C_in == C_out, so x's tile lines up with s's
           const int64_t n = sp.T * sp.C_out * cols;
-          for (int64_t i = 0; i < n; ++i) sb[i] = xb[i] + leaky_relu(sb[i], neg);
+          for (int64_t i = 0; i < n; ++i) sb[i] = apply_epilogue(kResidualLeaky, sb[i], xb[i], neg);
         }
         scatter_columns(sb, yp, sp.T, sp.C_out, sp.P, n0, width, cols);
       }
@@ -343,12 +329,9 @@ at::Tensor forward_cpu(const at::Tensor& x_in, const at::Tensor& weight, bool fu
 }
 
 std::tuple<at::Tensor, at::Tensor> backward_cpu(const at::Tensor& grad_out_in, const at::Tensor& x_in,
-                                                const at::Tensor& weight, bool fused_time_conv, double slope) {
-  check_inputs(x_in, weight, fused_time_conv);
-  std::vector<int64_t> out_shape = x_in.sizes().vec();
-  out_shape[2] = weight.size(1);
-  TORCH_CHECK(grad_out_in.sizes().vec() == out_shape, "grad_out must have shape ", at::IntArrayRef(out_shape),
-              ", got ", grad_out_in.sizes());
+                                                const at::Tensor& weight, bool time_conv, double slope) {
+  check_inputs(x_in, weight, time_conv);
+  check_grad_out(grad_out_in, x_in, weight);
   at::Tensor grad_x = at::empty(x_in.sizes(), x_in.options().memory_format(at::MemoryFormat::Contiguous));
   at::Tensor grad_w = at::zeros(weight.sizes(), weight.options());
   if (grad_out_in.numel() == 0) {
@@ -360,9 +343,9 @@ std::tuple<at::Tensor, at::Tensor> backward_cpu(const at::Tensor& grad_out_in, c
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "spectral_time_conv_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const at::ScalarType acc_type = c10::CppTypeToScalarType<acc_t>::value;
-    const Spectral sp = make_spectral(x, weight, acc_type);
+    const Spectral sp = make_spectral<scalar_t, acc_t>(x, weight);
     // Twice the forward's tile: dweight's GEMM reduces over the tile's columns, and longer is faster.
-    const int64_t cols = std::min<int64_t>(2 * tile_columns(sp), std::max<int64_t>(sp.B * sp.P, 1));
+    const int64_t cols = tile_columns(sp, 2);
     const int64_t columns = sp.B * sp.P;
     const int64_t tiles = (columns + cols - 1) / cols;
     // A fixed number of chunks (not threads) keeps the dweight sum order, hence its value, reproducible.
@@ -385,8 +368,15 @@ std::tuple<at::Tensor, at::Tensor> backward_cpu(const at::Tensor& grad_out_in, c
       at::Tensor dY = at::empty({sp.R, sp.C_out * cols}, opt);
       at::Tensor dX = at::empty({sp.R, sp.C_in * cols}, opt);
       at::Tensor dxb = at::empty({sp.T, sp.C_in * cols}, opt);
-      at::Tensor dy_tile = fused_time_conv ? at::empty({sp.T, sp.C_out * cols}, opt) : at::Tensor();
+      at::Tensor dy_tile = time_conv ? at::empty({sp.T, sp.C_out * cols}, opt) : at::Tensor();
       const at::Tensor Gt = sp.G.t(), Ft = sp.F.t();
+      const std::vector<at::Tensor> dY_modes = mode_views(sp, dY, sp.C_out, cols);
+      std::vector<at::Tensor> dX_modes = mode_views(sp, dX, sp.C_in, cols);
+      std::vector<at::Tensor> Mt, Xt_modes;  // M_k^T, X_k^T
+      for (int64_t k = 0; k < sp.K; ++k) {
+        Mt.push_back(sp.M[k].t());
+        Xt_modes.push_back(buf.X_modes[k].t());
+      }
       for (int64_t chunk = chunk_begin; chunk < chunk_end; ++chunk) {
         for (int64_t k = 0; k < sp.K; ++k) dM[chunk].push_back(at::zeros_like(sp.M[k]));
         for (int64_t tile = chunk * tiles / chunks; tile < (chunk + 1) * tiles / chunks; ++tile) {
@@ -394,8 +384,8 @@ std::tuple<at::Tensor, at::Tensor> backward_cpu(const at::Tensor& grad_out_in, c
           const bool direct = use_direct_path(sp);
           if (direct) {
             load_transform(xp, F, sp.R, buf.X.mutable_data_ptr<acc_t>(), sp.T, sp.C_in, sp.P, n0, width, cols);
-            if (fused_time_conv) {
-              mix_modes(sp, buf, cols);  // recompute Y (hence s) for the LeakyReLU mask
+            if (time_conv) {
+              mix_modes(sp, buf);  // recompute Y (hence s) for the LeakyReLU mask
               masked_adjoint_transform(buf.Y.const_data_ptr<acc_t>(), G, sp.R, dyp, neg, dY.mutable_data_ptr<acc_t>(),
                                        sp.T, sp.C_out, sp.P, n0, width, cols);
             } else {
@@ -404,13 +394,13 @@ std::tuple<at::Tensor, at::Tensor> backward_cpu(const at::Tensor& grad_out_in, c
           } else {
             gather_columns(xp, buf.x.mutable_data_ptr<acc_t>(), sp.T, sp.C_in, sp.P, n0, width, cols);
             acc_t* gb = g.mutable_data_ptr<acc_t>();
-            if (fused_time_conv) {
+            if (time_conv) {
               acc_t* dyb = dy_tile.mutable_data_ptr<acc_t>();
               gather_columns(dyp, dyb, sp.T, sp.C_out, sp.P, n0, width, cols);
-              tile_forward(sp, buf, cols);  // recompute s for the LeakyReLU mask
+              tile_forward(sp, buf);  // recompute s for the LeakyReLU mask
               const acc_t* sb = buf.s.const_data_ptr<acc_t>();
               const int64_t n = sp.T * sp.C_out * cols;
-              for (int64_t i = 0; i < n; ++i) gb[i] = leaky_relu_grad(sb[i], dyb[i], neg);
+              for (int64_t i = 0; i < n; ++i) gb[i] = apply_epilogue(kLeakyGrad, sb[i], dyb[i], neg);
             } else {
               gather_columns(dyp, gb, sp.T, sp.C_out, sp.P, n0, width, cols);
               at::mm_out(buf.X, sp.F, buf.x);
@@ -418,16 +408,12 @@ std::tuple<at::Tensor, at::Tensor> backward_cpu(const at::Tensor& grad_out_in, c
             at::mm_out(dY, Gt, g);
           }
           for (int64_t k = 0; k < sp.K; ++k) {
-            const int64_t r0 = sp.first_row[k], nr = sp.rows[k];
-            at::Tensor Xk = buf.X.narrow(0, r0, nr).view({nr * sp.C_in, cols});
-            at::Tensor dYk = dY.narrow(0, r0, nr).view({nr * sp.C_out, cols});
-            at::Tensor dXk = dX.narrow(0, r0, nr).view({nr * sp.C_in, cols});
-            at::mm_out(dXk, sp.M[k].t(), dYk);
-            at::addmm_out(dM[chunk][k], dM[chunk][k], dYk, Xk.t());
+            at::mm_out(dX_modes[k], Mt[k], dY_modes[k]);
+            at::addmm_out(dM[chunk][k], dM[chunk][k], dY_modes[k], Xt_modes[k]);
           }
           if (direct) {
             const acc_t* dXb = dX.const_data_ptr<acc_t>();
-            if (fused_time_conv) {  // the residual's gradient is dy itself
+            if (time_conv) {  // the residual's gradient is dy itself
               store_transform(dXb, Ft_rows, sp.R, dxp, sp.T, sp.C_in, sp.P, n0, width, cols,
                               [&](int64_t offset, acc_t v) { return v + static_cast<acc_t>(dyp[offset]); });
             } else {
@@ -438,7 +424,7 @@ std::tuple<at::Tensor, at::Tensor> backward_cpu(const at::Tensor& grad_out_in, c
           }
           at::mm_out(dxb, Ft, dX);
           acc_t* dxbp = dxb.mutable_data_ptr<acc_t>();
-          if (fused_time_conv) {  // the residual's gradient is dy itself
+          if (time_conv) {  // the residual's gradient is dy itself
             const acc_t* dyb = dy_tile.const_data_ptr<acc_t>();
             const int64_t n = sp.T * sp.C_in * cols;
             for (int64_t i = 0; i < n; ++i) dxbp[i] += dyb[i];
@@ -447,39 +433,31 @@ std::tuple<at::Tensor, at::Tensor> backward_cpu(const at::Tensor& grad_out_in, c
         }
       }
     });
-    // Sum the chunks in order, then fold dM_k = [[dA, dB], [dC, dD]] into dWr = dA + dD, dWi = dC - dB.
-    at::Tensor dW = at::zeros({sp.C_in, sp.C_out, sp.K, 2}, at::TensorOptions().dtype(acc_type));
+    // Sum the chunks in order (into chunk 0's), then fold dM_k = [[dA, dB], [dC, dD]] into dWr = dA + dD,
+    // dWi = dC - dB (real modes: dWr = dA); grad_w is zero where nothing is written.
+    scalar_t* gw = grad_w.mutable_data_ptr<scalar_t>();  // [C_in, C_out, K, 2], contiguous
     for (int64_t k = 0; k < sp.K; ++k) {
-      at::Tensor total = dM[0][k].clone();
-      for (int64_t chunk = 1; chunk < chunks; ++chunk) total.add_(dM[chunk][k]);
-      const int64_t Co = sp.C_out, Ci = sp.C_in;
-      if (sp.rows[k] == 1) {
-        dW.select(3, 0).select(2, k).copy_(total.t());
-      } else {
-        dW.select(3, 0).select(2, k).copy_((total.narrow(0, 0, Co).narrow(1, 0, Ci) +
-                                            total.narrow(0, Co, Co).narrow(1, Ci, Ci)).t());
-        dW.select(3, 1).select(2, k).copy_((total.narrow(0, Co, Co).narrow(1, 0, Ci) -
-                                            total.narrow(0, 0, Co).narrow(1, Ci, Ci)).t());
+      acc_t* total = dM[0][k].mutable_data_ptr<acc_t>();
+      const int64_t n = dM[0][k].numel();
+      for (int64_t chunk = 1; chunk < chunks; ++chunk) {
+        const acc_t* part = dM[chunk][k].const_data_ptr<acc_t>();
+        for (int64_t e = 0; e < n; ++e) total[e] += part[e];
+      }
+      const int64_t Co = sp.C_out, Ci = sp.C_in, pitch = sp.rows[k] * Ci;
+      for (int64_t i = 0; i < Ci; ++i) {
+        for (int64_t o = 0; o < Co; ++o) {
+          scalar_t* out = gw + ((i * Co + o) * sp.K + k) * 2;
+          if (sp.rows[k] == 1) {
+            out[0] = static_cast<scalar_t>(total[o * pitch + i]);
+          } else {
+            out[0] = static_cast<scalar_t>(total[o * pitch + i] + total[(Co + o) * pitch + Ci + i]);
+            out[1] = static_cast<scalar_t>(total[(Co + o) * pitch + i] - total[o * pitch + Ci + i]);
+          }
+        }
       }
     }
-    grad_w.copy_(dW);
   });
   return {grad_x, grad_w};
-}
-
-at::Tensor spectral_time_conv_cpu(const at::Tensor& x, const at::Tensor& weight) {
-  return forward_cpu(x, weight, false, 0.0);
-}
-at::Tensor time_conv_cpu(const at::Tensor& x, const at::Tensor& weight, double negative_slope) {
-  return forward_cpu(x, weight, true, negative_slope);
-}
-std::tuple<at::Tensor, at::Tensor> spectral_time_conv_backward_cpu(const at::Tensor& grad_out, const at::Tensor& x,
-                                                                   const at::Tensor& weight) {
-  return backward_cpu(grad_out, x, weight, false, 0.0);
-}
-std::tuple<at::Tensor, at::Tensor> time_conv_backward_cpu(const at::Tensor& grad_out, const at::Tensor& x,
-                                                          const at::Tensor& weight, double negative_slope) {
-  return backward_cpu(grad_out, x, weight, true, negative_slope);
 }
 
 }  // namespace
@@ -491,12 +469,7 @@ TORCH_LIBRARY(dsno_kernels, m) {
   m.def("time_conv_backward(Tensor grad_out, Tensor x, Tensor weight, float negative_slope) -> (Tensor, Tensor)");
 }
 
-TORCH_LIBRARY_IMPL(dsno_kernels, CPU, m) {
-  m.impl("spectral_time_conv", &spectral_time_conv_cpu);
-  m.impl("time_conv", &time_conv_cpu);
-  m.impl("spectral_time_conv_backward", &spectral_time_conv_backward_cpu);
-  m.impl("time_conv_backward", &time_conv_backward_cpu);
-}
+TORCH_LIBRARY_IMPL(dsno_kernels, CPU, m) { Ops<forward_cpu, backward_cpu>::register_impls(m); }
 
 }  // namespace dsno_kernels
 

@@ -2,21 +2,22 @@
 
     spectral_time_conv(x, weight, *, backend="auto")
     time_conv(x, weight, *, negative_slope=0.01, backend="auto")
-    available_backends(), backends(), get_backend(name)     (the registered Backend records)
+    available_backends(), registered_backends(), get_backend(name)     (the registered Backend records)
     SpectralTimeConv(in_channels, out_channels, modes), TimeConv(channels, modes, negative_slope=0.01)
 """
 
-from .api import Backend, available_backends, backends, get_backend, resolve_backend, spectral_time_conv, time_conv
+from .api import Backend, available_backends, get_backend, registered_backends, resolve_backend, spectral_time_conv, time_conv
 from .modules import SpectralTimeConv, TimeConv
-from .reference import spectral_time_conv_reference, time_conv_reference  # registers the "reference" backend
-from . import cpp_ops  # noqa: F401  registers the "cpu" and "cuda" backends
-from . import triton_spectral  # noqa: F401  registers the "triton" backend
+# Each backend module registers its backend(s) when imported; dsno_kernels/backends/__init__.py says how to add one.
+from .backends.reference import spectral_time_conv_reference, time_conv_reference  # "reference"
+from .backends import cpp as _cpp_backend  # noqa: F401  "cpu" and "cuda"
+from .backends import triton as _triton_backend  # noqa: F401  "triton"
 
 __all__ = [
     "spectral_time_conv",
     "time_conv",
     "available_backends",
-    "backends",
+    "registered_backends",
     "get_backend",
     "Backend",
     "resolve_backend",

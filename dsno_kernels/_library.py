@@ -38,7 +38,7 @@ from typing import Callable
 
 import torch
 
-from .reference import conjugate_transpose
+from .backends.reference import conjugate_transpose
 
 ROLES = ("spectral_time_conv", "time_conv", "spectral_time_conv_backward", "time_conv_backward")
 

@@ -1,8 +1,8 @@
 """Public functions, input validation and backend dispatch.
 
-Each backend module (reference for "reference", cpp_ops for "cpu" and "cuda", triton_spectral for
-"triton") builds its `Backend` record and calls `register_backend` at import; callers only ever go through `spectral_time_conv` /
-`time_conv`, and tests and benchmarks read the records through `backends()` / `get_backend(name)`, so
+Each backend module (dsno_kernels/backends/: reference.py, cpp.py for "cpu" and "cuda", triton.py)
+builds its `Backend` record and calls `register_backend` at import; callers only ever go through `spectral_time_conv` /
+`time_conv`, and tests and benchmarks read the records through `registered_backends()` / `get_backend(name)`, so
 a new backend is one module plus its registration.
 """
 
@@ -21,7 +21,7 @@ __all__ = [
     "Backend",
     "register_backend",
     "unregister_backend",
-    "backends",
+    "registered_backends",
     "get_backend",
     "available_backends",
     "spectral_time_conv",
@@ -92,7 +92,7 @@ def unregister_backend(name: str) -> None:
     _derive()
 
 
-def backends() -> tuple[Backend, ...]:
+def registered_backends() -> tuple[Backend, ...]:
     """Every registered backend, usable here or not, in registration order."""
     return tuple(_BACKENDS.values())
 

@@ -18,7 +18,8 @@ import sys
 import torch
 
 import dsno_kernels
-from dsno_kernels import api, cpp_ops, settings
+from dsno_kernels import api, settings
+from dsno_kernels.backends import cpp as cpp_backend
 
 
 def _triton_version() -> str:
@@ -32,9 +33,9 @@ def _triton_version() -> str:
 def _extension_archs() -> list[str]:
     """The sm_XX the extension's CUDA kernels were compiled for, as nvcc records them in the binary's
     fat binary (`-arch sm_90`); empty when the extension has no CUDA kernels."""
-    if not cpp_ops.has_cuda_kernels():
+    if not cpp_backend.has_cuda_kernels():
         return []
-    with open(cpp_ops._C.__file__, "rb") as f:
+    with open(cpp_backend._C.__file__, "rb") as f:
         found = set(re.findall(rb"-arch sm_(\d+a?)\b", f.read()))
     return sorted((a.decode() for a in found), key=lambda a: (int(a.rstrip("a")), a))
 
@@ -50,18 +51,18 @@ def _devices() -> list[str]:
 
 
 def _extension() -> str:
-    reason = cpp_ops._unavailable_cpu()
+    reason = cpp_backend._unavailable_cpu()
     if reason is not None:
         return reason
-    if not cpp_ops.has_cuda_kernels():
-        return f"{cpp_ops._C.__file__} (CPU kernels; built without CUDA kernels)"
+    if not cpp_backend.has_cuda_kernels():
+        return f"{cpp_backend._C.__file__} (CPU kernels; built without CUDA kernels)"
     archs = ", ".join(f"sm_{a}" for a in _extension_archs()) or "unknown"
-    return f"{cpp_ops._C.__file__} (CPU kernels; CUDA kernels for {archs})"
+    return f"{cpp_backend._C.__file__} (CPU kernels; CUDA kernels for {archs})"
 
 
 def _backend_lines() -> list[str]:
     lines = []
-    for backend in api.backends():
+    for backend in api.registered_backends():
         reason = backend.unavailable_reason()
         devices = [t for t in backend.device_types if t != "cuda" or torch.cuda.is_available()]
         if reason is None and not devices:

@@ -34,7 +34,6 @@ BACKEND = "DSNO_KERNELS_BACKEND"
 FP32 = "DSNO_KERNELS_FP32"
 CUDA_PATH = "DSNO_KERNELS_CUDA_PATH"
 TRITON_AUTOTUNE = "DSNO_KERNELS_TRITON_AUTOTUNE"
-TRITON_ATOMICS = "DSNO_KERNELS_TRITON_ATOMICS"
 BUILD_CUDA = "DSNO_KERNELS_CUDA"
 BUILD_CUDA_ARCHS = "DSNO_KERNELS_CUDA_ARCHS"
 
@@ -59,10 +58,6 @@ VARIABLES: dict[str, Variable] = {
         Variable(
             TRITON_AUTOTUNE, "1", ("0", "1"), "triton backend",
             "1 times up to four launch configurations per problem shape; 0 runs the first, untimed",
-        ),
-        Variable(
-            TRITON_ATOMICS, "0", ("0", "1"), "triton backend",
-            "1 sums the weight-gradient slices with atomics (less memory, not deterministic)",
         ),
         Variable(
             BUILD_CUDA, "auto", ("0", "1", "auto"), "setup.py (build time)",

@@ -14,7 +14,7 @@ import torch
 
 import dsno_kernels
 from dsno_kernels import settings
-from dsno_kernels.reference import spectral_time_conv_reference, time_conv_reference
+from dsno_kernels.backends.reference import spectral_time_conv_reference, time_conv_reference
 
 DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
 DTYPE_IDS = {torch.float64: "fp64", torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}

@@ -109,7 +109,7 @@ def test_shape_limit_passes_input_to_next_backend(registered):
 
 
 def test_registry_accessors(registered):
-    records = dsno_kernels.backends()
+    records = dsno_kernels.registered_backends()
     assert [b.name for b in records][:2] == ["reference", "cpu"] and {"cuda", "triton"} <= {b.name for b in records}
     assert all(isinstance(b, dsno_kernels.Backend) for b in records)
     assert dsno_kernels.get_backend("cpu") is records[1]
@@ -175,13 +175,13 @@ def test_info_reports_backends_versions_and_settings():
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert f"torch        {torch.__version__}" in out
-    for backend in dsno_kernels.backends():
+    for backend in dsno_kernels.registered_backends():
         assert f"  {backend.name:<10} " in out
     assert "  cpu        runs here" in out
     if not torch.cuda.is_available():
         assert "  cuda       cannot run here: no CUDA device is visible" in out
     assert "cpu tensors: cpu" in out
-    if dsno_kernels.cpp_ops.has_cuda_kernels():
+    if dsno_kernels.backends.cpp.has_cuda_kernels():
         assert "CUDA kernels for sm_" in out  # read from the extension's binary
     for name in settings.VARIABLES:
         assert name in out

@@ -16,7 +16,7 @@ from torch import nn
 from dsno import cli
 from dsno.config import Config, load_config, presets
 
-pytestmark = pytest.mark.usefixtures("single_thread")  # tests/conftest.py
+pytestmark = pytest.mark.usefixtures("single_thread")  # conftest.py
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -1,4 +1,4 @@
-"""Checks specific to the CUDA kernels (csrc/cuda/spectral_time_conv_cuda.cu).
+"""Checks specific to the CUDA kernels (csrc/cuda/).
 
 test_ops.py runs the shared sample inputs, gradcheck, opcheck and torch.compile on every backend, "cuda"
 included. Those samples have few channels and pixel counts that are mostly not multiples of 8, so they
@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from common import TF32_TOLERANCE, TOLERANCE, assert_close_to_reference
-from dsno_kernels import cpp_ops
-from dsno_kernels.reference import spectral_time_conv_reference, time_conv_reference
+from dsno_kernels.backends import cpp as cpp_backend
+from dsno_kernels.backends.reference import spectral_time_conv_reference, time_conv_reference
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -30,18 +30,18 @@ def _extension_links_cuda() -> bool:
         return b"libc10_cuda.so" in library.read()
 
 
-@pytest.mark.skipif(cpp_ops._IMPORT_ERROR is not None, reason="the C++ extension is not built")
+@pytest.mark.skipif(cpp_backend._IMPORT_ERROR is not None, reason="the C++ extension is not built")
 def test_cuda_kernels_registered_when_built_with_cuda():
     if not _extension_links_cuda():
         pytest.skip("the extension was built without CUDA")
     for op in OPS:
         assert torch._C._dispatch_has_kernel_for_dispatch_key(f"dsno_kernels::{op}", "CUDA"), op
-    assert cpp_ops.has_cuda_kernels()
+    assert cpp_backend.has_cuda_kernels()
 
 
 @pytest.fixture
 def cuda_kernels():
-    assert cpp_ops.has_cuda_kernels(), "a GPU is present but the extension was built without CUDA kernels"
+    assert cpp_backend.has_cuda_kernels(), "a GPU is present but the extension was built without CUDA kernels"
     return torch.ops.dsno_kernels
 
 
@@ -63,8 +63,9 @@ FUSED_MODES = [
     (torch.float16, None, TOLERANCE[torch.float16]),
     (torch.float32, "tf32", TF32_TOLERANCE),
     (torch.float32, "ieee", TOLERANCE[torch.float32]),
+    (torch.float32, "tf32x3", TOLERANCE[torch.float32]),  # no three-pass path in CUDA: runs as ieee
 ]
-MODE_IDS = ["bf16", "fp16", "fp32-tf32", "fp32-ieee"]
+MODE_IDS = ["bf16", "fp16", "fp32-tf32", "fp32-ieee", "fp32-tf32x3"]
 
 
 def _inputs(shape, dtype, *, square, seed=0):

@@ -21,7 +21,7 @@ import torch
 
 from dsno import cli
 
-pytestmark = pytest.mark.usefixtures("single_thread")  # tests/conftest.py
+pytestmark = pytest.mark.usefixtures("single_thread")  # conftest.py
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -127,16 +127,17 @@ def test_backbone_output_shape():
 # The temporal layers go through dsno_kernels, and every backend gives the same network output.
 
 
-def test_temporal_layers_dispatch_through_dsno_kernels(monkeypatch):
+def test_temporal_layers_dispatch_through_dsno_kernels(request):
     calls = []
-    reference = kernels_api._BACKENDS["reference"]
+    reference = kernels_api.get_backend("reference")
 
     def recording_time_conv(x, weight, negative_slope):
         calls.append((tuple(x.shape), tuple(weight.shape), negative_slope))
         return reference.time_conv(x, weight, negative_slope)
 
     recorder = dataclasses.replace(reference, name="recording", time_conv=recording_time_conv)
-    monkeypatch.setitem(kernels_api._BACKENDS, "recording", recorder)
+    kernels_api.register_backend(recorder)
+    request.addfinalizer(lambda: kernels_api.unregister_backend("recording"))
 
     model = randomize_(build_model("tiny")).eval()
     x, logsnr, _ = tiny_inputs(model.config, batch=2, time_points=4)

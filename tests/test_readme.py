@@ -10,7 +10,7 @@ import pytest
 
 from dsno import cli
 
-pytestmark = pytest.mark.usefixtures("single_thread")  # tests/conftest.py
+pytestmark = pytest.mark.usefixtures("single_thread")  # conftest.py
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

@@ -6,7 +6,7 @@ import torch
 from dsno.schedule import LogSNRSchedule, alpha_sigma, time_grid
 from dsno.teachers import GaussianMixtureTeacher, NetworkTeacher, as_teacher, build_teacher, solve
 
-pytestmark = pytest.mark.usefixtures("single_thread")  # tests/conftest.py
+pytestmark = pytest.mark.usefixtures("single_thread")  # conftest.py
 
 
 def logsnr_grid(num_steps):

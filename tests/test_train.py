@@ -19,7 +19,7 @@ from dsno.teachers import GaussianMixtureTeacher
 from dsno.train import WarmupMultiStep, snr_weights, train, trajectory_loss
 from dsno.trajectories import TrajectorySpec, generate
 
-pytestmark = pytest.mark.usefixtures("single_thread")  # tests/conftest.py
+pytestmark = pytest.mark.usefixtures("single_thread")  # conftest.py
 
 SHAPE = [2, 4, 4]
 POINTS = 3

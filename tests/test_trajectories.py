@@ -11,7 +11,7 @@ from dsno.teachers import GaussianMixtureTeacher, solve
 from dsno.trajectories import (TrajectoryDataset, TrajectorySpec, finalize_manifest, generate, read_manifest,
                                sample_noise)
 
-pytestmark = pytest.mark.usefixtures("single_thread")  # tests/conftest.py
+pytestmark = pytest.mark.usefixtures("single_thread")  # conftest.py
 
 SHAPE = [2, 3, 3]
 

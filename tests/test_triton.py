@@ -1,4 +1,4 @@
-"""The Triton backend (dsno_kernels/triton_spectral.py) beyond tests/test_ops.py's generic checks:
+"""The Triton backend (dsno_kernels/backends/triton.py) beyond tests/test_ops.py's generic checks:
 several channel and pixel blocks with masked edges, the largest T, the LeakyReLU mask in low precision,
 the weight-gradient reduction (slices, atomics), layouts the kernels write through, the compile-time
 DFT constants, the launch configurations, and a compile of every kernel for sm_80 and sm_90 that needs
@@ -21,13 +21,15 @@ import pytest
 import torch
 
 import dsno_kernels
-from dsno_kernels import triton_spectral
-from dsno_kernels.api import _BACKENDS, resolve_backend
-from dsno_kernels.reference import spectral_bases, spectral_time_conv_reference
+from dsno_kernels.backends import triton as triton_backend
+from dsno_kernels.api import resolve_backend
+from dsno_kernels.backends.reference import spectral_bases, spectral_time_conv_reference
+from benchmarks import kernel_report
+from benchmarks.harness import OpShape
 from common import DTYPE_IDS, TOLERANCE, assert_close_to_reference, tolerance
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-TRITON = _BACKENDS["triton"]
+TRITON = dsno_kernels.get_backend("triton")
 pytestmark = pytest.mark.skipif(
     "triton" not in dsno_kernels.available_backends(DEVICE),
     reason=f"the triton backend cannot run on {DEVICE}: {TRITON.unavailable_reason()}",
@@ -40,7 +42,7 @@ ALL_DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
 def _untimed_configurations(monkeypatch):
     """One launch configuration per problem: on a GPU every distinct shape would otherwise compile
     and time up to four. The tests of autotuning set the variable back."""
-    monkeypatch.setenv(triton_spectral.AUTOTUNE_ENV_VAR, "0")
+    monkeypatch.setenv(triton_backend.AUTOTUNE_ENV_VAR, "0")
 
 
 def _random(*shape, dtype, seed, scale=1.0):
@@ -98,24 +100,24 @@ def _check_op(op, x, w, dtype, slope=0.2, what=""):
 # Numerics
 
 
-@pytest.mark.parametrize("T", range(1, triton_spectral.MAX_TIME_POINTS + 1))
+@pytest.mark.parametrize("T", range(1, triton_backend.MAX_TIME_POINTS + 1))
 def test_compile_time_dft_constants_match_the_reference_bases(T):
     """The kernels' F and G entries (constexpr, with 0 and +-1 exact) are reference.spectral_bases."""
     K = T // 2 + 1
     F, G = spectral_bases(T, K)
     row = 0
     for k in range(K):
-        for imag in (False, True) if not triton_spectral._is_real_mode(k, T) else (False,):
+        for imag in (False, True) if not triton_backend._is_real_mode(k, T) else (False,):
             for t in range(T):
-                f = triton_spectral._basis(k, t, T, imag, False)
-                g = triton_spectral._basis(k, t, T, imag, True)
+                f = triton_backend._basis(k, t, T, imag, False)
+                g = triton_backend._basis(k, t, T, imag, True)
                 # The reference evaluates cos / sin at unreduced angles (up to 2 pi * 16 * 31), the
                 # kernels at 2 pi (k t mod T) / T: they agree to the reference's rounding, ~1e-13.
                 assert abs(f - F[row, t].item()) < 1e-12 and abs(g - G[t, row].item()) < 1e-12, (k, t, imag)
                 if abs(F[row, t].item()) < 1e-12 or abs(abs(F[row, t].item()) - 1) < 1e-12:
                     assert f in (0.0, 1.0, -1.0), f"entry ({k}, {t}, imag={imag}) = {f!r} is not exact"
             row += 1
-    assert row == triton_spectral.num_rows(T, K)
+    assert row == triton_backend.num_rows(T, K)
 
 
 # (T, K, C_in, C_out, trailing dims): channels and pixels span several blocks of the interpreter's
@@ -170,8 +172,8 @@ def test_largest_time_axis(T, K):
 
 
 def test_longer_time_axis_is_handed_to_the_next_backend():
-    x = _random(1, triton_spectral.MAX_TIME_POINTS + 1, 3, 2, dtype=torch.float32, seed=8)
-    assert TRITON.max_time_points == triton_spectral.MAX_TIME_POINTS
+    x = _random(1, triton_backend.MAX_TIME_POINTS + 1, 3, 2, dtype=torch.float32, seed=8)
+    assert TRITON.max_time_points == triton_backend.MAX_TIME_POINTS
     assert resolve_backend("triton", x).name != "triton"
     w = _random(3, 3, 2, 2, dtype=torch.float32, seed=9)
     out = dsno_kernels.spectral_time_conv(x, w, backend="triton")
@@ -194,31 +196,44 @@ def test_empty_inputs():
 def test_offsets_beyond_32_bits_are_refused():
     x = torch.empty_strided((1, 2, 3, 4), (1, 2**31, 1, 3), device="meta")
     with pytest.raises(ValueError, match="2\\^31"):
-        triton_spectral._check_32_bit_offsets(x, torch.empty(3, 3, 2, 2, device="meta"))
-    triton_spectral._check_32_bit_offsets(x[:, :1], torch.empty(3, 3, 1, 2, device="meta"))
+        triton_backend._check_32_bit_offsets(x.shape, x.stride(), (3, 3, 2, 2))
+    triton_backend._check_32_bit_offsets(x[:, :1].shape, x.stride(), (3, 3, 1, 2))
 
 
-def test_weight_gradient_with_atomics_matches_the_slices(monkeypatch):
-    """DSNO_KERNELS_TRITON_ATOMICS=1 sums the pixel slices atomically instead of through a buffer."""
+@pytest.fixture
+def fresh_launch_plans():
+    """Launch plans are cached per shape: a test that changes what they depend on starts and ends afresh."""
+    triton_backend.clear_launch_plans()
+    yield
+    triton_backend.clear_launch_plans()
+
+
+@pytest.mark.parametrize("op", ["spectral_time_conv", "time_conv"])
+def test_weight_gradient_in_several_slices_matches_one(op, monkeypatch, fresh_launch_plans):
+    """Several pixel slices summed in order by the reduction kernel give the one-slice gradient, which
+    the kernel writes straight into grad_weight."""
     x = _random(3, 4, 20, 23, dtype=torch.float32, seed=10)
-    w = _random(20, 18, 2, 2, dtype=torch.float32, seed=11, scale=0.2)
-    grad_out = _random(3, 4, 18, 23, dtype=torch.float32, seed=12)
-    R = triton_spectral.num_rows(4, 2)
-    assert triton_spectral._weight_grad_slices(3, 23, 20, 18, R, x.device) > 1
-    grads = []
-    for atomics in ("0", "1"):
-        monkeypatch.setenv(triton_spectral.ATOMICS_ENV_VAR, atomics)
-        grads.append(triton_spectral._OPS["spectral_time_conv_backward"](grad_out, x, w)[1])
-    assert_close_to_reference(grads[1], grads[0].double(), 1e-5, "atomics")
+    w = _random(20, 20, 2, 2, dtype=torch.float32, seed=11, scale=0.2)
+    grad_out = _random(3, 4, 20, 23, dtype=torch.float32, seed=12)
+    args = (grad_out, x, w) if op == "spectral_time_conv" else (grad_out, x, w, 0.1)
+    grads = {}
+    for slices in (1, 3):
+        monkeypatch.setattr(triton_backend, "_weight_grad_slices", lambda *_, n=slices: n)
+        triton_backend.clear_launch_plans()
+        grads[slices] = triton_backend._OPS[f"{op}_backward"](*args)
+        plan = triton_backend._backward_plan(3, 4, 2, 20, 20, 23, 4, None)
+        assert plan.slices == slices and (plan.reduce is None) == (slices == 1)
+    assert torch.equal(grads[1][0], grads[3][0])
+    assert_close_to_reference(grads[3][1], grads[1][1].double(), 1e-5, "slices")
 
 
 def test_fp32_precision_setting(monkeypatch):
     x = _random(2, 4, 5, 6, dtype=torch.float32, seed=13)
     w = _random(5, 5, 2, 2, dtype=torch.float32, seed=14, scale=0.3)
-    monkeypatch.setenv(triton_spectral.FP32_PRECISION_ENV_VAR, "fp16")
-    with pytest.raises(ValueError, match=triton_spectral.FP32_PRECISION_ENV_VAR):
+    monkeypatch.setenv(triton_backend.FP32_PRECISION_ENV_VAR, "fp16")
+    with pytest.raises(ValueError, match=triton_backend.FP32_PRECISION_ENV_VAR):
         dsno_kernels.spectral_time_conv(x, w, backend="triton")
-    monkeypatch.setenv(triton_spectral.FP32_PRECISION_ENV_VAR, "ieee")
+    monkeypatch.setenv(triton_backend.FP32_PRECISION_ENV_VAR, "ieee")
     out = dsno_kernels.spectral_time_conv(x, w, backend="triton")
     expected = spectral_time_conv_reference(x.double(), w.double())
     assert_close_to_reference(out, expected, TOLERANCE[torch.float32], "ieee")
@@ -228,7 +243,7 @@ def test_fp32_precision_setting(monkeypatch):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=DTYPE_IDS.get)
 def test_cifar10_layer_shape(dtype, monkeypatch):
     """DSNO's CIFAR-10 temporal layer (T=4, K=2, C=256, 32x32), batch 2, through the autotuner."""
-    monkeypatch.setenv(triton_spectral.AUTOTUNE_ENV_VAR, "1")
+    monkeypatch.setenv(triton_backend.AUTOTUNE_ENV_VAR, "1")
     x = _random(2, 4, 256, 32, 32, dtype=dtype, seed=15)
     w = _random(256, 256, 2, 2, dtype=dtype, seed=16, scale=(256 * 2) ** -0.5)
     _check_op("time_conv", x, w, dtype, slope=0.01, what="cifar10")
@@ -244,22 +259,22 @@ def test_cifar10_layer_shape(dtype, monkeypatch):
      ("mix", 32, 17, 64, 64, 4096), ("weight_grad", 32, 17, 64, 64, 4096)],
 )  # fmt: skip
 def test_launch_configs(kernel, T, K, C_in, C_out, pixels, monkeypatch):
-    monkeypatch.setenv(triton_spectral.AUTOTUNE_ENV_VAR, "1")
-    configs = triton_spectral.launch_configs(kernel, T, K, C_in, C_out, pixels, 2, 227 * 1024)
+    monkeypatch.setenv(triton_backend.AUTOTUNE_ENV_VAR, "1")
+    configs = triton_backend.launch_configs(kernel, T, K, C_in, C_out, pixels, 2, 227 * 1024)
     assert configs and len(set(configs)) == len(configs)
-    if triton_spectral.INTERPRETING:
+    if triton_backend.INTERPRETING:
         assert len(configs) == 1
     for config in configs:
         *blocks, warps, stages = config
         assert all(block >= 16 and block & (block - 1) == 0 for block in blocks), config
         assert warps in (1, 2, 4, 8) and stages >= 1
     extents = {"mix": (C_out, C_in, pixels), "weight_grad": (C_in, C_out, pixels)}[kernel]
-    smallest = triton_spectral._MIX_CANDIDATES[-1] if kernel == "mix" else triton_spectral._WEIGHT_GRAD_CANDIDATES[-1]
+    smallest = triton_backend._MIX_CANDIDATES[-1] if kernel == "mix" else triton_backend._WEIGHT_GRAD_CANDIDATES[-1]
     for config in configs:
         if config != smallest:
             assert all(block <= max(16, 2 * extent) for block, extent in zip(config, extents)), config
-    monkeypatch.setenv(triton_spectral.AUTOTUNE_ENV_VAR, "0")
-    assert triton_spectral.launch_configs(kernel, T, K, C_in, C_out, pixels, 2, 227 * 1024) == configs[:1]
+    monkeypatch.setenv(triton_backend.AUTOTUNE_ENV_VAR, "0")
+    assert triton_backend.launch_configs(kernel, T, K, C_in, C_out, pixels, 2, 227 * 1024) == configs[:1]
 
 
 def test_registration():
@@ -267,113 +282,33 @@ def test_registration():
     assert set(ops) == {"spectral_time_conv", "time_conv", "spectral_time_conv_backward", "time_conv_backward"}
     for role, op in ops.items():
         assert op._qualname == f"dsno_kernels::triton_{role}" and hasattr(torch.ops.dsno_kernels, f"triton_{role}")
-    assert TRITON.device_types == (("cpu",) if triton_spectral.INTERPRETING else ("cuda",))
+    assert TRITON.device_types == (("cpu",) if triton_backend.INTERPRETING else ("cuda",))
 
 
 # ------------------------------------------------------------------------------------------------
 # Compiling for real GPUs, without one
 
-# Shared memory per block (opt-in maximum) of sm_80 (A100) and sm_90 (H100).
-SHARED_MEMORY_LIMIT = {80: 163 * 1024, 90: 227 * 1024}
-TRITON_DTYPE = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32", torch.float64: "fp64"}
-
-
-def _specialize(kernel, args: dict, meta: dict):
-    """The (signature, constexprs, attrs) Triton's launcher derives from these arguments: ints equal
-    to 1 become constants, ints and pointers divisible by 16 get the divisibility hint (tensors on the
-    meta device have address 0; real allocations are 256-byte aligned)."""
-    signature, constexprs, attrs = {}, {}, {}
-    for index, (name, param) in enumerate(zip(kernel.arg_names, kernel.params)):
-        value = args[name] if name in args else meta[name]
-        if param.is_constexpr:
-            signature[name], constexprs[name] = "constexpr", value
-        elif isinstance(value, torch.Tensor):
-            signature[name] = "*" + TRITON_DTYPE[value.dtype]
-            attrs[(index,)] = [["tt.divisibility", 16]]
-        elif isinstance(value, float):
-            signature[name] = param.annotation_type or "fp32"
-        elif value == 1:
-            signature[name], constexprs[name] = "constexpr", 1
-        else:
-            signature[name] = "i32" if -(2**31) <= value < 2**31 else "i64"
-            if value % 16 == 0:
-                attrs[(index,)] = [["tt.divisibility", 16]]
-    return signature, constexprs, attrs
-
-
-def _resource_usage(cubin: bytes) -> dict:
-    """Registers and spill (stack) bytes per thread from the cuobjdump Triton ships, or {} without it."""
-    import re
-    import tempfile
-
-    import triton
-
-    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
-    if not tool.exists():
-        return {}
-    with tempfile.NamedTemporaryFile(suffix=".cubin") as file:
-        file.write(cubin)
-        file.flush()
-        report = subprocess.run([str(tool), "--dump-resource-usage", file.name], capture_output=True, text=True)
-    match = re.search(r"REG:(\d+) STACK:(\d+)", report.stdout)
-    return {"registers": int(match.group(1)), "stack": int(match.group(2))} if match else {}
-
-
-def _compile_cases(shared_memory: int):
-    """(name, kernel, args, first configuration) of every kernel launch at the CIFAR-10 shape in all
-    four dtypes and at an odd strided shape, built by the launchers themselves on meta tensors for a
-    device with `shared_memory` bytes per block."""
-    cases = []
-
-    def add(name, dtype, B, T, K, C_in, C_out, P, strided):
-        x = torch.empty(B, T, C_in, P, dtype=dtype, device="meta")
-        if strided:
-            x = torch.empty(B, T, P, C_in, dtype=dtype, device="meta").transpose(2, 3)
-        out = torch.empty(B, T, C_out, P, dtype=dtype, device="meta")
-        mix = torch.empty(K, 2, C_in, C_out, dtype=dtype, device="meta")
-        # time_conv's epilogue reads a residual (has_residual = 1, a constant once specialized);
-        # spectral_time_conv's does not (0, a runtime branch).
-        for epilogue in ("leaky_relu_residual", "store") if dtype == torch.bfloat16 else ("leaky_relu_residual",):
-            args, _, configs = triton_spectral._mix_launch(
-                x, mix, x, out, epilogue=epilogue, negative_slope=0.01, shared_memory=shared_memory
-            )
-            cases.append((f"{name}-{DTYPE_IDS[dtype]}-mix-{epilogue}", "mix", args, configs[0]))
-        R = triton_spectral.num_rows(T, K)
-        acc_dtype = torch.float64 if dtype == torch.float64 else torch.float32
-        for atomics in (False, True) if dtype == torch.bfloat16 else (False,):
-            partial = torch.empty(1 if atomics else 4, R, C_in, C_out, dtype=acc_dtype, device="meta")
-            args, _, configs = triton_spectral._weight_grad_launch(
-                x, out, partial, K=K, slices=4, use_atomics=atomics, shared_memory=shared_memory
-            )
-            suffix = "-atomics" if atomics else ""
-            cases.append((f"{name}-{DTYPE_IDS[dtype]}-weight_grad{suffix}", "weight_grad", args, configs[0]))
-
-    for dtype in ALL_DTYPES:
-        add("cifar10", dtype, 32, 4, 2, 256, 256, 1024, False)
-    for dtype in (torch.bfloat16, torch.float32):
-        add("odd", dtype, 3, 7, 4, 19, 21, 37, True)
-    return cases
+def _compile_cases() -> list:
+    """(name, shape, dtype, pixels last) of the launches compiled for real GPUs: the CIFAR-10 layer in
+    all four dtypes, and an odd shape (T=7, K=4, C=19, 37 pixels) with the channels innermost."""
+    cifar10 = OpShape("cifar10", 32, 4, 2, 256, (32, 32))
+    odd = OpShape("odd", 3, 7, 4, 19, (37,))
+    return [(cifar10, dtype, False) for dtype in ALL_DTYPES] + [(odd, dtype, True) for dtype in LOW_PRECISION[:1] + (torch.float32,)]
 
 
 def compile_for_gpus(archs=(80, 90)) -> list[dict]:
-    """Compile each of _compile_cases' kernels with the first configuration an sm_80 / sm_90 gets."""
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
-    results = []
+    """Compile every kernel variant the launcher chooses for _compile_cases for sm_80 and sm_90."""
+    results, seen = [], set()
     for arch in archs:
-        for name, kernel_name, args, config in _compile_cases(SHARED_MEMORY_LIMIT[arch]):
-            kernel = triton_spectral._KERNELS[kernel_name]
-            meta = triton_spectral._config_kwargs(kernel_name, config)
-            options = {"num_warps": meta.pop("num_warps"), "num_stages": meta.pop("num_stages")}
-            signature, constexprs, attrs = _specialize(kernel, args, meta)
-            source = ASTSource(kernel, signature, constexprs=constexprs, attrs=attrs)
-            compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32), options=options)
-            results.append(
-                {"case": name, "arch": arch, "config": config, "shared": compiled.metadata.shared,
-                 **_resource_usage(compiled.asm["cubin"])}
-            )  # fmt: skip
+        for shape, dtype, pixels_last in _compile_cases():
+            for direction, launches in kernel_report.shape_launches(shape, dtype, arch, pixels_last=pixels_last).items():
+                for launch in launches:
+                    key = (arch, kernel_report.variant_key(launch))
+                    if key in seen:
+                        continue
+                    seen.add(key)
+                    facts = kernel_report.compile_launch(launch, arch)
+                    results.append({"case": f"{shape.name}-{DTYPE_IDS[dtype]}-{launch.name}", "arch": arch, **facts})
     return results
 
 
@@ -381,6 +316,8 @@ def _without_interpreter(script: str) -> subprocess.CompletedProcess:
     """Run `script` in a fresh Python in this directory without TRITON_INTERPRET (under it,
     @triton.jit builds interpreter functions, which can be neither compiled nor traced)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    root = str(Path(__file__).resolve().parents[1])  # for benchmarks.kernel_report
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
     return subprocess.run(
         [sys.executable, "-c", script], cwd=Path(__file__).parent, env=env, capture_output=True, text=True, timeout=1200
     )
@@ -393,7 +330,7 @@ def trace_triton_ops() -> str:
     from torch._functorch.aot_autograd import aot_function
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    triton_spectral._device_limits = lambda index: (SHARED_MEMORY_LIMIT[90], 132)
+    triton_backend._device_limits = lambda index: (kernel_report.SHARED_MEMORY_LIMIT[90], 132)
     graphs = []
 
     def keep_graph(graph_module, example_inputs):
@@ -415,8 +352,8 @@ def test_triton_ops_trace_into_their_kernels():
     run = _without_interpreter("import test_triton; print(test_triton.trace_triton_ops())")
     assert run.returncode == 0, run.stderr[-4000:]
     graph = run.stdout
-    # forward; backward: LeakyReLU mask, dx (same kernel), dweight
-    assert graph.count("triton_kernel_wrapper_functional(") == 4, graph
+    # forward; backward: the LeakyReLU mask pass, then dx and dweight in one launch (one slice here)
+    assert graph.count("triton_kernel_wrapper_functional(") == 3, graph
     assert "dsno_kernels.triton_" not in graph, graph
 
 
@@ -425,9 +362,10 @@ def test_every_kernel_compiles_for_sm80_and_sm90():
     run = _without_interpreter("import json, test_triton; print(json.dumps(test_triton.compile_for_gpus()))")
     assert run.returncode == 0, run.stderr[-4000:]
     results = json.loads(run.stdout.strip().splitlines()[-1])
-    assert len(results) == sum(len(_compile_cases(SHARED_MEMORY_LIMIT[arch])) for arch in (80, 90))
+    kernels = {r["case"].rsplit("-", 1)[-1] for r in results}
+    assert kernels == {"_spectral_mix_kernel", "_spectral_backward_kernel", "_sum_slices_kernel"}, kernels
     for result in results:
-        assert result["shared"] <= SHARED_MEMORY_LIMIT[result["arch"]], result
+        assert result["shared"] <= kernel_report.SHARED_MEMORY_LIMIT[result["arch"]], result
     # The layer that matters (T=4, K=2, C=256, bf16) on an H100: its default configurations fit the
     # register file without spilling.
     hot = [r for r in results if r["case"].startswith("cifar10-bf16") and r["arch"] == 90]

@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import torch
 
-from . import settings
-from ._library import ROLES, register_ops
-from .api import Backend, register_backend
+from .. import settings
+from .._library import ROLES, register_ops
+from ..api import Backend, register_backend
 
 try:
-    from . import _C  # noqa: F401  (loads the library; its static initialisers register the ops)
+    from .. import _C  # noqa: F401  (loads the library; its static initialisers register the ops)
 
     _IMPORT_ERROR = None
 except ImportError as error:  # not built: the "cpu" / "cuda" backends report why

@@ -46,7 +46,7 @@ import math
 
 import torch
 
-from .api import Backend, register_backend
+from ..api import Backend, register_backend
 
 __all__ = [
     "spectral_time_conv_reference",

@@ -1,0 +1,440 @@
+"""Static report of the Triton kernels, compiled for sm_90 and sm_80 without a GPU, and the tools behind it.
+
+    python -m benchmarks.kernel_report [--archs 90 80] [--dtypes bf16 fp32] [--output FILE]
+
+For every GPU benchmark shape (harness.GPU_SHAPES the triton backend handles) and dtype, the report
+records the launches the triton backend makes for one forward and one backward (with the launcher
+stubbed, on meta tensors, for an H100's or an A100's limits), compiles each distinct kernel variant
+once (triton.compile for GPUTarget("cuda", arch, 32)) and reads the cubin with cuobjdump:
+
+    registers per thread, shared memory, spill (stack / local) bytes, CTAs per SM (from registers,
+    shared memory and threads), SASS instructions and the tensor-core share (HMMA / HGMMA over all),
+    64-bit integer divisions (div / rem .s64 / .u64 in the PTX, which ptxas turns into a call), and
+    BAR.SYNC / WARPGROUP.DEPBAR counts.
+
+It then prints the launch plan per call (launches and aten ops, counted on CPU tensors with the
+launcher stubbed) and the host time per call (time.thread_time, launcher stubbed).
+
+Run it without TRITON_INTERPRET (under it @triton.jit builds interpreter functions, which cannot be
+compiled). The tools (`recorded_launches`, `triton_on_cpu`, `compile_launch`, `aten_ops`,
+`host_time_per_call`) are what tests/test_triton.py, tests/test_launch_plan.py and
+benchmarks/test_host_overhead.py use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Iterator, Optional
+
+import torch
+
+# Shared memory per block (opt-in maximum), per SM, and multiprocessors of an A100 (sm_80) and H100 (sm_90).
+SHARED_MEMORY_LIMIT = {80: 163 * 1024, 90: 227 * 1024}
+SHARED_MEMORY_PER_SM = {80: 164 * 1024, 90: 228 * 1024}
+MULTIPROCESSORS = {80: 108, 90: 132}
+REGISTERS_PER_SM = 65536
+MAX_THREADS_PER_SM = 2048
+MAX_CTAS_PER_SM = 32
+TRITON_DTYPE = {
+    torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32", torch.float64: "fp64", torch.int32: "i32",
+}  # fmt: skip
+DTYPE_NAMES = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16, "fp64": torch.float64}
+
+
+# ------------------------------------------------------------------------------------------------
+# Launches, recorded with the launcher stubbed
+
+
+@dataclasses.dataclass
+class RecordedLaunch:
+    kernel: object  # the JITFunction (or the interpreter's function)
+    grid: object
+    args: dict  # every argument by name, constexprs included
+    options: dict  # num_warps, num_stages
+
+    @property
+    def name(self) -> str:
+        return self.kernel.fn.__name__
+
+
+def _kernel_classes() -> list:
+    from triton.runtime.jit import JITFunction
+
+    classes = [JITFunction]
+    try:
+        from triton.runtime.interpreter import InterpretedFunction
+
+        classes.append(InterpretedFunction)
+    except ImportError:
+        pass
+    return classes
+
+
+@contextlib.contextmanager
+def recorded_launches() -> Iterator[list[RecordedLaunch]]:
+    """Within the block no Triton kernel runs: each launch is appended to the yielded list instead
+    (autotuners included: they launch their first configuration)."""
+    launches: list[RecordedLaunch] = []
+
+    def run(self, *args, grid, warmup, **kwargs):
+        options = {k: kwargs.pop(k) for k in ("num_warps", "num_stages") if k in kwargs}
+        launches.append(RecordedLaunch(self, grid, {**dict(zip(self.arg_names, args)), **kwargs}, options))
+
+    from triton.runtime.autotuner import Autotuner
+
+    classes = _kernel_classes()
+    saved = [cls.run for cls in classes], Autotuner._bench
+    for cls in classes:
+        cls.run = run
+    # An autotuner "times" each configuration as 1 ms (no GPU): it then keeps its first one, and
+    # later calls take its cached-choice path, as they would on a GPU.
+    Autotuner._bench = lambda self, *args, config, **kwargs: 1.0
+    try:
+        yield launches
+    finally:
+        for cls, original in zip(classes, saved[0]):
+            cls.run = original
+        Autotuner._bench = saved[1]
+
+
+@contextlib.contextmanager
+def triton_on_cpu() -> Iterator[None]:
+    """The triton backend accepts CPU tensors (its GPU path, kernels not launched: use it inside
+    recorded_launches)."""
+    from dsno_kernels import api
+
+    original = api.get_backend("triton")
+    api.register_backend(dataclasses.replace(original, device_types=("cpu",), unavailable_reason=lambda: None))
+    try:
+        yield
+    finally:
+        api.register_backend(original)
+
+
+@contextlib.contextmanager
+def gpu_limits(arch: int) -> Iterator[None]:
+    """The triton backend plans its launches for an sm_`arch` GPU's limits whatever the tensors' device
+    (meta or CPU tensors stand in for CUDA ones)."""
+    from dsno_kernels.backends import triton as triton_backend
+
+    saved = triton_backend._device_limits, triton_backend._device_key
+    triton_backend._device_limits = lambda index: (SHARED_MEMORY_LIMIT[arch], MULTIPROCESSORS[arch])
+    triton_backend._device_key = lambda device: 0
+    triton_backend.clear_launch_plans()
+    try:
+        yield
+    finally:
+        triton_backend._device_limits, triton_backend._device_key = saved
+        triton_backend.clear_launch_plans()
+
+
+def aten_ops(fn: Callable[[], object]) -> list[str]:
+    """The aten ops fn() calls at top level (ops called inside other aten ops are not counted), from
+    the profiler."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    events = sorted(
+        (e for e in prof.events() if e.name.startswith("aten::")), key=lambda e: (e.time_range.start, -e.time_range.end)
+    )
+    top, end = [], -math.inf
+    for event in events:
+        if event.time_range.start >= end:
+            top.append(event.name)
+            end = event.time_range.end
+    return top
+
+
+def host_time_per_call(fn: Callable[[], object], calls: int = 200, repeats: int = 5) -> float:
+    """Median over `repeats` of the thread CPU time per call of fn(), in microseconds."""
+    for _ in range(10):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.thread_time()
+        for _ in range(calls):
+            fn()
+        times.append((time.thread_time() - start) / calls * 1e6)
+    return sorted(times)[len(times) // 2]
+
+
+# ------------------------------------------------------------------------------------------------
+# Compiling for real GPUs, without one
+
+
+def _specialize(kernel, args: dict):
+    """The (signature, constexprs, attrs) Triton's launcher derives from these arguments: ints equal
+    to 1 become constants, ints and pointers divisible by 16 get the divisibility hint (tensors on the
+    meta device have address 0; real allocations are 256-byte aligned)."""
+    signature, constexprs, attrs = {}, {}, {}
+    for index, (name, param) in enumerate(zip(kernel.arg_names, kernel.params)):
+        value = args[name]
+        if param.is_constexpr:
+            signature[name], constexprs[name] = "constexpr", value
+        elif isinstance(value, torch.Tensor):
+            signature[name] = "*" + TRITON_DTYPE[value.dtype]
+            attrs[(index,)] = [["tt.divisibility", 16]]
+        elif isinstance(value, float):
+            signature[name] = param.annotation_type or "fp32"
+        elif value == 1:
+            signature[name], constexprs[name] = "constexpr", 1
+        else:
+            signature[name] = "i32" if -(2**31) <= value < 2**31 else "i64"
+            if value % 16 == 0:
+                attrs[(index,)] = [["tt.divisibility", 16]]
+    return signature, constexprs, attrs
+
+
+def variant_key(launch: RecordedLaunch) -> tuple:
+    """What makes two launches compile to the same binary."""
+    signature, constexprs, attrs = _specialize(launch.kernel, launch.args)
+    return (
+        launch.name,
+        tuple(signature.items()),
+        tuple((k, str(v)) for k, v in constexprs.items()),
+        tuple((k, str(v)) for k, v in attrs.items()),
+        tuple(sorted(launch.options.items())),
+    )
+
+
+def _cuda_tool(name: str) -> Optional[str]:
+    """A CUDA binary tool: Triton's own copy, else the toolkit's."""
+    import triton
+
+    for candidate in (
+        Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / name,
+        Path(os.environ.get("CUDA_HOME", "/usr/local/cuda")) / "bin" / name,
+    ):
+        if candidate.exists():
+            return str(candidate)
+    return shutil.which(name)
+
+
+def _cubin_facts(cubin: bytes) -> dict:
+    """Registers, stack / local bytes (spills) and the SASS instruction mix of a cubin (cuobjdump)."""
+    tool = _cuda_tool("cuobjdump")
+    if tool is None:
+        return {}
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as file:
+        file.write(cubin)
+        file.flush()
+        usage = subprocess.run([tool, "--dump-resource-usage", file.name], capture_output=True, text=True).stdout
+        sass = subprocess.run([tool, "-sass", file.name], capture_output=True, text=True).stdout
+    facts = {}
+    match = re.search(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)", usage)
+    if match:
+        facts.update(registers=int(match[1]), stack=int(match[2]), local=int(match[4]))
+    opcodes = re.findall(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)", sass)
+    facts["sass"] = len(opcodes)
+    facts["tensor_core"] = sum(op.startswith(("HMMA", "HGMMA", "DMMA")) for op in opcodes)
+    facts["bar_sync"] = sum(op.startswith("BAR.SYNC") for op in opcodes)
+    facts["wgmma_waits"] = sum(op.startswith("WARPGROUP.DEPBAR") for op in opcodes)
+    return facts
+
+
+def ctas_per_sm(arch: int, registers: int, shared: int, num_warps: int) -> int:
+    """Resident CTAs per SM from registers (allocated per warp in 256-register units), shared memory
+    (1 KB reserved per CTA) and threads."""
+    per_warp = -(-registers * 32 // 256) * 256
+    by_registers = REGISTERS_PER_SM // max(1, per_warp * num_warps)
+    by_shared = SHARED_MEMORY_PER_SM[arch] // (shared + 1024)
+    by_threads = MAX_THREADS_PER_SM // (32 * num_warps)
+    return min(by_registers, by_shared, by_threads, MAX_CTAS_PER_SM)
+
+
+def compile_launch(launch: RecordedLaunch, arch: int) -> dict:
+    """Compile one recorded launch's kernel for sm_`arch` and read its static facts."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    signature, constexprs, attrs = _specialize(launch.kernel, launch.args)
+    source = ASTSource(launch.kernel, signature, constexprs=constexprs, attrs=attrs)
+    compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32), options=dict(launch.options))
+    facts = {"shared": compiled.metadata.shared, **_cubin_facts(compiled.asm["cubin"])}
+    facts["div64"] = len(re.findall(r"\b(?:div|rem)(?:\.\w+)*\.[su]64\b", compiled.asm["ptx"]))
+    warps = launch.options.get("num_warps", 4)
+    if "registers" in facts:
+        facts["ctas_per_sm"] = ctas_per_sm(arch, facts["registers"], facts["shared"], warps)
+    return facts
+
+
+# ------------------------------------------------------------------------------------------------
+# The launches of the benchmark shapes
+
+
+def shape_launches(
+    shape, dtype: torch.dtype, arch: int, negative_slope: float = 0.01, pixels_last: bool = False
+) -> dict[str, list]:
+    """The launches of one time_conv forward and one backward at `shape` (a harness.OpShape) on meta
+    tensors, planned for sm_`arch`, with one configuration (no autotuning); with pixels_last, x has
+    its channels innermost in memory."""
+    from dsno_kernels.backends import triton as triton_backend
+
+    x = torch.empty(shape.x_shape, dtype=dtype, device="meta")
+    if pixels_last:
+        x = torch.empty(*shape.x_shape[:2], *shape.x_shape[3:], shape.C, dtype=dtype, device="meta").movedim(-1, 2)
+    w = torch.empty(shape.C, shape.C, shape.K, 2, dtype=dtype, device="meta")
+    saved = os.environ.get(triton_backend.AUTOTUNE_ENV_VAR)
+    os.environ[triton_backend.AUTOTUNE_ENV_VAR] = "0"
+    try:
+        with gpu_limits(arch), recorded_launches() as forward:
+            y = triton_backend._forward(x, w, negative_slope)
+        with gpu_limits(arch), recorded_launches() as backward:
+            triton_backend._backward(y, x, w, negative_slope)
+    finally:
+        if saved is None:
+            os.environ.pop(triton_backend.AUTOTUNE_ENV_VAR)
+        else:
+            os.environ[triton_backend.AUTOTUNE_ENV_VAR] = saved
+    return {"forward": forward, "backward": backward}
+
+
+def _role(kernel_name: str, args: dict) -> str:
+    if kernel_name == "_spectral_mix_kernel":
+        return "mask pass" if args["STORE_MASK"] else "forward"
+    return {"_spectral_backward_kernel": "dx + dweight", "_sum_slices_kernel": "dweight sum"}.get(kernel_name, kernel_name)
+
+
+def _config(launch: RecordedLaunch) -> str:
+    names = [n for n in launch.kernel.arg_names if n.startswith(("BLOCK", "DW_BLOCK"))]
+    blocks = " ".join(f"{n.replace('BLOCK_', '').replace('DW_', 'dw')}={launch.args[n]}" for n in names)
+    return f"{blocks} w{launch.options.get('num_warps', '')}s{launch.options.get('num_stages', '')}"
+
+
+def static_report(archs=(90, 80), dtypes=("bf16", "fp32"), shapes=None, log=print) -> list[dict]:
+    """One row per (arch, dtype, kernel variant) with the shapes that launch it."""
+    from benchmarks.harness import GPU_SHAPES
+    from dsno_kernels.backends import triton as triton_backend
+
+    shapes = shapes or [s for s in GPU_SHAPES.values() if s.T <= triton_backend.MAX_TIME_POINTS]
+    rows = []
+    for arch in archs:
+        for dtype_name in dtypes:
+            variants: dict[tuple, dict] = {}
+            for shape in shapes:
+                for direction, launches in shape_launches(shape, DTYPE_NAMES[dtype_name], arch).items():
+                    for launch in launches:
+                        key = variant_key(launch)
+                        if key not in variants:
+                            variants[key] = {"launch": launch, "shapes": []}
+                        variants[key]["shapes"].append(shape.name)
+            for variant in variants.values():
+                launch = variant["launch"]
+                started = time.perf_counter()
+                facts = compile_launch(launch, arch)
+                row = {
+                    "arch": arch, "dtype": dtype_name, "kernel": _role(launch.name, launch.args),
+                    "config": _config(launch), "shapes": sorted(set(variant["shapes"])), **facts,
+                }  # fmt: skip
+                log(f"  compiled sm_{arch} {dtype_name} {row['kernel']} in {time.perf_counter() - started:.0f} s")
+                rows.append(row)
+    return rows
+
+
+def launch_plan_report() -> list[dict]:
+    """Launches, aten ops and host time per call of the triton backend on small CPU tensors (the
+    launcher stubbed; shapes do not change the host path)."""
+    import dsno_kernels
+
+    rows = []
+    x = torch.randn(2, 4, 32, 8, 8)
+    w = torch.randn(32, 32, 2, 2) * 0.1
+    xg, wg = x.clone().requires_grad_(), w.clone().requires_grad_()
+    dy = torch.randn_like(x)
+    cases = {
+        "time_conv forward": lambda: dsno_kernels.time_conv(x, w, backend="triton"),
+        "time_conv forward+backward": lambda: torch.autograd.grad(
+            dsno_kernels.time_conv(xg, wg, backend="triton"), (xg, wg), dy
+        ),
+        "spectral_time_conv forward+backward": lambda: torch.autograd.grad(
+            dsno_kernels.spectral_time_conv(xg, wg, backend="triton"), (xg, wg), dy
+        ),
+    }
+    with triton_on_cpu(), gpu_limits(90):
+        for name, fn in cases.items():
+            with recorded_launches() as launches:
+                ops = aten_ops(fn)
+            with recorded_launches():
+                micros = host_time_per_call(fn)
+            rows.append({"call": name, "launches": [l.name for l in launches], "aten": ops, "host_us": micros})
+    return rows
+
+
+def _format(static_rows: list[dict], plan_rows: list[dict]) -> str:
+    lines = [
+        "# Triton kernels: static report",
+        "",
+        "Generated by `python -m benchmarks.kernel_report` (no GPU: triton.compile for GPUTarget('cuda', arch, 32),",
+        f"cuobjdump). Triton {__import__('triton').__version__}, torch {torch.__version__}.",
+        "Per kernel variant the launcher chooses at the GPU benchmark shapes (benchmarks/harness.py),",
+        "time_conv, one configuration (DSNO_KERNELS_TRITON_AUTOTUNE=0: the first the launcher keeps).",
+        "regs: registers per thread; smem: shared memory per CTA; spill: stack + local bytes per thread;",
+        "CTAs/SM: resident CTAs per SM by registers, shared memory and threads; TC share: HMMA/HGMMA over",
+        "all SASS instructions; div64: 64-bit integer divisions in the PTX; DEPBAR: WARPGROUP.DEPBAR (wgmma waits).",
+        "",
+        "| arch | dtype | kernel | config | regs | smem KB | spill B | CTAs/SM | SASS | TC | TC share | div64 | BAR.SYNC | DEPBAR | shapes |",
+        "|---|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|",
+    ]
+    for r in static_rows:
+        spill = r.get("stack", 0) + r.get("local", 0) if "stack" in r else "?"
+        share = f"{100 * r['tensor_core'] / r['sass']:.1f}%" if r.get("sass") else "?"
+        lines.append(
+            f"| sm_{r['arch']} | {r['dtype']} | {r['kernel']} | {r['config']} | {r.get('registers', '?')} "
+            f"| {r['shared'] / 1024:.1f} | {spill} | {r.get('ctas_per_sm', '?')} | {r.get('sass', '?')} "
+            f"| {r.get('tensor_core', '?')} | {share} | {r['div64']} | {r.get('bar_sync', '?')} "
+            f"| {r.get('wgmma_waits', '?')} | {', '.join(r['shapes'])} |"
+        )
+    lines += [
+        "",
+        "## Launch plan and host time per call",
+        "",
+        "Small CPU tensors, launcher stubbed (`recorded_launches`), aten ops at top level from the profiler,",
+        "host time = thread CPU time per call (median of 5 x 200 calls), public API included.",
+        "",
+        "| call | launches | aten ops | host us |",
+        "|---|---|---|--:|",
+    ]
+    for r in plan_rows:
+        launches = ", ".join(n.strip("_").replace("spectral_", "").replace("_kernel", "") for n in r["launches"])
+        lines.append(f"| {r['call']} | {len(r['launches'])}: {launches} | {', '.join(r['aten']) or '-'} | {r['host_us']:.1f} |")
+    load = os.getloadavg()
+    lines += ["", f"Load average while measuring: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} ({os.cpu_count()} CPUs)."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--archs", type=int, nargs="+", default=[90, 80], choices=sorted(SHARED_MEMORY_LIMIT))
+    parser.add_argument("--dtypes", nargs="+", default=["bf16", "fp32"], choices=sorted(DTYPE_NAMES))
+    parser.add_argument("--output", type=Path, help="also write the report (markdown) to this file")
+    args = parser.parse_args(argv)
+    if os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on"):
+        print("kernel_report: unset TRITON_INTERPRET (interpreted kernels cannot be compiled)", file=sys.stderr)
+        return 2
+    torch.set_num_threads(1)
+    static_rows = static_report(tuple(args.archs), tuple(args.dtypes), log=lambda m: print(m, file=sys.stderr))
+    report = _format(static_rows, launch_plan_report())
+    print(report, end="")
+    if args.output is not None:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        partial = args.output.with_suffix(args.output.suffix + ".partial")
+        partial.write_text(report)
+        partial.replace(args.output)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,162 @@
+"""The triton backend's launch plan (DESIGN.md), asserted on the CPU with Triton's launcher stubbed:
+
+    forward   one kernel launch, no aten op but the output's allocation;
+    backward  at most two kernels plus one deterministic reduction, no aten op but allocations,
+              nothing of forward size written besides dx (time_conv's LeakyReLU mask is recomputed
+              and kept as 1 bit per element), weight-gradient partial sums of at most 10% of x's
+              bytes at the GPU benchmark shapes;
+
+and the host path that makes it cheap: launches planned once per shape, kernels launched directly in
+eager mode, allocations that depend on shapes only (CUDA-graph safe: no host sync either, which would
+show up as an aten op such as _local_scalar_dense).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import dsno_kernels
+from benchmarks import kernel_report
+from benchmarks.harness import GPU_SHAPES
+from dsno_kernels.backends import triton as triton_backend
+
+pytestmark = pytest.mark.skipif(
+    triton_backend._TRITON_IMPORT_ERROR is not None, reason="Triton is not installed"
+)
+ALLOCATIONS = {"aten::empty", "aten::new_empty", "aten::empty_like", "aten::empty_strided"}
+OPS = ["spectral_time_conv", "time_conv"]
+
+
+@pytest.fixture(autouse=True)
+def _planned_for_an_h100():
+    """The triton backend on CPU tensors, planning for an H100's limits, its kernels never run."""
+    with kernel_report.triton_on_cpu(), kernel_report.gpu_limits(90):
+        yield
+
+
+def _inputs(requires_grad: bool, B=2, T=4, C=32, spatial=(8, 8), K=2):
+    x = torch.randn(B, T, C, *spatial, requires_grad=requires_grad)
+    w = (torch.randn(C, C, K, 2) * 0.1).requires_grad_(requires_grad)
+    return x, w
+
+
+def _call(op, x, w):
+    kwargs = {"negative_slope": 0.1} if op == "time_conv" else {}
+    return getattr(dsno_kernels, op)(x, w, backend="triton", **kwargs)
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_forward_is_one_launch_and_one_allocation(op):
+    x, w = _inputs(requires_grad=False)
+    with kernel_report.recorded_launches() as launches:
+        ops = kernel_report.aten_ops(lambda: _call(op, x, w))
+    assert [launch.name for launch in launches] == ["_spectral_mix_kernel"]
+    assert len(ops) == 1 and set(ops) <= ALLOCATIONS, ops
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_backward_is_two_kernels_and_allocations(op):
+    x, w = _inputs(requires_grad=True)
+    dy = torch.randn_like(x)
+    y = _call(op, x, w)
+    with kernel_report.recorded_launches() as launches:
+        ops = kernel_report.aten_ops(lambda: torch.autograd.grad(y, (x, w), dy))
+    names = [launch.name for launch in launches]
+    if op == "time_conv":
+        assert names == ["_spectral_mix_kernel", "_spectral_backward_kernel"], names
+        assert launches[0].args["STORE_MASK"] and launches[1].args["MASKED_INPUT"]
+    else:
+        assert names == ["_spectral_backward_kernel"], names
+    # grad_x, grad_weight (and the mask): no copies, sums, stacks or host syncs
+    assert set(ops) <= ALLOCATIONS and len(ops) == 2 + (op == "time_conv"), ops
+
+
+def _bytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
+@pytest.mark.parametrize("name", [n for n, s in GPU_SHAPES.items() if s.T <= triton_backend.MAX_TIME_POINTS])
+def test_backward_writes_nothing_of_forward_size_but_dx(name, dtype):
+    """At the GPU benchmark shapes, planned for an H100: the backward's launches write dx, a bit mask,
+    and weight-gradient partials of at most 10% of |x| (or, in one slice, grad_weight itself)."""
+    shape = GPU_SHAPES[name]
+    launches = kernel_report.shape_launches(shape, dtype, 90)
+    x_bytes = shape.x_numel * dtype.itemsize
+    forward = launches["forward"]
+    assert [l.name for l in forward] == ["_spectral_mix_kernel"]
+    names = [l.name for l in launches["backward"]]
+    assert names[:2] == ["_spectral_mix_kernel", "_spectral_backward_kernel"] and len(names) <= 3, names
+    mask_pass, main, *reduce = launches["backward"]
+    mask = mask_pass.args["mask_ptr"]
+    assert mask.dtype == torch.int32 and _bytes(mask) <= 4 * (-(-shape.x_numel // 32) + shape.B * shape.T * shape.C)
+    assert mask_pass.args["STORE_MASK"] and main.args["mask_ptr"] is mask
+    partial = main.args["dw_ptr"]
+    if main.args["NUM_SLICES"] == 1:
+        assert not reduce and partial.shape == (shape.C, shape.C, shape.K, 2) and partial.dtype == dtype
+    else:
+        assert [l.name for l in reduce] == ["_sum_slices_kernel"]
+        assert partial.shape[0] == main.args["NUM_SLICES"] and _bytes(partial) <= 0.1 * x_bytes, (
+            _bytes(partial),
+            x_bytes,
+        )
+        assert reduce[0].args["partial_ptr"] is partial
+    # Forward-size tensors the backward launches touch: x, dy (read) and dx (written) only.
+    big = {id(t) for l in launches["backward"] for t in l.args.values() if isinstance(t, torch.Tensor)
+           and t.shape[:2] == (shape.B, shape.T) and t.numel() >= shape.x_numel}  # fmt: skip
+    assert big == {id(main.args["x_ptr"]), id(main.args["dy_ptr"]), id(main.args["dx_ptr"])}
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_launch_plans_are_cached_per_shape(op):
+    x, w = _inputs(requires_grad=True)
+    dy = torch.randn_like(x)
+    triton_backend.clear_launch_plans()
+    with kernel_report.recorded_launches():
+        for _ in range(3):
+            torch.autograd.grad(_call(op, x, w), (x, w), dy)
+    assert triton_backend._forward_calls.cache_info().misses == 1
+    assert triton_backend._backward_calls.cache_info().misses == 1
+    assert triton_backend._forward_calls.cache_info().hits == 2
+
+
+def test_allocations_and_launches_do_not_depend_on_the_data():
+    """What a CUDA graph captures: the same launches (grid, constexprs, scalars) and allocation sizes
+    whatever the values, zeros and NaNs included."""
+    plans = []
+    for fill in (0.0, 1.0, float("nan")):
+        x, w = _inputs(requires_grad=True)
+        with torch.no_grad():
+            x.fill_(fill)
+        with kernel_report.recorded_launches() as launches:
+            y = _call("time_conv", x, w)
+            torch.autograd.grad(y, (x, w), torch.ones_like(y))
+        plans.append(
+            [
+                (l.name, l.grid, {k: (tuple(v.shape), v.dtype) if isinstance(v, torch.Tensor) else v
+                                  for k, v in l.args.items()})
+                for l in launches
+            ]
+        )  # fmt: skip
+    assert plans[0] == plans[1] == plans[2]
+
+
+def test_eager_calls_skip_the_op_layer_and_traced_calls_use_it():
+    """In eager mode the kernels are launched directly; under a dispatch mode (as when torch.compile
+    or opcheck trace) the call goes through the registered torch.library op."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    seen = []
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            seen.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    x, w = _inputs(requires_grad=False)
+    assert triton_backend._launches_directly(x, w)
+    with kernel_report.recorded_launches() as launches, Record():
+        _call("time_conv", x, w)
+    assert any("dsno_kernels.triton_time_conv" in name for name in seen), seen
+    assert len(launches) == 1
