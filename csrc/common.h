@@ -1,6 +1,6 @@
 // What the CPU kernels (csrc/spectral_time_conv.cpp) and the CUDA kernels (csrc/cuda/) share: the input
 // checks, the real/complex split of the modes, the epilogue kinds, and the four ops written once over a
-// backend's forward and backward. The maths is in dsno_kernels/reference.py.
+// backend's forward and backward. The maths is in dsno_kernels/backends/reference.py.
 #pragma once
 
 #include <ATen/core/Tensor.h>

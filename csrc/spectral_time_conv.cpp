@@ -2,7 +2,7 @@
 //
 //   x [B, T, C_in, *S], weight [C_in, C_out, K, 2]   ->   y [B, T, C_out, *S]
 //
-// Each pixel column x[b, :, :, p] ([T, C_in]) goes through three GEMMs (see dsno_kernels/reference.py):
+// Each pixel column x[b, :, :, p] ([T, C_in]) goes through three GEMMs (see dsno_kernels/backends/reference.py):
 //   X = F x            F [R, T]: the truncated real DFT (rows cos, -sin per mode; DC/Nyquist: cos only)
 //   Y_k = M_k X_k      per mode k, M_k = [[Wr^T, -Wi^T], [Wi^T, Wr^T]] (real modes: Wr^T)
 //   s = G Y            G [T, R]: the irfft restricted to the kept rows

@@ -13,7 +13,7 @@ what it needs from x and weight, so the forward saves only its inputs.
 
 Double backward. Write S(x, w) for spectral_time_conv and w* for the conjugate-transposed weight
 (reference.conjugate_transpose): S is linear in x and in w, and its adjoint in x is S(., w*)
-(reference.py derives it). The backward op maps (grad_out, x, w) to (grad_x, grad_weight); given the
+(backends/reference.py derives it). The backward op maps (grad_out, x, w) to (grad_x, grad_weight); given the
 gradients grad_grad_x, grad_grad_weight of its outputs, the gradients of its inputs are
 
     spectral_time_conv_backward:  grad_grad_out = S(grad_grad_x, w) + S(x, grad_grad_weight)

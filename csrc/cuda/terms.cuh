@@ -1,7 +1,7 @@
 // The Gauss terms of the truncated real DFT, shared by host and device, and the two kernels that both
 // paths use to move weights into term form and dweight back out of it.
 //
-// Per pixel column the layer is three linear maps (see dsno_kernels/reference.py): a truncated real DFT
+// Per pixel column the layer is three linear maps (see dsno_kernels/backends/reference.py): a truncated real DFT
 // along T, a complex channel mix per mode k, and the inverse DFT. The kernels compute the complex products
 // with Gauss's three real multiplications, so every piece is one real GEMM per *term* q:
 //
