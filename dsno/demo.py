@@ -197,6 +197,12 @@ def _remove_stale_trajectories(config: dict[str, Any], log: Callable[[str], None
         shutil.rmtree(root)
 
 
+def _run_facts(stage, started: float, machine_before: dict) -> dict:
+    """How long a run took and on what: recorded beside every result so its timings can be judged."""
+    return {"stage_seconds": stage.seconds, "total_seconds": time.perf_counter() - started,
+            "threads": torch.get_num_threads(), "machine": {"before": machine_before, "after": _machine()}}
+
+
 def _machine() -> dict[str, Any]:
     """What a wall time depends on: the CPU, its cores, torch's threads and the load average now."""
     cpu = platform.processor() or platform.machine()
@@ -452,10 +458,7 @@ def run_demo(out: str | Path, settings: DemoSettings = DEFAULT, *, device: str =
                        for key in ("fd_to_teacher", "mse_to_teacher", "fd_to_digits")},
         # how far apart they are against the spread over these noises (not over training runs)
         "dsno_minus_kd_mse_per_noise": _paired_difference(samples["dsno"], samples["kd"], samples["teacher"]),
-        "stage_seconds": stage.seconds,
-        "total_seconds": time.perf_counter() - started,
-        "threads": torch.get_num_threads(),
-        "machine": {"before": machine_before, "after": _machine()},
+        **_run_facts(stage, started, machine_before),
     }
     _write_json(out / "metrics.json", summary)
     log("")
@@ -520,10 +523,7 @@ def run_ablation(out: str | Path, settings: DemoSettings = DEFAULT, *, device: s
                      "teacher_steps": config["schedule"]["num_steps"], "train_samples": config["traj"]["num_samples"],
                      "device": str(torch_device)},
         "rows": rows,
-        "stage_seconds": stage.seconds,
-        "total_seconds": time.perf_counter() - started,
-        "threads": torch.get_num_threads(),
-        "machine": {"before": machine_before, "after": _machine()},
+        **_run_facts(stage, started, machine_before),
     }
     _write_json(out / "ablation.json", summary)
     log("")
