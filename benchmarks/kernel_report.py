@@ -17,7 +17,7 @@ launcher stubbed) and the host time per call (time.thread_time, launcher stubbed
 
 Run it without TRITON_INTERPRET (under it @triton.jit builds interpreter functions, which cannot be
 compiled). The tools (`recorded_launches`, `triton_on_cpu`, `compile_launch`, `aten_ops`,
-`host_time_per_call`) are what tests/test_triton.py, tests/test_launch_plan.py and
+`host_time`) are what tests/test_triton.py, tests/test_launch_plan.py and
 benchmarks/test_host_overhead.py use.
 """
 
@@ -82,15 +82,8 @@ def _kernel_classes() -> list:
 
 
 @contextlib.contextmanager
-def recorded_launches() -> Iterator[list[RecordedLaunch]]:
-    """Within the block no Triton kernel runs: each launch is appended to the yielded list instead
-    (autotuners included: they launch their first configuration)."""
-    launches: list[RecordedLaunch] = []
-
-    def run(self, *args, grid, warmup, **kwargs):
-        options = {k: kwargs.pop(k) for k in ("num_warps", "num_stages") if k in kwargs}
-        launches.append(RecordedLaunch(self, grid, {**dict(zip(self.arg_names, args)), **kwargs}, options))
-
+def _launcher_replaced(run: Callable) -> Iterator[None]:
+    """Every Triton kernel launch calls run(kernel, *args, grid=, warmup=, **kwargs) instead."""
     from triton.runtime.autotuner import Autotuner
 
     classes = _kernel_classes()
@@ -101,11 +94,38 @@ def recorded_launches() -> Iterator[list[RecordedLaunch]]:
     # later calls take its cached-choice path, as they would on a GPU.
     Autotuner._bench = lambda self, *args, config, **kwargs: 1.0
     try:
-        yield launches
+        yield
     finally:
         for cls, original in zip(classes, saved[0]):
             cls.run = original
         Autotuner._bench = saved[1]
+
+
+@contextlib.contextmanager
+def recorded_launches() -> Iterator[list[RecordedLaunch]]:
+    """Within the block no Triton kernel runs: each launch is appended to the yielded list instead
+    (autotuners included: they launch their first configuration)."""
+    launches: list[RecordedLaunch] = []
+
+    def run(self, *args, grid, warmup, **kwargs):
+        options = {k: kwargs.pop(k) for k in ("num_warps", "num_stages") if k in kwargs}
+        launches.append(RecordedLaunch(self, grid, {**dict(zip(self.arg_names, args)), **kwargs}, options))
+
+    with _launcher_replaced(run):
+        yield launches
+
+
+@contextlib.contextmanager
+def counted_launches() -> Iterator[list[int]]:
+    """recorded_launches for timing: a launch only adds 1 to the yielded one-element list (what is timed
+    is then everything but the launch itself, and nothing piles up over thousands of calls)."""
+    count = [0]
+
+    def run(self, *args, grid, warmup, **kwargs):
+        count[0] += 1
+
+    with _launcher_replaced(run):
+        yield count
 
 
 @contextlib.contextmanager
@@ -157,17 +177,76 @@ def aten_ops(fn: Callable[[], object]) -> list[str]:
     return top
 
 
-def host_time_per_call(fn: Callable[[], object], calls: int = 200, repeats: int = 5) -> float:
-    """Median over `repeats` of the thread CPU time per call of fn(), in microseconds."""
-    for _ in range(10):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.thread_time()
-        for _ in range(calls):
+# Host time per call: one set of cases and one timing loop for benchmarks/test_host_overhead.py and
+# this report's table.
+
+HOST_SHAPES = {"triton": (2, 4, 32, 8, 8), "cpu": (1, 4, 4, 2, 2)}  # shapes do not change the host path
+HOST_OPS = ("time_conv", "spectral_time_conv")
+HOST_DIRECTIONS = ("fwd", "fwd+bwd")
+HOST_BUDGET_US = {"fwd": 20.0, "fwd+bwd": 60.0}  # DESIGN.md, for a GPU backend (triton here)
+HOST_CALLS, HOST_ROUNDS = 200, 15
+
+
+@dataclasses.dataclass(frozen=True)
+class HostTime:
+    """Thread CPU time per call in microseconds: the median, fastest and slowest of `rounds` rounds of
+    `calls` back-to-back calls each; `launches` per call (triton); the load average (1 min) when done."""
+
+    median_us: float
+    min_us: float
+    max_us: float
+    rounds: int
+    calls: int
+    launches: Optional[int]
+    load: float
+
+
+def host_call(backend: str, op: str, direction: str) -> Callable[[], object]:
+    """One public-API call of `op` on backend's tiny input (HOST_SHAPES): the forward, or the forward
+    and torch.autograd.grad for x and the weight."""
+    import dsno_kernels
+
+    shape = HOST_SHAPES[backend]
+    grad = direction == "fwd+bwd"
+    x = torch.randn(shape, requires_grad=grad)
+    w = (torch.randn(shape[2], shape[2], 2, 2) * 0.1).requires_grad_(grad)
+    dy = torch.randn(shape)
+    function = getattr(dsno_kernels, op)
+
+    def forward():
+        return function(x, w, backend=backend)
+
+    def forward_backward():
+        return torch.autograd.grad(function(x, w, backend=backend), (x, w), dy)
+
+    return forward_backward if grad else forward
+
+
+def host_time(backend: str, op: str, direction: str, calls: int = HOST_CALLS, rounds: int = HOST_ROUNDS) -> HostTime:
+    """The host time per call of host_call(backend, op, direction), timed with time.thread_time (the
+    calling thread only: other jobs on the machine do not count, though they still slow it through the
+    caches). triton: its GPU path on CPU tensors with the launcher stubbed (counted_launches), planned
+    for an H100: everything but the kernel launch itself."""
+    fn = host_call(backend, op, direction)
+    with contextlib.ExitStack() as stack:
+        launches = None
+        if backend == "triton":
+            stack.enter_context(triton_on_cpu())
+            stack.enter_context(gpu_limits(90))
+            launches = stack.enter_context(counted_launches())
+        for _ in range(20):  # plans the launches, warms the caches
             fn()
-        times.append((time.thread_time() - start) / calls * 1e6)
-    return sorted(times)[len(times) // 2]
+        per_call = None if launches is None else launches[0]
+        times = []
+        for _ in range(rounds):
+            start = time.thread_time()
+            for _ in range(calls):
+                fn()
+            times.append((time.thread_time() - start) / calls * 1e6)
+        if launches is not None:
+            per_call = (launches[0] - per_call) // (calls * rounds)
+    times.sort()
+    return HostTime(times[len(times) // 2], times[0], times[-1], rounds, calls, per_call, os.getloadavg()[0])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -345,32 +424,30 @@ def static_report(archs=(90, 80), dtypes=("bf16", "fp32"), shapes=None, log=prin
 
 
 def launch_plan_report() -> list[dict]:
-    """Launches, aten ops and host time per call of the triton backend on small CPU tensors (the
-    launcher stubbed; shapes do not change the host path)."""
+    """Per public-API call on tiny CPU tensors: the triton backend's launches and top-level aten ops
+    (launcher stubbed), and the host time per call of the triton and cpu backends (host_time)."""
     import dsno_kernels
 
     rows = []
-    x = torch.randn(2, 4, 32, 8, 8)
-    w = torch.randn(32, 32, 2, 2) * 0.1
-    xg, wg = x.clone().requires_grad_(), w.clone().requires_grad_()
-    dy = torch.randn_like(x)
-    cases = {
-        "time_conv forward": lambda: dsno_kernels.time_conv(x, w, backend="triton"),
-        "time_conv forward+backward": lambda: torch.autograd.grad(
-            dsno_kernels.time_conv(xg, wg, backend="triton"), (xg, wg), dy
-        ),
-        "spectral_time_conv forward+backward": lambda: torch.autograd.grad(
-            dsno_kernels.spectral_time_conv(xg, wg, backend="triton"), (xg, wg), dy
-        ),
-    }
-    with triton_on_cpu(), gpu_limits(90):
-        for name, fn in cases.items():
-            with recorded_launches() as launches:
+    for op in HOST_OPS:
+        for direction in HOST_DIRECTIONS:
+            fn = host_call("triton", op, direction)
+            with triton_on_cpu(), gpu_limits(90), recorded_launches() as launches:
+                fn()  # plans
+                launches.clear()
                 ops = aten_ops(fn)
-            with recorded_launches():
-                micros = host_time_per_call(fn)
-            rows.append({"call": name, "launches": [l.name for l in launches], "aten": ops, "host_us": micros})
+            row = {"call": f"{op} {direction}", "launches": [l.name for l in launches], "aten": ops}
+            for backend in ("triton", "cpu"):
+                usable = backend == "triton" or backend in dsno_kernels.available_backends("cpu")
+                row[backend] = host_time(backend, op, direction) if usable else None
+            rows.append(row)
     return rows
+
+
+def _host_cell(t: Optional[HostTime]) -> str:
+    if t is None:
+        return "-"
+    return f"{t.median_us:.1f} ({t.min_us:.1f}-{t.max_us:.1f})"
 
 
 def _format(static_rows: list[dict], plan_rows: list[dict]) -> str:
@@ -401,17 +478,26 @@ def _format(static_rows: list[dict], plan_rows: list[dict]) -> str:
         "",
         "## Launch plan and host time per call",
         "",
-        "Small CPU tensors, launcher stubbed (`recorded_launches`), aten ops at top level from the profiler,",
-        "host time = thread CPU time per call (median of 5 x 200 calls), public API included.",
+        "Public-API calls on tiny CPU tensors (benchmarks.kernel_report.HOST_SHAPES). launches and aten ops: the",
+        "triton backend with its launcher stubbed (`recorded_launches`), aten ops at top level from the profiler.",
+        f"host us: thread CPU time per call (`host_time`: median, and fastest-slowest, of {HOST_ROUNDS} rounds of "
+        f"{HOST_CALLS} calls; the",
+        "same function benchmarks/test_host_overhead.py records), triton with its launcher stubbed (`counted_launches`),",
+        "planned for an H100: everything but the kernel launch. Budget (DESIGN.md, GPU backends): "
+        f"{HOST_BUDGET_US['fwd']:.0f} us fwd, {HOST_BUDGET_US['fwd+bwd']:.0f} us fwd+bwd.",
+        "cpu: the C++ backend, whose kernels run (on almost nothing), for comparison.",
         "",
-        "| call | launches | aten ops | host us |",
-        "|---|---|---|--:|",
+        "| call | launches | aten ops | triton host us | cpu host us | load |",
+        "|---|---|---|--:|--:|--:|",
     ]
     for r in plan_rows:
         launches = ", ".join(n.strip("_").replace("spectral_", "").replace("_kernel", "") for n in r["launches"])
-        lines.append(f"| {r['call']} | {len(r['launches'])}: {launches} | {', '.join(r['aten']) or '-'} | {r['host_us']:.1f} |")
+        lines.append(
+            f"| {r['call']} | {len(r['launches'])}: {launches} | {', '.join(r['aten']) or '-'} "
+            f"| {_host_cell(r['triton'])} | {_host_cell(r['cpu'])} | {r['triton'].load:.2f} |"
+        )
     load = os.getloadavg()
-    lines += ["", f"Load average while measuring: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} ({os.cpu_count()} CPUs)."]
+    lines += ["", f"Load average at the end: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} ({os.cpu_count()} CPUs)."]
     return "\n".join(lines) + "\n"
 
 

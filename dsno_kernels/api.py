@@ -67,9 +67,14 @@ _BACKENDS: dict[str, Backend] = {}
 # the "auto" order per device type, and the values DSNO_KERNELS_BACKEND may take.
 _AUTO_ORDER: dict[str, tuple[Backend, ...]] = {}
 _SETTING_CHOICES: list[tuple[str, ...]] = [("auto",)]
+# resolve_backend's answers by (backend name, device type, T): a function of those alone, since a
+# backend's unavailable_reason holds for the whole process. Spares every call the availability checks
+# (torch.cuda.is_available, the device's capability: microseconds each).
+_RESOLVED: dict[tuple[str, str, int], Backend] = {}
 
 
 def _derive() -> None:
+    _RESOLVED.clear()
     device_types = {t for b in _BACKENDS.values() for t in b.auto_priority}
     _AUTO_ORDER.clear()
     for device_type in device_types:
@@ -141,10 +146,27 @@ def resolve_backend(backend: str, x: torch.Tensor) -> Backend:
     DSNO_KERNELS_BACKEND if set, else the usable backend of x's device type with the highest
     auto_priority. A named backend that cannot run on x's device is an error; one that only exceeds
     its max_time_points passes x on to the next usable backend, as "auto" would."""
+    return _backend_for(backend, x, x.device.type)
+
+
+def _backend_for(backend, x: torch.Tensor, device_type: str) -> Backend:
     if not isinstance(backend, str):
         raise TypeError(f"backend must be a string, got {type(backend).__name__}")
     if backend == "auto":
         backend = backend_setting()
+    if torch.compiler.is_compiling():  # traced: no global state to mutate (and T may be symbolic)
+        return _choose_backend(backend, x)
+    key = (backend, device_type, x.shape[1])
+    resolved = _RESOLVED.get(key)
+    if resolved is None:
+        resolved = _choose_backend(backend, x)
+        if len(_RESOLVED) > 1024:  # many distinct T
+            _RESOLVED.clear()
+        _RESOLVED[key] = resolved
+    return resolved
+
+
+def _choose_backend(backend: str, x: torch.Tensor) -> Backend:
     if backend != "auto":
         chosen = get_backend(backend)
         reason = _why_not(chosen, x)
@@ -169,7 +191,8 @@ def _check_tensor(name: str, t) -> None:
         )
 
 
-def _validate(x, weight, *, square: bool) -> None:
+def _validate(x, weight, *, square: bool) -> str:
+    """Raises for any input the ops do not take; returns x's device type."""
     _check_tensor("x", x)
     _check_tensor("weight", weight)
     if x.dim() < 3:
@@ -194,14 +217,15 @@ def _validate(x, weight, *, square: bool) -> None:
             f"time_conv needs C_in == C_out (residual connection): weight must have shape "
             f"[{C_in}, {C_in}, K, 2], got {tuple(weight.shape)}"
         )
-    if x.device != weight.device:
-        raise ValueError(f"x and weight must be on the same device, got x on {x.device} and weight on {weight.device}")
+    device = x.device
+    if device != weight.device:
+        raise ValueError(f"x and weight must be on the same device, got x on {device} and weight on {weight.device}")
+    return device.type
 
 
-def _prepare(x: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _prepare(x: torch.Tensor, weight: torch.Tensor, device_type: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Autocast policy: under autocast the op runs in the autocast dtype (x and weight cast to it),
     accumulating in fp32, like a matmul. Otherwise it runs in x's dtype with weight cast to it."""
-    device_type = x.device.type
     if device_type in ("cpu", "cuda") and torch.is_autocast_enabled(device_type):
         dtype = torch.get_autocast_dtype(device_type)
         x = x.to(dtype)
@@ -215,9 +239,9 @@ def spectral_time_conv(x: torch.Tensor, weight: torch.Tensor, *, backend: str = 
 
     x: [B, T, C_in, *S] real; weight: [C_in, C_out, K, 2] (real, imag), 1 <= K <= T // 2 + 1.
     Returns [B, T, C_out, *S] in x's dtype (the autocast dtype under autocast)."""
-    _validate(x, weight, square=False)
-    x, weight = _prepare(x, weight)
-    return resolve_backend(backend, x).spectral_time_conv(x, weight)
+    device_type = _validate(x, weight, square=False)
+    x, weight = _prepare(x, weight, device_type)
+    return _backend_for(backend, x, device_type).spectral_time_conv(x, weight)
 
 
 def time_conv(
@@ -225,13 +249,13 @@ def time_conv(
 ) -> torch.Tensor:
     """DSNO's temporal layer: x + leaky_relu(spectral_time_conv(x, weight), negative_slope).
     Needs C_in == C_out."""
-    _validate(x, weight, square=True)
-    # (a chained comparison rather than math.isfinite, which torch.compile cannot trace; NaN fails it too)
+    device_type = _validate(x, weight, square=True)
+    # (a chained comparison rather than math.isfinite, which torch.compile cannot trace; NaN fails it
+    # too; a float skips the slower abstract-class check)
     if (
-        isinstance(negative_slope, bool)
-        or not isinstance(negative_slope, numbers.Real)
-        or not -math.inf < negative_slope < math.inf
-    ):
+        type(negative_slope) is not float
+        and (isinstance(negative_slope, bool) or not isinstance(negative_slope, numbers.Real))
+    ) or not -math.inf < negative_slope < math.inf:
         raise TypeError(f"negative_slope must be a finite real number, got {negative_slope!r}")
-    x, weight = _prepare(x, weight)
-    return resolve_backend(backend, x).time_conv(x, weight, float(negative_slope))
+    x, weight = _prepare(x, weight, device_type)
+    return _backend_for(backend, x, device_type).time_conv(x, weight, float(negative_slope))

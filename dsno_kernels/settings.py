@@ -73,12 +73,37 @@ VARIABLES: dict[str, Variable] = {
 }  # fmt: skip
 
 
+# os.environ.get costs ~0.7 us (its key encoding and value decoding are Python code), and the kernels
+# read their variables on every call: on POSIX the raw bytes are looked up in the dict behind
+# os.environ, which every change through os.environ (monkeypatch included) updates, and each distinct
+# value is validated once.
+_ENVIRON_BYTES = getattr(os.environ, "_data", None) if os.name == "posix" else None
+if not isinstance(_ENVIRON_BYTES, dict):
+    _ENVIRON_BYTES = None
+_ENCODED_NAMES = {name: os.fsencode(name) for name in VARIABLES}
+_VALIDATED: dict = {}  # (name, raw value, choices) -> the validated value
+
+
 def get(name: str, choices: Optional[tuple[str, ...]] = None) -> str:
     """The value of the variable `name` (its default when unset or empty), validated: a ValueError
     names the variable, the value and what is allowed. `choices` replaces the declared allowed values
     where they are only known at run time (the registered backends for DSNO_KERNELS_BACKEND)."""
+    if _ENVIRON_BYTES is None:
+        key = (name, os.environ.get(name), choices)
+    else:
+        key = (name, _ENVIRON_BYTES.get(_ENCODED_NAMES[name]), choices)
+    value = _VALIDATED.get(key)
+    if value is None:
+        value = _validated(name, os.environ.get(name, ""), choices)
+        if len(_VALIDATED) > 1024:  # distinct values seen: a handful in practice
+            _VALIDATED.clear()
+        _VALIDATED[key] = value
+    return value
+
+
+def _validated(name: str, raw: str, choices: Optional[tuple[str, ...]]) -> str:
     variable = VARIABLES[name]
-    value = os.environ.get(name, "").strip() or variable.default
+    value = raw.strip() or variable.default
     allowed = choices if choices is not None else variable.choices
     if allowed is not None and value not in allowed:
         raise ValueError(f"environment variable {name} must be one of {list(allowed)}, got {value!r}")

@@ -802,24 +802,23 @@ class _BoundLaunch:
     tuned: Optional["_BoundLaunch"] = None  # an autotuner's choice for these arguments, once made
 
     def __call__(self, traced: bool, *pointers) -> None:
-        kernel, grid = self.launch.kernel, self.launch.grid
         if traced:
             # wrap_triton only where torch.compile traces (fake or functional tensors in the
             # triton_op bodies); in eager mode the kernel is launched directly.
             args = dict(zip(self.pointer_names, pointers))
             args.update(zip(self.names, self.values))
-            torch.library.wrap_triton(kernel)[grid](**args, **self.options)
-        elif self.tuned is not None:
-            self.tuned(False, *pointers)
-        else:
-            kernel[grid](*pointers, *self.values, **self.options)
-            if isinstance(kernel, triton.runtime.Autotuner) and kernel.best_config is not None:
-                # These arguments always get this choice (the tuning key is a function of the
-                # shapes and dtypes this launch was bound for): launch it directly from now on.
-                config = kernel.best_config
-                meta = {**config.kwargs, "num_warps": config.num_warps, "num_stages": config.num_stages}
-                direct = _Launch(kernel.fn, grid(meta), meta)
-                self.tuned = direct.bind(self.pointer_names, dict(zip(self.names, self.values)))
+            torch.library.wrap_triton(self.launch.kernel)[self.launch.grid](**args, **self.options)
+            return
+        bound = self.tuned or self
+        kernel, grid = bound.launch.kernel, bound.launch.grid
+        kernel.run(*pointers, *bound.values, grid=grid, warmup=False, **bound.options)  # = kernel[grid](...)
+        if bound is self and isinstance(kernel, triton.runtime.Autotuner) and kernel.best_config is not None:
+            # These arguments always get this choice (the tuning key is a function of the shapes
+            # and dtypes this launch was bound for): launch it directly from now on.
+            config = kernel.best_config
+            meta = {**config.kwargs, "num_warps": config.num_warps, "num_stages": config.num_stages}
+            direct = _Launch(kernel.fn, grid(meta), meta)
+            self.tuned = direct.bind(self.pointer_names, dict(zip(self.names, self.values)))
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -1098,7 +1097,7 @@ def _backward(
     mask = dy  # read only by time_conv
     if call.mask is not None:
         mask_shape, launch = call.mask
-        mask = torch.empty(mask_shape, dtype=torch.int32, device=x.device)
+        mask = x.new_empty(mask_shape, dtype=torch.int32)
         launch(traced, x, weight, x, x, mask)  # in, w, res and out (unused), mask
     partial = grad_weight
     if call.reduce is not None:
