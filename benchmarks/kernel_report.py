@@ -180,7 +180,8 @@ def aten_ops(fn: Callable[[], object]) -> list[str]:
 # Host time per call: one set of cases and one timing loop for benchmarks/test_host_overhead.py and
 # this report's table.
 
-HOST_SHAPES = {"triton": (2, 4, 32, 8, 8), "cpu": (1, 4, 4, 2, 2)}  # shapes do not change the host path
+# Shapes do not change the host path; the cpu backend's kernels run, so its input is tiny.
+HOST_SHAPES = {"triton": (2, 4, 32, 8, 8), "cpu": (1, 4, 4, 2, 2), "floor": (2, 4, 32, 8, 8)}
 HOST_OPS = ("time_conv", "spectral_time_conv")
 HOST_DIRECTIONS = ("fwd", "fwd+bwd")
 HOST_BUDGET_US = {"fwd": 20.0, "fwd+bwd": 60.0}  # DESIGN.md, for a GPU backend (triton here)
@@ -201,9 +202,29 @@ class HostTime:
     load: float
 
 
+class _Floor(torch.autograd.Function):
+    """PyTorch's own floor for an op like ours: an autograd.Function that saves its inputs, allocates
+    its output and, backward, its two gradients, and does nothing else."""
+
+    @staticmethod
+    def forward(ctx, x, weight, negative_slope):
+        ctx.save_for_backward(x, weight)
+        ctx.negative_slope = negative_slope
+        return x.new_empty(x.shape)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, weight = ctx.saved_tensors
+        return torch.empty_like(x), torch.empty_like(weight), None
+
+
+def _floor(x, weight, backend=None):
+    return _Floor.apply(x, weight, 0.01)
+
+
 def host_call(backend: str, op: str, direction: str) -> Callable[[], object]:
     """One public-API call of `op` on backend's tiny input (HOST_SHAPES): the forward, or the forward
-    and torch.autograd.grad for x and the weight."""
+    and torch.autograd.grad for x and the weight. backend "floor": _Floor in place of the op."""
     import dsno_kernels
 
     shape = HOST_SHAPES[backend]
@@ -211,7 +232,7 @@ def host_call(backend: str, op: str, direction: str) -> Callable[[], object]:
     x = torch.randn(shape, requires_grad=grad)
     w = (torch.randn(shape[2], shape[2], 2, 2) * 0.1).requires_grad_(grad)
     dy = torch.randn(shape)
-    function = getattr(dsno_kernels, op)
+    function = _floor if backend == "floor" else getattr(dsno_kernels, op)
 
     def forward():
         return function(x, w, backend=backend)
@@ -441,6 +462,8 @@ def launch_plan_report() -> list[dict]:
                 usable = backend == "triton" or backend in dsno_kernels.available_backends("cpu")
                 row[backend] = host_time(backend, op, direction) if usable else None
             rows.append(row)
+    for direction in HOST_DIRECTIONS:
+        rows.append({"call": f"floor {direction}", "floor": host_time("floor", "autograd.Function", direction)})
     return rows
 
 
@@ -485,12 +508,16 @@ def _format(static_rows: list[dict], plan_rows: list[dict]) -> str:
         "same function benchmarks/test_host_overhead.py records), triton with its launcher stubbed (`counted_launches`),",
         "planned for an H100: everything but the kernel launch. Budget (DESIGN.md, GPU backends): "
         f"{HOST_BUDGET_US['fwd']:.0f} us fwd, {HOST_BUDGET_US['fwd+bwd']:.0f} us fwd+bwd.",
-        "cpu: the C++ backend, whose kernels run (on almost nothing), for comparison.",
+        "cpu: the C++ backend, whose kernels run (on almost nothing), for comparison. floor: PyTorch's own cost",
+        "for such a call, an autograd.Function that only allocates (`_Floor`, called directly).",
         "",
         "| call | launches | aten ops | triton host us | cpu host us | load |",
         "|---|---|---|--:|--:|--:|",
     ]
     for r in plan_rows:
+        if "floor" in r:
+            lines.append(f"| {r['call']} | - | - | {_host_cell(r['floor'])} | | {r['floor'].load:.2f} |")
+            continue
         launches = ", ".join(n.strip("_").replace("spectral_", "").replace("_kernel", "") for n in r["launches"])
         lines.append(
             f"| {r['call']} | {len(r['launches'])}: {launches} | {', '.join(r['aten']) or '-'} "

@@ -12,7 +12,8 @@ and the launches per call); pytest-benchmark's own statistics time that whole me
 triton: its GPU path on CPU tensors with Triton's launcher stubbed, planned for an H100, so what is
 timed is everything but the kernel launch itself; DESIGN.md's budget is 20 us forward and 60 us
 forward+backward. cpu: the C++ backend on tiny tensors (its kernels run, on almost nothing), for
-comparison. Runs on any machine; times are printed (-s) and never asserted.
+comparison. floor: PyTorch's own cost for such a call, an autograd.Function that only allocates
+(kernel_report._Floor). Runs on any machine; times are printed (-s) and never asserted.
 """
 
 from __future__ import annotations
@@ -31,10 +32,15 @@ def _triton_ready() -> bool:
     return triton_backend._TRITON_IMPORT_ERROR is None
 
 
+CASES = [
+    *((backend, op, direction) for backend in ("triton", "cpu") for op in kernel_report.HOST_OPS
+      for direction in kernel_report.HOST_DIRECTIONS),
+    *(("floor", "autograd.Function", direction) for direction in kernel_report.HOST_DIRECTIONS),
+]  # fmt: skip
+
+
 @pytest.mark.benchmark(group="host-overhead")
-@pytest.mark.parametrize("direction", kernel_report.HOST_DIRECTIONS)
-@pytest.mark.parametrize("op", kernel_report.HOST_OPS)
-@pytest.mark.parametrize("backend", ["triton", "cpu"])
+@pytest.mark.parametrize("backend, op, direction", CASES, ids="-".join)
 def test_host_overhead(benchmark, backend, op, direction, single_thread):
     if backend == "triton" and not _triton_ready():
         pytest.skip("Triton is not installed")

@@ -195,12 +195,13 @@ def _validate(x, weight, *, square: bool) -> str:
     """Raises for any input the ops do not take; returns x's device type."""
     _check_tensor("x", x)
     _check_tensor("weight", weight)
-    if x.dim() < 3:
-        raise ValueError(f"x must have shape [B, T, C_in, *S] (at least 3 dims), got {tuple(x.shape)}")
-    if weight.dim() != 4 or weight.shape[3] != 2:
-        raise ValueError(f"weight must have shape [C_in, C_out, K, 2], got {tuple(weight.shape)}")
-    B, T, C_in = x.shape[:3]
-    w_in, w_out, K, _ = weight.shape
+    x_shape, w_shape = x.shape, weight.shape
+    if len(x_shape) < 3:
+        raise ValueError(f"x must have shape [B, T, C_in, *S] (at least 3 dims), got {tuple(x_shape)}")
+    if len(w_shape) != 4 or w_shape[3] != 2:
+        raise ValueError(f"weight must have shape [C_in, C_out, K, 2], got {tuple(w_shape)}")
+    T, C_in = x_shape[1], x_shape[2]
+    w_in, w_out, K, _ = w_shape
     if T < 1:
         raise ValueError(f"x must have T >= 1 time points (x.shape[1]), got shape {tuple(x.shape)}")
     if w_in != C_in:
