@@ -18,8 +18,6 @@ comparison. floor: PyTorch's own cost for such a call, an autograd.Function that
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 
 import dsno_kernels
