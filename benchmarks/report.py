@@ -76,6 +76,33 @@ def load_results(paths: list[str]) -> list[dict]:
     return records
 
 
+def load_host_times(paths: list[str]) -> list[dict]:
+    """benchmarks/test_host_overhead.py's records: the host time per call (extra_info host_us ...)."""
+    rows = []
+    for path in paths:
+        with open(path) as f:
+            data = json.load(f)
+        for bench in data.get("benchmarks", []):
+            if "host_us" in bench.get("extra_info", {}):
+                backend, op, direction = bench["params"]["backend"], bench["params"]["op"], bench["params"]["direction"]
+                rows.append({"backend": backend, "op": op, "direction": direction, **bench["extra_info"]})
+    return rows
+
+
+def host_table(host_times: list[dict]) -> list[str]:
+    lines = ["## Host time per call", "",
+             "benchmarks/test_host_overhead.py: thread CPU time per public-API call on tiny CPU tensors, "
+             "triton with its launcher stubbed (everything but the kernel launch); floor = an autograd.Function "
+             "that only allocates. Median (fastest-slowest round).", "",
+             "| backend | op | direction | host us | budget us | launches | load |", "|---|---|---|--:|--:|--:|--:|"]
+    for r in host_times:
+        lines.append(_row([
+            r["backend"], r["op"], r["direction"], f"{r['host_us']:.1f} ({r['host_us_min']:.1f}-{r['host_us_max']:.1f})",
+            _fmt(r.get("budget_us"), ".0f"), _fmt(r.get("launches_per_call"), "d"), f"{r['load']:.2f}",
+        ]))
+    return lines + [""]
+
+
 def _order(value, order) -> tuple:
     return (order.index(value), "") if value in order else (len(order), str(value))
 
@@ -231,7 +258,7 @@ def targets_table(records: list[dict], by_key: dict) -> list[str]:
     return lines + [""]
 
 
-def build_report(records: list[dict], sources: list[str]) -> str:
+def build_report(records: list[dict], sources: list[str], host_times: list[dict] = ()) -> str:
     by_key = {(r["device"], r["op"], r["direction"], r["dtype"], r["shape"], r["provider"]): r for r in records}
     shape_order = []
     for r in records:
@@ -335,6 +362,8 @@ def build_report(records: list[dict], sources: list[str]) -> str:
                     f"per image than the teacher's 512-step DDIM ({r['shape']}, {r['dtype']}, {r['device']})"
                 )
         lines.append("")
+    if host_times:
+        lines += host_table(host_times)
     return "\n".join(lines)
 
 
@@ -407,9 +436,9 @@ def write_plots(records: list[dict], out_dir: str) -> list[str]:
 
 
 def brief(report: str) -> str:
-    """The report's header and its targets section."""
+    """The report's header, its targets and the host time per call."""
     head, *sections = report.split("\n## ")
-    return "\n## ".join([head, *(s for s in sections if s.startswith("Targets"))]).rstrip()
+    return "\n## ".join([head, *(s for s in sections if s.startswith(("Targets", "Host time")))]).rstrip()
 
 
 def _write_atomically(path: str, text: str) -> None:
@@ -438,15 +467,16 @@ def main(argv=None) -> int:
                 print(f"stripped {path}")
             return 0
         records = load_results(args.results)
+        host_times = load_host_times(args.results)
     except (OSError, ValueError) as error:  # json.JSONDecodeError is a ValueError
         print(f"benchmarks.report: cannot read results: {error}", file=sys.stderr)
         return 1
-    if not records:
+    if not records and not host_times:
         print(f"no results of the dsno benchmark suites in {args.results}", file=sys.stderr)
         return 1
     out_dir = args.out or os.path.dirname(os.path.abspath(args.results[0]))
     os.makedirs(out_dir, exist_ok=True)
-    report = build_report(records, args.results)
+    report = build_report(records, args.results, host_times)
     print(brief(report) if args.brief else report)
     path = os.path.join(out_dir, "report.md")
     _write_atomically(path, report + "\n")

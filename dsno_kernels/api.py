@@ -182,19 +182,19 @@ def _choose_backend(backend: str, x: torch.Tensor) -> Backend:
     return _BACKENDS["reference"]
 
 
-def _check_tensor(name: str, t) -> None:
+def _tensor_error(name: str, t) -> TypeError:
     if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.dtype not in SUPPORTED_DTYPES:
-        raise TypeError(
-            f"{name} must be a real floating tensor (float64, float32, bfloat16 or float16), got {t.dtype}"
-        )
+        return TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    return TypeError(f"{name} must be a real floating tensor (float64, float32, bfloat16 or float16), got {t.dtype}")
 
 
 def _validate(x, weight, *, square: bool) -> str:
-    """Raises for any input the ops do not take; returns x's device type."""
-    _check_tensor("x", x)
-    _check_tensor("weight", weight)
+    """Raises for any input the ops do not take; returns x's device type. (It runs on every call:
+    the checks are inline, the messages built only on failure.)"""
+    if not isinstance(x, torch.Tensor) or x.dtype not in SUPPORTED_DTYPES:
+        raise _tensor_error("x", x)
+    if not isinstance(weight, torch.Tensor) or weight.dtype not in SUPPORTED_DTYPES:
+        raise _tensor_error("weight", weight)
     x_shape, w_shape = x.shape, weight.shape
     if len(x_shape) < 3:
         raise ValueError(f"x must have shape [B, T, C_in, *S] (at least 3 dims), got {tuple(x_shape)}")

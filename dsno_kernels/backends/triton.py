@@ -954,6 +954,10 @@ class _ForwardCall:
     out_shape: tuple
     copy_x: bool  # x's trailing dims do not merge: the kernel reads a [B, T, C, P] copy
     launch: Optional["_BoundLaunch"]  # None for an empty output
+    # The eager autograd path's backward calls for these inputs, by (grad_out's strides, precision,
+    # autotune): the rest of their key is this one's, since grad_out has the output's shape (autograd
+    # checks it) and grad_x is allocated like x.
+    backward_calls: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
 
 def _forward_call(x_shape, x_strides, w_shape, w_strides, dtype, device, negative_slope, precision, autotune):
@@ -1058,8 +1062,9 @@ def _as_pixels(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(*t.shape[:3], math.prod(t.shape[3:]))
 
 
-def _forward(x: torch.Tensor, weight: torch.Tensor, negative_slope: Optional[float]) -> torch.Tensor:
-    """spectral_time_conv (negative_slope None) or time_conv: the output's allocation and one launch."""
+def _forward(x: torch.Tensor, weight: torch.Tensor, negative_slope: Optional[float], ctx=None) -> torch.Tensor:
+    """spectral_time_conv (negative_slope None) or time_conv: the output's allocation and one launch.
+    ctx: the eager autograd's context, which keeps the call for the backward (_backward's forward_call)."""
     traced = type(x) not in _PLAIN_TENSORS
     # Traced shapes may be symbolic (unhashable): those calls are planned afresh, and traced once.
     calls = _forward_call if traced else _forward_calls
@@ -1067,6 +1072,8 @@ def _forward(x: torch.Tensor, weight: torch.Tensor, negative_slope: Optional[flo
         x.shape, x.stride(), weight.shape, weight.stride(), x.dtype, x.device, negative_slope,
         _fp32_precision(x.dtype), _autotuning(),
     )  # fmt: skip
+    if ctx is not None:
+        ctx.forward_call = call
     out = x.new_empty(call.out_shape)
     if call.launch is not None:
         if call.copy_x:
@@ -1076,19 +1083,31 @@ def _forward(x: torch.Tensor, weight: torch.Tensor, negative_slope: Optional[flo
 
 
 def _backward(
-    grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, negative_slope: Optional[float]
+    grad_out: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    negative_slope: Optional[float],
+    forward_call: Optional[_ForwardCall] = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(grad_x, grad_weight); negative_slope None for spectral_time_conv, the slope for time_conv.
     time_conv: one launch recomputes the LeakyReLU mask as 1 bit per element; then one launch computes
-    dx and the weight gradient's pixel slices, and (several slices) one more sums them in order."""
+    dx and the weight gradient's pixel slices, and (several slices) one more sums them in order.
+    forward_call: the eager autograd's forward call for these inputs, which keeps the backward's."""
     traced = type(x) not in _PLAIN_TENSORS
     grad_x = torch.empty_like(x)
     grad_weight = torch.empty_like(weight, memory_format=torch.contiguous_format)
-    calls = _backward_call if traced else _backward_calls
-    call = calls(
-        grad_out.shape, grad_out.stride(), x.shape, x.stride(), grad_x.stride(), weight.shape, weight.stride(),
-        x.dtype, x.device, negative_slope, _fp32_precision(x.dtype), _autotuning(),
-    )  # fmt: skip
+    call = None
+    if forward_call is not None:
+        key = (grad_out.stride(), _fp32_precision(x.dtype), _autotuning())
+        call = forward_call.backward_calls.get(key)
+    if call is None:
+        calls = _backward_call if traced else _backward_calls
+        call = calls(
+            grad_out.shape, grad_out.stride(), x.shape, x.stride(), grad_x.stride(), weight.shape, weight.stride(),
+            x.dtype, x.device, negative_slope, _fp32_precision(x.dtype), _autotuning(),
+        )  # fmt: skip
+        if forward_call is not None:
+            forward_call.backward_calls[key] = call
     if call.launch is None:
         return grad_x, grad_weight.zero_()
     x = _as_pixels(x) if call.copy_x else x
@@ -1180,7 +1199,7 @@ class _EagerAutograd(torch.autograd.Function):
     def forward(ctx, x, weight, negative_slope):
         ctx.save_for_backward(x, weight)
         ctx.negative_slope = negative_slope
-        return _forward(x, weight, negative_slope)
+        return _forward(x, weight, negative_slope, ctx)
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -1192,7 +1211,7 @@ class _EagerAutograd(torch.autograd.Function):
             else:
                 grad_x, grad_weight = _OPS["time_conv_backward"](grad_out, x, weight, slope)
         else:
-            grad_x, grad_weight = _backward(grad_out, x, weight, slope)
+            grad_x, grad_weight = _backward(grad_out, x, weight, slope, ctx.forward_call)
         return grad_x, grad_weight, None
 
 
