@@ -49,7 +49,7 @@ and +-1 folded away: at T = 4 the transforms are additions only.
 Precision: the tl.dot operands are in the input dtype (the transformed tile is rounded to it) and
 accumulate in fp32 (fp64 for fp64 inputs). fp32 inputs go through the tensor cores as tf32 unless the
 environment variable DSNO_KERNELS_FP32 is "ieee" (exact fp32) or "tf32x3" (three tf32 passes, close
-to fp32); it is read on every call. In bf16 / fp16 that rounding moves time_conv's pre-activation s
+to fp32); it is read on every call (an eager backward uses its forward's). In bf16 / fp16 that rounding moves time_conv's pre-activation s
 by about 2^-9 of its scale, so where |s| is that small the LeakyReLU branch (forward and backward,
 which agree with each other) may differ from an fp64 evaluation's.
 
@@ -69,8 +69,11 @@ settings (configurations, grids, scalar arguments, the 32-bit offset check) is c
 cached (`_forward_calls`, `_backward_calls`); a call allocates its outputs and launches with the
 pointers and the cached arguments passed positionally. Nothing depends on the data (no host sync, no
 data-dependent allocation), so the ops can be captured in CUDA graphs. Eager calls on plain tensors
-launch the kernels directly, with a torch.autograd.Function for autograd; under torch.compile, a
-dispatch mode or a functorch transform the calls go through the registered ops below.
+launch the kernels directly, with a torch.autograd.Function for autograd whose backward finds its
+plan through the forward's (keyed on grad_out's strides alone) and runs with the forward's settings;
+under torch.compile, a dispatch mode or a functorch transform the calls go through the registered ops
+below. benchmarks/test_host_overhead.py times the host work per call (python -m
+benchmarks.kernel_report prints the same measurement).
 
 Registration: on a GPU the ops dsno_kernels::triton_{spectral_time_conv, time_conv}[_backward] are
 torch.library.triton_op (wrap_triton where the tensors are traced), so torch.compile traces into the
@@ -954,9 +957,12 @@ class _ForwardCall:
     out_shape: tuple
     copy_x: bool  # x's trailing dims do not merge: the kernel reads a [B, T, C, P] copy
     launch: Optional["_BoundLaunch"]  # None for an empty output
-    # The eager autograd path's backward calls for these inputs, by (grad_out's strides, precision,
-    # autotune): the rest of their key is this one's, since grad_out has the output's shape (autograd
-    # checks it) and grad_x is allocated like x.
+    precision: str  # the settings it was planned with (DSNO_KERNELS_FP32, DSNO_KERNELS_TRITON_AUTOTUNE)
+    autotune: bool
+    # The eager autograd path's backward calls for these inputs, by grad_out's strides: the rest of
+    # their key is this one's, since grad_out has the output's shape (autograd checks it), grad_x is
+    # allocated like x, and the backward runs with its forward's settings (so that its LeakyReLU mask
+    # is the forward's).
     backward_calls: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
 
@@ -966,7 +972,7 @@ def _forward_call(x_shape, x_strides, w_shape, w_strides, dtype, device, negativ
     C_out, K = w_shape[1], w_shape[2]
     out_shape = (B, T, C_out, *x_shape[3:])
     if math.prod(out_shape) == 0:
-        return _ForwardCall(out_shape, False, None)
+        return _ForwardCall(out_shape, False, None, precision, autotune)
     P, xs, copy_x = _pixel_layout(x_shape, x_strides)
     launch = _mix_plan(B, T, K, C_in, C_out, P, dtype.itemsize, _device_key(device), autotune)
     time_conv = negative_slope is not None
@@ -978,7 +984,7 @@ def _forward_call(x_shape, x_strides, w_shape, w_strides, dtype, device, negativ
         res_if_negative=float(time_conv), s_if_negative=negative_slope if time_conv else 1.0, negative_slope=0.0,
         T=T, K=K, CONJUGATE=False, MASKED_INPUT=False, STORE_MASK=False, **_dot_flags(dtype, precision),
     )  # fmt: skip
-    return _ForwardCall(out_shape, copy_x, launch.bind(_MIX_POINTERS, args))
+    return _ForwardCall(out_shape, copy_x, launch.bind(_MIX_POINTERS, args), precision, autotune)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1096,18 +1102,20 @@ def _backward(
     traced = type(x) not in _PLAIN_TENSORS
     grad_x = torch.empty_like(x)
     grad_weight = torch.empty_like(weight, memory_format=torch.contiguous_format)
-    call = None
-    if forward_call is not None:
-        key = (grad_out.stride(), _fp32_precision(x.dtype), _autotuning())
-        call = forward_call.backward_calls.get(key)
-    if call is None:
+    if forward_call is None:
         calls = _backward_call if traced else _backward_calls
         call = calls(
             grad_out.shape, grad_out.stride(), x.shape, x.stride(), grad_x.stride(), weight.shape, weight.stride(),
             x.dtype, x.device, negative_slope, _fp32_precision(x.dtype), _autotuning(),
         )  # fmt: skip
-        if forward_call is not None:
-            forward_call.backward_calls[key] = call
+    else:
+        dy_strides = grad_out.stride()
+        call = forward_call.backward_calls.get(dy_strides)
+        if call is None:
+            call = forward_call.backward_calls[dy_strides] = _backward_calls(
+                grad_out.shape, dy_strides, x.shape, x.stride(), grad_x.stride(), weight.shape, weight.stride(),
+                x.dtype, x.device, negative_slope, forward_call.precision, forward_call.autotune,
+            )  # fmt: skip
     if call.launch is None:
         return grad_x, grad_weight.zero_()
     x = _as_pixels(x) if call.copy_x else x
