@@ -501,15 +501,14 @@ def _format(static_rows: list[dict], plan_rows: list[dict]) -> str:
         "",
         "## Launch plan and host time per call",
         "",
-        "Public-API calls on tiny CPU tensors (benchmarks.kernel_report.HOST_SHAPES). launches and aten ops: the",
-        "triton backend with its launcher stubbed (`recorded_launches`), aten ops at top level from the profiler.",
-        f"host us: thread CPU time per call (`host_time`: median, and fastest-slowest, of {HOST_ROUNDS} rounds of "
-        f"{HOST_CALLS} calls; the",
-        "same function benchmarks/test_host_overhead.py records), triton with its launcher stubbed (`counted_launches`),",
-        "planned for an H100: everything but the kernel launch. Budget (DESIGN.md, GPU backends): "
-        f"{HOST_BUDGET_US['fwd']:.0f} us fwd, {HOST_BUDGET_US['fwd+bwd']:.0f} us fwd+bwd.",
-        "cpu: the C++ backend, whose kernels run (on almost nothing), for comparison. floor: PyTorch's own cost",
-        "for such a call, an autograd.Function that only allocates (`_Floor`, called directly).",
+        "Public-API calls on tiny CPU tensors (`HOST_SHAPES`). launches and aten ops: the triton backend with its",
+        "launcher stubbed (`recorded_launches`), aten ops at top level from the profiler. host us: thread CPU time",
+        f"per call, the median (fastest-slowest) of {HOST_ROUNDS} rounds of {HOST_CALLS} calls (`host_time`, which",
+        "benchmarks/test_host_overhead.py records too); triton with its launcher stubbed (`counted_launches`) and",
+        "planned for an H100: everything but the kernel launch, against DESIGN.md's budget of "
+        f"{HOST_BUDGET_US['fwd']:.0f} us fwd and {HOST_BUDGET_US['fwd+bwd']:.0f} us",
+        "fwd+bwd; cpu: the C++ backend, whose kernels run (on almost nothing), for comparison; floor: PyTorch's",
+        "own cost for such a call, an autograd.Function that only allocates (`_Floor`).",
         "",
         "| call | launches | aten ops | triton host us | cpu host us | load |",
         "|---|---|---|--:|--:|--:|",

@@ -97,7 +97,8 @@ def host_table(host_times: list[dict]) -> list[str]:
              "| backend | op | direction | host us | budget us | launches | load |", "|---|---|---|--:|--:|--:|--:|"]
     for r in host_times:
         lines.append(_row([
-            r["backend"], r["op"], r["direction"], f"{r['host_us']:.1f} ({r['host_us_min']:.1f}-{r['host_us_max']:.1f})",
+            r["backend"], r["op"], r["direction"],
+            f"{r['host_us']:.1f} ({r['host_us_min']:.1f}-{r['host_us_max']:.1f})",
             _fmt(r.get("budget_us"), ".0f"), _fmt(r.get("launches_per_call"), "d"), f"{r['load']:.2f}",
         ]))
     return lines + [""]

@@ -49,9 +49,10 @@ and +-1 folded away: at T = 4 the transforms are additions only.
 Precision: the tl.dot operands are in the input dtype (the transformed tile is rounded to it) and
 accumulate in fp32 (fp64 for fp64 inputs). fp32 inputs go through the tensor cores as tf32 unless the
 environment variable DSNO_KERNELS_FP32 is "ieee" (exact fp32) or "tf32x3" (three tf32 passes, close
-to fp32); it is read on every call (an eager backward uses its forward's). In bf16 / fp16 that rounding moves time_conv's pre-activation s
-by about 2^-9 of its scale, so where |s| is that small the LeakyReLU branch (forward and backward,
-which agree with each other) may differ from an fp64 evaluation's.
+to fp32); it is read on every call (an eager backward uses its forward's). In bf16 / fp16 that
+rounding moves time_conv's pre-activation s by about 2^-9 of its scale, so where |s| is that small the
+LeakyReLU branch (forward and backward, which agree with each other) may differ from an fp64
+evaluation's.
 
 Coverage: any T <= MAX_TIME_POINTS (32), 1 <= K <= T // 2 + 1, any channel counts, trailing dims and
 strides (loads and stores are masked; blocks are powers of two >= 16, the tl.dot minimum, padded with
