@@ -160,3 +160,20 @@ def test_eager_calls_skip_the_op_layer_and_traced_calls_use_it():
         _call("time_conv", x, w)
     assert any("dsno_kernels.triton_time_conv" in name for name in seen), seen
     assert len(launches) == 1
+
+
+def test_an_eager_backward_runs_with_its_forwards_settings(monkeypatch):
+    """DSNO_KERNELS_FP32 is read on every call, and a backward belongs to its forward's call: its mask
+    pass must recompute the forward's LeakyReLU branch, so it keeps the forward's precision."""
+    from dsno_kernels import settings
+
+    x, w = _inputs(requires_grad=True)
+    monkeypatch.setenv(settings.FP32, "ieee")
+    y = _call("time_conv", x, w)
+    monkeypatch.setenv(settings.FP32, "tf32")
+    with kernel_report.recorded_launches() as launches:
+        torch.autograd.grad(y, (x, w), torch.ones_like(y))
+    assert [l.args["INPUT_PRECISION"] for l in launches] == ["ieee", "ieee"]
+    with kernel_report.recorded_launches() as launches:
+        _call("time_conv", x.detach(), w.detach())
+    assert launches[0].args["INPUT_PRECISION"] == "tf32"  # the next call reads the variable again
