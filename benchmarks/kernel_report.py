@@ -257,15 +257,14 @@ def host_time(backend: str, op: str, direction: str, calls: int = HOST_CALLS, ro
             launches = stack.enter_context(counted_launches())
         for _ in range(20):  # plans the launches, warms the caches
             fn()
-        per_call = None if launches is None else launches[0]
+        launched_before = None if launches is None else launches[0]
         times = []
         for _ in range(rounds):
             start = time.thread_time()
             for _ in range(calls):
                 fn()
             times.append((time.thread_time() - start) / calls * 1e6)
-        if launches is not None:
-            per_call = (launches[0] - per_call) // (calls * rounds)
+        per_call = None if launches is None else (launches[0] - launched_before) // (calls * rounds)
     times.sort()
     return HostTime(times[len(times) // 2], times[0], times[-1], rounds, calls, per_call, os.getloadavg()[0])
 
