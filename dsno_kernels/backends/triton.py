@@ -927,8 +927,9 @@ def _mix_variants(
     """(configuration, PERSISTENT) pairs of the forward's launch or the backward's mask pass (which
     packs 32 pixels per word: BLOCK_P >= 32), first guess first: launch_configs' candidates for the
     device's shared memory and register budget, one program per tile; with autotuning, then the
-    first _PERSISTENT_VARIANTS candidates under the (lower) persistent budget in the persistent mode,
-    with as many programs per SM as stay resident by registers and shared memory."""
+    first _PERSISTENT_VARIANTS candidates under the (lower) persistent budget whose tiles are at least
+    a quarter of the first guess's, in the persistent mode, with as many programs per SM as stay
+    resident by registers and shared memory."""
     limits = _limits(device)
     shared = limits.shared_memory if limits is not None else None
     budgets = _register_budgets(limits.arch if limits is not None else None)
@@ -943,6 +944,8 @@ def _mix_variants(
     if not autotune:
         return [(configs[0], 0)]
     persistent = candidates(budgets.persistent if element_size == 2 else budgets.persistent_fp32)
+    # As in launch_configs: no tile under a quarter of the first guess's.
+    persistent = [c for c in persistent if 4 * _tile_area("mix", c) >= _tile_area("mix", configs[0])]
     persistent = persistent[:_PERSISTENT_VARIANTS]
     return [(c, 0) for c in configs] + [(c, _resident_programs(T, K, c, element_size, limits)) for c in persistent]
 
