@@ -15,8 +15,9 @@ Kernels (launch plan: forward one launch; backward at most two plus one determin
                             with STORE_MASK the backward's mask pass: s > 0 as 1 bit per element
                             ([B, T, C, cdiv(P, 32)] int32 words), where g = dy * leaky_relu'(s) would
                             be a tensor of forward size. The epilogue's factors are runtime scalars.
-                            Each program owns BLOCK_P pixels of one batch item and BLOCK_OUT output
-                            channels and loops over the input channels in BLOCK_IN steps: it reads
+                            A tile (a program's work) is BLOCK_P pixels of one batch item and
+                            BLOCK_OUT output channels; the program loops over the input channels
+                            in BLOCK_IN steps: it reads
                             the [T, BLOCK_P, BLOCK_IN] input tile once, transforms it along T in
                             registers, and accumulates the R rows of Y in R fp32 tiles; after the
                             loop it applies G and the epilogue and writes every output element once.
@@ -72,9 +73,9 @@ the device's shared memory and a register estimate against a budget per architec
 configuration the launcher picks at the benchmark shapes spills on either; sm_8x takes sm_80's, newer
 GPUs sm_90's). The device's limits (shared memory, SM count, compute capability) are queried once per
 device and the plans cached per shape and device. The forward's and the mask pass's candidates (one
-tile per program, then the persistent mode of the first two that fit the persistent budget) are
-autotuned per (B, T, K, C_in, C_out, pixels, dtype) unless DSNO_KERNELS_TRITON_AUTOTUNE=0, which runs
-the first one, one tile per program, untimed; the backward launch takes the first configuration of
+tile per program, then up to two in the persistent mode, chosen under a lower register budget: the
+tile loop keeps more registers live) are autotuned per (B, T, K, C_in, C_out, pixels, dtype) unless
+DSNO_KERNELS_TRITON_AUTOTUNE=0, which runs the first one, one tile per program, untimed; the backward launch takes the first configuration of
 each half. benchmarks/kernel_report.py plans with the same functions for an A100's and an H100's
 limits (it replaces _device_limits).
 
