@@ -2,18 +2,20 @@
 //
 //   x [B, T, C_in, *S], weight [C_in, C_out, K, 2]   ->   y [B, T, C_out, *S]
 //
-// Each pixel column x[b, :, :, p] ([T, C_in]) goes through reference.py's real form, factored so that a
-// complex mode costs three real channel GEMMs instead of four (Gauss's trick: Yr = Wr Xr - Wi Xi and
-// Yi = Wi Xr + Wr Xi from Y1 = Wr Xr, Y2 = Wi Xi, Y3 = (Wr + Wi)(Xr + Xi): Yr = Y1 - Y2, Yi = Y3 - Y1 - Y2).
-// With one "product" q per such GEMM (1 per real mode, 3 per complex one, Q in all):
-//   X = F x          F [Q, T]: the DFT rows the products read: cos | cos, -sin, cos - sin
-//   Y_q = W_q X_q    W_q [C_out, C_in]: Wr^T | Wr^T, Wi^T, (Wr + Wi)^T
-//   s = G Y          G [T, Q]: the irfft restricted to the kept modes, with Yr and Yi recombined
-//                    from the products: c/T cos | c/T (cos + sin), c/T (sin - cos), -c/T sin
-// (c = 1 for the DC and Nyquist modes, else 2). time_conv adds the epilogue y = x + leaky_relu(s).
+// Each pixel column x[b, :, :, p] ([T, C_in]) goes through reference.py's real form as a chain of GEMMs
+// over "products", the channel GEMMs of the modes:
+//   X = F x          F [R, T]: the DFT rows the products read
+//   Y_q = W_q X_q    the channel mixing, one BLAS GEMM per product q on its rows of X
+//   s = G Y          G [T, R]: the irfft restricted to the kept modes, in terms of the products' rows
+// A real mode (DC, Nyquist) is one product: row cos, W = Wr^T, G column c/T cos. A complex mode is
+// either one product of two rows (cos, -sin), W = [[Wr^T, -Wi^T], [Wi^T, Wr^T]], G columns
+// c/T (cos, -sin) (c = 2; 1 for DC and Nyquist), or, where the channel GEMMs dominate, three products of
+// one row each by Gauss's trick, 3 real GEMMs instead of 4: Y1 = Wr^T Xr, Y2 = Wi^T Xi and
+// Y3 = (Wr + Wi)^T (Xr + Xi) give Yr = Y1 - Y2 and Yi = Y3 - Y1 - Y2, so the rows are cos, -sin, cos - sin
+// and the G columns c/T (cos + sin), c/T (sin - cos), -c/T sin. time_conv adds y = x + leaky_relu(s).
 // The backward is the transposed chain of the same factors: g = dy (time_conv: dy * (s > 0 ? 1 : slope),
 // s recomputed), dY = G^T g, dX_q = W_q^T dY_q, dx = F^T dX (+ dy), and dW_q = sum over pixels of
-// dY_q X_q^T, folded back by the chain rule: dWr = dW_1 + dW_3, dWi = dW_2 + dW_3.
+// dY_q X_q^T, folded back into the weight's layout by the chain rule.
 //
 // The CPU kernels work on tiles of pixel columns (across the batch, so shapes without trailing dims
 // still make wide tiles): the tile is read once into fp32 (fp64) buffers, the channel GEMMs go to BLAS,
@@ -28,6 +30,7 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/addmm.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 #include <ATen/ops/mm.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
@@ -36,6 +39,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 // GCC turns the block copies below into calls to memmove, which at 32 floats cost more than the copy.
@@ -48,14 +52,26 @@ namespace {
 
 constexpr double kPi = 3.14159265358979323846;
 
+// One channel GEMM of the mixing: rows [row, row + rows) of X and Y, W [rows * C_out, rows * C_in].
+struct Product {
+  int64_t row, rows;
+};
+
 // The factors of one call, in the accumulation dtype.
 struct Spectral : Dims {
-  int64_t Q;                          // products: 1 per real mode, 3 per complex one
+  bool gauss;                          // complex modes as three one-row products
+  int64_t R;                           // rows of X (and of F)
+  std::vector<Product> products;
   std::vector<int64_t> first_product;  // per mode
-  at::Tensor F, G;                     // [Q, T], [T, Q]
-  at::Tensor W;                        // [Q, C_out, C_in]
-  std::vector<at::Tensor> W_q;         // W's products, [C_out, C_in] each
+  at::Tensor F, G;                     // [R, T], [T, R]
+  std::vector<at::Tensor> W;           // per product
 };
+
+// Gauss's trick saves a C_in x C_out GEMM per complex mode and pixel and costs a third DFT row, T more
+// multiply-adds per channel of x and of y, in the transforms, which cost several times more per operation
+// than the GEMMs (measured on the CPU: a gain from C = 64 at T = 4, a loss at C = 32 and for the FNO-1D
+// shapes, T = 256, C = 64).
+bool use_gauss(const Dims& d) { return d.C_in * d.C_out >= 8 * d.T * (d.C_in + d.C_out); }
 
 // Built in acc_t directly (the bases computed in fp64 and rounded once), without temporary tensors: at
 // small shapes this per-call work is a visible part of the op.
@@ -63,59 +79,78 @@ template <typename scalar_t, typename acc_t>
 Spectral make_spectral(const at::Tensor& x, const at::Tensor& weight) {
   Spectral s;
   static_cast<Dims&>(s) = describe_dims(x, weight);
-  s.Q = 0;
+  s.gauss = use_gauss(s);
+  s.R = 0;
   for (int64_t k = 0; k < s.K; ++k) {
-    s.first_product.push_back(s.Q);
-    s.Q += mode_is_real(k, s.T) ? 1 : 3;
+    s.first_product.push_back(static_cast<int64_t>(s.products.size()));
+    if (mode_is_real(k, s.T)) {
+      s.products.push_back({s.R++, 1});
+    } else if (s.gauss) {
+      for (int64_t q = 0; q < 3; ++q) s.products.push_back({s.R++, 1});
+    } else {
+      s.products.push_back({s.R, 2});
+      s.R += 2;
+    }
   }
   const auto options = at::TensorOptions().dtype(c10::CppTypeToScalarType<acc_t>::value);
-  s.F = at::empty({s.Q, s.T}, options);
-  s.G = at::empty({s.T, s.Q}, options);
-  acc_t* f = s.F.mutable_data_ptr<acc_t>();  // [Q, T]
-  acc_t* g = s.G.mutable_data_ptr<acc_t>();  // [T, Q]
+  s.F = at::empty({s.R, s.T}, options);
+  s.G = at::empty({s.T, s.R}, options);
+  acc_t* f = s.F.mutable_data_ptr<acc_t>();  // [R, T]
+  acc_t* g = s.G.mutable_data_ptr<acc_t>();  // [T, R]
   for (int64_t k = 0; k < s.K; ++k) {
-    const int64_t q = s.first_product[k];
+    const int64_t r = s.products[s.first_product[k]].row;
     const bool real = mode_is_real(k, s.T);
     const double c = (real ? 1.0 : 2.0) / static_cast<double>(s.T);
     for (int64_t t = 0; t < s.T; ++t) {
       // reduce k*t mod T first so the angle stays exact for large T
       const double angle = 2.0 * kPi * static_cast<double>((k * t) % s.T) / static_cast<double>(s.T);
       const double cs = std::cos(angle), sn = std::sin(angle);
-      f[q * s.T + t] = static_cast<acc_t>(cs);
+      acc_t* g_t = g + t * s.R + r;
+      f[r * s.T + t] = static_cast<acc_t>(cs);
       if (real) {
-        g[t * s.Q + q] = static_cast<acc_t>(c * cs);
+        g_t[0] = static_cast<acc_t>(c * cs);
         continue;
       }
-      f[(q + 1) * s.T + t] = static_cast<acc_t>(-sn);
-      f[(q + 2) * s.T + t] = static_cast<acc_t>(cs - sn);
-      g[t * s.Q + q] = static_cast<acc_t>(c * (cs + sn));
-      g[t * s.Q + q + 1] = static_cast<acc_t>(c * (sn - cs));
-      g[t * s.Q + q + 2] = static_cast<acc_t>(-c * sn);
+      f[(r + 1) * s.T + t] = static_cast<acc_t>(-sn);
+      if (!s.gauss) {
+        g_t[0] = static_cast<acc_t>(c * cs);
+        g_t[1] = static_cast<acc_t>(-c * sn);
+        continue;
+      }
+      f[(r + 2) * s.T + t] = static_cast<acc_t>(cs - sn);
+      g_t[0] = static_cast<acc_t>(c * (cs + sn));
+      g_t[1] = static_cast<acc_t>(c * (sn - cs));
+      g_t[2] = static_cast<acc_t>(-c * sn);
     }
   }
-  // W_q[o][i]: Wr | Wr, Wi, Wr + Wi of weight[i, o, k] (the sum in acc_t, as the GEMM would see it).
+  // The products' matrices from weight[i, o, k] (Wr + Wi summed in acc_t, as the GEMM sees it).
   const at::Tensor w_contig = weight.contiguous();
   const scalar_t* w = w_contig.const_data_ptr<scalar_t>();  // [C_in, C_out, K, 2]
-  s.W = at::empty({s.Q, s.C_out, s.C_in}, options);
-  acc_t* m = s.W.mutable_data_ptr<acc_t>();
-  const int64_t plane = s.C_out * s.C_in;
+  const int64_t Co = s.C_out, Ci = s.C_in;
+  for (const Product& product : s.products) s.W.push_back(at::empty({product.rows * Co, product.rows * Ci}, options));
   for (int64_t k = 0; k < s.K; ++k) {
-    const bool complex = !mode_is_real(k, s.T);
-    acc_t* m_k = m + s.first_product[k] * plane;
-    for (int64_t o = 0; o < s.C_out; ++o) {
-      for (int64_t i = 0; i < s.C_in; ++i) {
-        const scalar_t* w_iok = w + ((i * s.C_out + o) * s.K + k) * 2;
-        const acc_t wr = static_cast<acc_t>(w_iok[0]);
-        m_k[o * s.C_in + i] = wr;
-        if (complex) {
-          const acc_t wi = static_cast<acc_t>(w_iok[1]);
-          m_k[plane + o * s.C_in + i] = wi;
-          m_k[2 * plane + o * s.C_in + i] = wr + wi;
+    const int64_t first = s.first_product[k];
+    const bool complex = !mode_is_real(k, s.T), block = complex && !s.gauss;
+    acc_t* m = s.W[first].mutable_data_ptr<acc_t>();
+    acc_t* m_wi = complex && s.gauss ? s.W[first + 1].mutable_data_ptr<acc_t>() : nullptr;
+    acc_t* m_sum = complex && s.gauss ? s.W[first + 2].mutable_data_ptr<acc_t>() : nullptr;
+    const int64_t pitch = block ? 2 * Ci : Ci;
+    for (int64_t o = 0; o < Co; ++o) {
+      for (int64_t i = 0; i < Ci; ++i) {
+        const scalar_t* w_iok = w + ((i * Co + o) * s.K + k) * 2;
+        const acc_t wr = static_cast<acc_t>(w_iok[0]), wi = static_cast<acc_t>(w_iok[1]);
+        m[o * pitch + i] = wr;
+        if (block) {  // [[Wr^T, -Wi^T], [Wi^T, Wr^T]]
+          m[o * pitch + Ci + i] = -wi;
+          m[(Co + o) * pitch + i] = wi;
+          m[(Co + o) * pitch + Ci + i] = wr;
+        } else if (complex) {
+          m_wi[o * Ci + i] = wi;
+          m_sum[o * Ci + i] = wr + wi;
         }
       }
     }
   }
-  s.W_q = s.W.unbind(0);
   return s;
 }
 
@@ -127,8 +162,8 @@ constexpr int64_t kMinTiles = 4;
 constexpr int64_t kMinTileColumns = 32;
 
 int64_t tile_columns(const Spectral& s, int64_t scale) {
-  // x, s, dy tiles ([T, C, cols]) and X, Y ([Q, C, cols])
-  const int64_t per_column = 3 * s.T * std::max(s.C_in, s.C_out) + s.Q * (s.C_in + s.C_out);
+  // x, s, dy tiles ([T, C, cols]) and X, Y ([R, C, cols])
+  const int64_t per_column = 3 * s.T * std::max(s.C_in, s.C_out) + s.R * (s.C_in + s.C_out);
   int64_t cols = scale * (256 * 1024) / std::max<int64_t>(per_column, 1);
   cols = std::max<int64_t>(scale * 16, std::min<int64_t>(scale * 512, cols / 16 * 16));
   const int64_t columns = std::max<int64_t>(s.B * s.P, 1);
@@ -197,17 +232,33 @@ bool use_direct_path(const Spectral& sp) { return sp.T <= kDirectMaxT && sp.P >=
 // values that are then ignored) stays inside them.
 constexpr int64_t kBlock = 32;
 
+// A block as a few vector registers (the GCC / Clang vector extension: 64-byte vectors, two 32-byte
+// ones on CPUs without AVX-512), so that a sum over rows stays in registers.
+template <typename acc_t>
+struct BlockVectors {
+  typedef acc_t Vec __attribute__((vector_size(64)));
+  static constexpr int64_t kLanes = 64 / sizeof(acc_t);
+  static constexpr int64_t kCount = kBlock / kLanes;
+  static inline Vec load(const acc_t* from) {
+    Vec v;
+    std::memcpy(&v, from, sizeof(Vec));
+    return v;
+  }
+  static inline void store(acc_t* to, const Vec& v) { std::memcpy(to, &v, sizeof(Vec)); }
+};
+
 // out[j] = sum_r a[r * a_stride] in_r[j] over the rows in_r = in + r * in_stride, for a whole block.
 template <typename acc_t>
 inline void combine_block(const acc_t* a, int64_t a_stride, const acc_t* in, int64_t in_stride, int64_t rows,
                           acc_t* out) {
-  acc_t acc[kBlock] = {};
+  using V = BlockVectors<acc_t>;
+  typename V::Vec acc[V::kCount] = {};
   for (int64_t r = 0; r < rows; ++r) {
     const acc_t coef = a[r * a_stride];
     const acc_t* row = in + r * in_stride;
-    for (int64_t j = 0; j < kBlock; ++j) acc[j] += coef * row[j];
+    for (int64_t v = 0; v < V::kCount; ++v) acc[v] += coef * V::load(row + v * V::kLanes);
   }
-  for (int64_t j = 0; j < kBlock; ++j) out[j] = acc[j];
+  for (int64_t v = 0; v < V::kCount; ++v) V::store(out + v * V::kLanes, acc[v]);
 }
 
 // Writes the first n values of a block to dst: a whole block directly (it lies inside one run of the
@@ -227,10 +278,15 @@ inline void write_block(acc_t* dst, int64_t n, acc_t* spare, Compute compute) {
 constexpr int64_t kRun = 256;
 
 // The T time points of channel c at a run's n pixels of src [B, T, C, P] (at in), as acc_t rows
-// [T, kRun], zero from n to the end of the last block.
+// [T, kRun], zero from n to the end of the last block. The next channel's rows (at in + stride_c) are
+// prefetched: the hardware prefetcher does not follow T short streams that jump by a channel each time.
 template <typename scalar_t, typename acc_t>
-inline void load_rows(const scalar_t* in, int64_t T, int64_t stride_t, int64_t n, acc_t* rows) {
+inline void load_rows(const scalar_t* in, int64_t T, int64_t stride_t, int64_t stride_c, int64_t n, acc_t* rows) {
   const int64_t padded = ceil_div(n, kBlock) * kBlock;
+  constexpr int64_t line = 64 / sizeof(scalar_t);
+  for (int64_t t = 0; t < T; ++t) {
+    for (int64_t j = 0; j < n; j += line) __builtin_prefetch(in + stride_c + t * stride_t + j);
+  }
   for (int64_t t = 0; t < T; ++t) {
     acc_t* row = rows + t * kRun;
     const scalar_t* from = in + t * stride_t;
@@ -247,7 +303,7 @@ void load_transform(const scalar_t* src, const acc_t* A, int64_t rows, acc_t* ds
   acc_t in[kDirectMaxT * kRun], out[kBlock];
   for_each_run(P, n0, width, kRun, [&](int64_t b, int64_t p, int64_t col, int64_t len) {
     for (int64_t c = 0; c < C; ++c) {
-      load_rows(src + ((b * T) * C + c) * P + p, T, C * P, len, in);
+      load_rows(src + ((b * T) * C + c) * P + p, T, C * P, P, len, in);
       for (int64_t j0 = 0; j0 < len; j0 += kBlock) {
         const int64_t n = std::min(kBlock, len - j0);
         for (int64_t q = 0; q < rows; ++q) {
@@ -287,7 +343,7 @@ void masked_adjoint_transform(const acc_t* Y, const acc_t* G, int64_t rows, cons
   acc_t grad[kDirectMaxT * kRun], s[kBlock], spare[kBlock];
   for_each_run(P, n0, width, kRun, [&](int64_t b, int64_t p, int64_t col, int64_t len) {
     for (int64_t c = 0; c < C; ++c) {
-      load_rows(dy + ((b * T) * C + c) * P + p, T, C * P, len, grad);  // zero past len: so is g
+      load_rows(dy + ((b * T) * C + c) * P + p, T, C * P, P, len, grad);  // zero past len: so is g
       for (int64_t j0 = 0; j0 < len; j0 += kBlock) {
         const int64_t n = std::min(kBlock, len - j0);
         for (int64_t t = 0; t < T; ++t) {
@@ -306,31 +362,35 @@ void masked_adjoint_transform(const acc_t* Y, const acc_t* G, int64_t rows, cons
 
 // Per-thread tile buffers, each with kBlock elements of slack (see kBlock).
 struct TileBuffers {
-  at::Tensor x, X, Y, s;  // [T, C_in, cols], [Q, C_in, cols], [Q, C_out, cols], [T, C_out, cols]
-  std::vector<at::Tensor> X_q, Y_q;  // per product: [C_in, cols], [C_out, cols]
+  at::Tensor x, X, Y, s;  // [T, C_in, cols], [R, C_in, cols], [R, C_out, cols], [T, C_out, cols]
+  std::vector<at::Tensor> X_q, Y_q;  // per product: [rows * C_in, cols], [rows * C_out, cols]
   TileBuffers(const Spectral& sp, int64_t cols, at::ScalarType acc) {
     x = tile_buffer(sp.T, sp.C_in, cols, acc);
-    X = tile_buffer(sp.Q, sp.C_in, cols, acc);
-    Y = tile_buffer(sp.Q, sp.C_out, cols, acc);
+    X = tile_buffer(sp.R, sp.C_in, cols, acc);
+    Y = tile_buffer(sp.R, sp.C_out, cols, acc);
     s = tile_buffer(sp.T, sp.C_out, cols, acc);
-    X_q = products(X, sp.Q, sp.C_in, cols);
-    Y_q = products(Y, sp.Q, sp.C_out, cols);
+    X_q = products(sp, X, sp.C_in, cols);
+    Y_q = products(sp, Y, sp.C_out, cols);
   }
   // [rows, C * cols], a view of a buffer with the slack after it.
   static at::Tensor tile_buffer(int64_t rows, int64_t C, int64_t cols, at::ScalarType acc) {
     const int64_t n = rows * C * cols;
     return at::empty({n + kBlock}, at::TensorOptions().dtype(acc)).narrow(0, 0, n).view({rows, C * cols});
   }
-  // The [C, cols] GEMM operand of each of a [rows, C * cols] buffer's rows. Made once per thread, not per
-  // tile (a view costs a few us).
-  static std::vector<at::Tensor> products(const at::Tensor& buffer, int64_t rows, int64_t C, int64_t cols) {
-    return buffer.view({rows, C, cols}).unbind(0);
+  // Each product's GEMM operand [rows * C, cols] in an [R, C * cols] buffer. Made once per thread, not
+  // per tile (a view costs a few us).
+  static std::vector<at::Tensor> products(const Spectral& sp, const at::Tensor& buffer, int64_t C, int64_t cols) {
+    std::vector<at::Tensor> views;
+    for (const Product& product : sp.products) {
+      views.push_back(buffer.narrow(0, product.row, product.rows).view({product.rows * C, cols}));
+    }
+    return views;
   }
 };
 
 // Y_q = W_q X_q for every product: the channel mixing, as BLAS GEMMs on the tile.
 void mix_products(const Spectral& sp, TileBuffers& buf) {
-  for (int64_t q = 0; q < sp.Q; ++q) at::mm_out(buf.Y_q[q], sp.W_q[q], buf.X_q[q]);
+  for (size_t q = 0; q < sp.products.size(); ++q) at::mm_out(buf.Y_q[q], sp.W[q], buf.X_q[q]);
 }
 
 // GEMM path: X = F x, Y_q = W_q X_q, s = G Y on the tile already gathered into buf.x.
@@ -361,15 +421,15 @@ at::Tensor forward_cpu(const at::Tensor& x_in, const at::Tensor& weight, bool ti
       for (int64_t tile = begin; tile < end; ++tile) {
         const int64_t n0 = tile * cols, width = std::min(cols, columns - n0);
         if (use_direct_path(sp)) {
-          load_transform(xp, F, sp.Q, buf.X.mutable_data_ptr<acc_t>(), sp.T, sp.C_in, sp.P, n0, width, cols);
+          load_transform(xp, F, sp.R, buf.X.mutable_data_ptr<acc_t>(), sp.T, sp.C_in, sp.P, n0, width, cols);
           mix_products(sp, buf);
           const acc_t* Yb = buf.Y.const_data_ptr<acc_t>();
           if (time_conv) {
-            store_transform(Yb, G, sp.Q, yp, sp.T, sp.C_out, sp.P, n0, width, cols, [&](int64_t offset, acc_t v) {
+            store_transform(Yb, G, sp.R, yp, sp.T, sp.C_out, sp.P, n0, width, cols, [&](int64_t offset, acc_t v) {
               return apply_epilogue(kResidualLeaky, v, static_cast<acc_t>(xp[offset]), neg);
             });
           } else {
-            store_transform(Yb, G, sp.Q, yp, sp.T, sp.C_out, sp.P, n0, width, cols, [](int64_t, acc_t v) { return v; });
+            store_transform(Yb, G, sp.R, yp, sp.T, sp.C_out, sp.P, n0, width, cols, [](int64_t, acc_t v) { return v; });
           }
           continue;
         }
@@ -411,7 +471,10 @@ std::tuple<at::Tensor, at::Tensor> backward_cpu(const at::Tensor& grad_out_in, c
     // A fixed number of chunks (not threads) keeps the dweight sum order, hence its value, reproducible.
     const int64_t chunks = std::min<int64_t>(tiles, 16);
     const auto opt = at::TensorOptions().dtype(acc_type);
-    const at::Tensor dW = at::empty({chunks, sp.Q, sp.C_out, sp.C_in}, opt);  // per chunk: the dW_q
+    std::vector<std::vector<at::Tensor>> dW(chunks);  // per chunk: the dW_q
+    for (auto& chunk_dW : dW) {
+      for (const at::Tensor& W : sp.W) chunk_dW.push_back(at::empty_like(W));
+    }
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     const scalar_t* dyp = dy.const_data_ptr<scalar_t>();
     scalar_t* dxp = grad_x.mutable_data_ptr<scalar_t>();
@@ -425,32 +488,32 @@ std::tuple<at::Tensor, at::Tensor> backward_cpu(const at::Tensor& grad_out_in, c
     at::parallel_for(0, chunks, 1, [&](int64_t chunk_begin, int64_t chunk_end) {
       TileBuffers buf(sp, cols, acc_type);
       at::Tensor g = TileBuffers::tile_buffer(sp.T, sp.C_out, cols, acc_type);  // dL/ds
-      at::Tensor dY = TileBuffers::tile_buffer(sp.Q, sp.C_out, cols, acc_type);
-      at::Tensor dX = TileBuffers::tile_buffer(sp.Q, sp.C_in, cols, acc_type);
+      at::Tensor dY = TileBuffers::tile_buffer(sp.R, sp.C_out, cols, acc_type);
+      at::Tensor dX = TileBuffers::tile_buffer(sp.R, sp.C_in, cols, acc_type);
       at::Tensor dxb = at::empty({sp.T, sp.C_in * cols}, opt);
       at::Tensor dy_tile = time_conv ? at::empty({sp.T, sp.C_out * cols}, opt) : at::Tensor();
       const at::Tensor Gt = sp.G.t(), Ft = sp.F.t();
-      std::vector<at::Tensor> dY_q = TileBuffers::products(dY, sp.Q, sp.C_out, cols);
-      std::vector<at::Tensor> dX_q = TileBuffers::products(dX, sp.Q, sp.C_in, cols);
+      std::vector<at::Tensor> dY_q = TileBuffers::products(sp, dY, sp.C_out, cols);
+      std::vector<at::Tensor> dX_q = TileBuffers::products(sp, dX, sp.C_in, cols);
       std::vector<at::Tensor> Wt_q, Xt_q;  // W_q^T, X_q^T
-      for (int64_t q = 0; q < sp.Q; ++q) {
-        Wt_q.push_back(sp.W_q[q].t());
+      for (size_t q = 0; q < sp.products.size(); ++q) {
+        Wt_q.push_back(sp.W[q].t());
         Xt_q.push_back(buf.X_q[q].t());
       }
       for (int64_t chunk = chunk_begin; chunk < chunk_end; ++chunk) {
-        std::vector<at::Tensor> dW_q = dW[chunk].unbind(0);
+        std::vector<at::Tensor>& dW_q = dW[chunk];
         const int64_t first_tile = chunk * tiles / chunks;
         for (int64_t tile = first_tile; tile < (chunk + 1) * tiles / chunks; ++tile) {
           const int64_t n0 = tile * cols, width = std::min(cols, columns - n0);
           const bool direct = use_direct_path(sp);
           if (direct) {
-            load_transform(xp, F, sp.Q, buf.X.mutable_data_ptr<acc_t>(), sp.T, sp.C_in, sp.P, n0, width, cols);
+            load_transform(xp, F, sp.R, buf.X.mutable_data_ptr<acc_t>(), sp.T, sp.C_in, sp.P, n0, width, cols);
             if (time_conv) {
               mix_products(sp, buf);  // recompute Y (hence s) for the LeakyReLU mask
-              masked_adjoint_transform(buf.Y.const_data_ptr<acc_t>(), G, sp.Q, dyp, neg, dY.mutable_data_ptr<acc_t>(),
+              masked_adjoint_transform(buf.Y.const_data_ptr<acc_t>(), G, sp.R, dyp, neg, dY.mutable_data_ptr<acc_t>(),
                                        sp.T, sp.C_out, sp.P, n0, width, cols);
             } else {
-              load_transform(dyp, Gt_rows, sp.Q, dY.mutable_data_ptr<acc_t>(), sp.T, sp.C_out, sp.P, n0, width, cols);
+              load_transform(dyp, Gt_rows, sp.R, dY.mutable_data_ptr<acc_t>(), sp.T, sp.C_out, sp.P, n0, width, cols);
             }
           } else {
             gather_columns(xp, buf.x.mutable_data_ptr<acc_t>(), sp.T, sp.C_in, sp.P, n0, width, cols);
@@ -468,7 +531,7 @@ std::tuple<at::Tensor, at::Tensor> backward_cpu(const at::Tensor& grad_out_in, c
             }
             at::mm_out(dY, Gt, g);
           }
-          for (int64_t q = 0; q < sp.Q; ++q) {
+          for (size_t q = 0; q < sp.products.size(); ++q) {
             at::mm_out(dX_q[q], Wt_q[q], dY_q[q]);
             if (tile == first_tile) {
               at::mm_out(dW_q[q], dY_q[q], Xt_q[q]);
@@ -479,10 +542,10 @@ std::tuple<at::Tensor, at::Tensor> backward_cpu(const at::Tensor& grad_out_in, c
           if (direct) {
             const acc_t* dXb = dX.const_data_ptr<acc_t>();
             if (time_conv) {  // the residual's gradient is dy itself
-              store_transform(dXb, Ft_rows, sp.Q, dxp, sp.T, sp.C_in, sp.P, n0, width, cols,
+              store_transform(dXb, Ft_rows, sp.R, dxp, sp.T, sp.C_in, sp.P, n0, width, cols,
                               [&](int64_t offset, acc_t v) { return v + static_cast<acc_t>(dyp[offset]); });
             } else {
-              store_transform(dXb, Ft_rows, sp.Q, dxp, sp.T, sp.C_in, sp.P, n0, width, cols,
+              store_transform(dXb, Ft_rows, sp.R, dxp, sp.T, sp.C_in, sp.P, n0, width, cols,
                               [](int64_t, acc_t v) { return v; });
             }
             continue;
@@ -498,25 +561,36 @@ std::tuple<at::Tensor, at::Tensor> backward_cpu(const at::Tensor& grad_out_in, c
         }
       }
     });
-    // Sum the chunks in order (into chunk 0's), then fold the products back into the weight's layout:
-    // dWr = dW_1 (+ dW_3), dWi = dW_2 + dW_3; grad_w is zero where nothing is written (real modes' Wi).
-    acc_t* total = dW.mutable_data_ptr<acc_t>();
-    const int64_t per_chunk = sp.Q * sp.C_out * sp.C_in, plane = sp.C_out * sp.C_in;
-    for (int64_t chunk = 1; chunk < chunks; ++chunk) {
-      const acc_t* part = total + chunk * per_chunk;
-      for (int64_t e = 0; e < per_chunk; ++e) total[e] += part[e];
+    // Sum the chunks in order (into chunk 0's), then fold the products back into the weight's layout
+    // (grad_w stays zero where nothing is written: the real modes' Wi).
+    for (size_t q = 0; q < sp.products.size(); ++q) {
+      acc_t* total = dW[0][q].mutable_data_ptr<acc_t>();
+      const int64_t n = dW[0][q].numel();
+      for (int64_t chunk = 1; chunk < chunks; ++chunk) {
+        const acc_t* part = dW[chunk][q].const_data_ptr<acc_t>();
+        for (int64_t e = 0; e < n; ++e) total[e] += part[e];
+      }
     }
     scalar_t* gw = grad_w.mutable_data_ptr<scalar_t>();  // [C_in, C_out, K, 2], contiguous
-    for (int64_t i = 0; i < sp.C_in; ++i) {
-      for (int64_t o = 0; o < sp.C_out; ++o) {
-        for (int64_t k = 0; k < sp.K; ++k) {
-          const acc_t* d = total + sp.first_product[k] * plane + o * sp.C_in + i;
-          scalar_t* out = gw + ((i * sp.C_out + o) * sp.K + k) * 2;
-          if (mode_is_real(k, sp.T)) {
-            out[0] = static_cast<scalar_t>(d[0]);
-          } else {
-            out[0] = static_cast<scalar_t>(d[0] + d[2 * plane]);
-            out[1] = static_cast<scalar_t>(d[plane] + d[2 * plane]);
+    const int64_t Co = sp.C_out, Ci = sp.C_in;
+    for (int64_t k = 0; k < sp.K; ++k) {
+      const int64_t first = sp.first_product[k];
+      const acc_t* d = dW[0][first].const_data_ptr<acc_t>();
+      const bool complex = !mode_is_real(k, sp.T);
+      const acc_t* d_wi = complex && sp.gauss ? dW[0][first + 1].const_data_ptr<acc_t>() : nullptr;
+      const acc_t* d_sum = complex && sp.gauss ? dW[0][first + 2].const_data_ptr<acc_t>() : nullptr;
+      for (int64_t i = 0; i < Ci; ++i) {
+        for (int64_t o = 0; o < Co; ++o) {
+          scalar_t* out = gw + ((i * Co + o) * sp.K + k) * 2;
+          if (!complex) {
+            out[0] = static_cast<scalar_t>(d[o * Ci + i]);
+          } else if (sp.gauss) {  // W_1 = Wr, W_2 = Wi, W_3 = Wr + Wi
+            out[0] = static_cast<scalar_t>(d[o * Ci + i] + d_sum[o * Ci + i]);
+            out[1] = static_cast<scalar_t>(d_wi[o * Ci + i] + d_sum[o * Ci + i]);
+          } else {  // dM = [[dA, dB], [dC, dD]]: dWr = dA + dD, dWi = dC - dB
+            const int64_t pitch = 2 * Ci;
+            out[0] = static_cast<scalar_t>(d[o * pitch + i] + d[(Co + o) * pitch + Ci + i]);
+            out[1] = static_cast<scalar_t>(d[(Co + o) * pitch + i] - d[o * pitch + Ci + i]);
           }
         }
       }
