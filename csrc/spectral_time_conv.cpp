@@ -154,21 +154,33 @@ Spectral make_spectral(const at::Tensor& x, const at::Tensor& weight) {
   return s;
 }
 
+// Pixels per step of the direct path's transforms: a few vectors, so that a sum over T or R stays in
+// registers and each input is read once per output row rather than read and written per term. The
+// tile buffers have kBlock elements of slack at their end, so reading a block past a run's end (into
+// values that are then ignored) stays inside them.
+constexpr int64_t kBlock = 32;
+
 // Pixel columns per tile: enough for efficient GEMMs, small enough for the tile buffers to stay in L2
-// (`scale` times about 1 MB per thread), and, for small calls (the tiny preset's layers have 128 to 512
-// columns), at most 1 / kMinTiles of the columns so that the threads share the work. The rule does not
-// depend on the thread count, so neither does dweight's summation order.
+// (`scale` times about 1 MB per thread: the cap, which may be exceeded by a block), whole blocks (a
+// shorter tail costs as much as a block), and at least kMinTiles tiles, so that small calls (the tiny
+// preset's layers have 128 to 512 columns) still give every thread work; the widest such tile that
+// makes the tile count a multiple of kMinTiles (equal shares for 2 or 4 threads), else the widest. The
+// rule does not depend on the thread count, so neither does dweight's summation order.
 constexpr int64_t kMinTiles = 4;
-constexpr int64_t kMinTileColumns = 32;
 
 int64_t tile_columns(const Spectral& s, int64_t scale) {
   // x, s, dy tiles ([T, C, cols]) and X, Y ([R, C, cols])
   const int64_t per_column = 3 * s.T * std::max(s.C_in, s.C_out) + s.R * (s.C_in + s.C_out);
-  int64_t cols = scale * (256 * 1024) / std::max<int64_t>(per_column, 1);
-  cols = std::max<int64_t>(scale * 16, std::min<int64_t>(scale * 512, cols / 16 * 16));
+  const int64_t cap = std::min<int64_t>(scale * 512, scale * (256 * 1024) / std::max<int64_t>(per_column, 1));
   const int64_t columns = std::max<int64_t>(s.B * s.P, 1);
-  const int64_t shared = std::max(kMinTileColumns, ceil_div(ceil_div(columns, kMinTiles), 16) * 16);
-  return std::min({cols, shared, columns});
+  int64_t widest = kBlock;
+  for (int64_t cols = (ceil_div(cap, kBlock) + 1) * kBlock; cols > kBlock; cols -= kBlock) {
+    const int64_t tiles = ceil_div(columns, cols);
+    if (tiles < kMinTiles) continue;
+    widest = std::max(widest, cols);
+    if (tiles % kMinTiles == 0) return cols;
+  }
+  return std::min(widest, columns);
 }
 
 // Calls run(b, p, col, len) for each run of a tile's columns [n0, n0 + width) that stays inside one batch
@@ -226,11 +238,6 @@ constexpr int64_t kDirectMinP = 16;
 
 bool use_direct_path(const Spectral& sp) { return sp.T <= kDirectMaxT && sp.P >= kDirectMinP; }
 
-// Pixels per step of the direct path's transforms: a few vectors, so that a sum over T or Q stays in
-// registers and each input is read once per output row rather than read and written per term. The
-// tile buffers have kBlock elements of slack at their end, so reading a block past a run's end (into
-// values that are then ignored) stays inside them.
-constexpr int64_t kBlock = 32;
 
 // A block as a few vector registers (the GCC / Clang vector extension: 64-byte vectors, two 32-byte
 // ones on CPUs without AVX-512), so that a sum over rows stays in registers.
