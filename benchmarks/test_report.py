@@ -119,3 +119,17 @@ def test_the_suites_save_statistics_without_round_samples():
     saved = {"benchmarks": [_bench("cpu", "time_conv", "fwd", "fp32", "s1", 1e-3)]}
     conftest.pytest_benchmark_update_json(config=None, benchmarks=[], output_json=saved)
     assert "data" not in saved["benchmarks"][0]["stats"] and saved["benchmarks"][0]["stats"]["median"] == 1e-3
+
+
+def test_host_times_are_reported_beside_the_gpu_numbers(tmp_path, capsys):
+    """benchmarks/test_host_overhead.py's records (host.json in gpu_suite.sh) get their own table, also
+    in the brief summary."""
+    host = {"params": {"backend": "triton", "op": "time_conv", "direction": "fwd+bwd"},
+            "extra_info": {"host_us": 45.04, "host_us_min": 44.0, "host_us_max": 51.0, "budget_us": 60.0,
+                           "launches_per_call": 3, "load": 1.5},
+            "stats": {"median": 0.1, "rounds": 1}}
+    path = _write(tmp_path, [host, _bench("cpu", "time_conv", "fwd", "fp32", "s1", 1e-3, nbytes=10**6)])
+    assert report.main([str(path), "--brief"]) == 0
+    row = "| triton | time_conv | fwd+bwd | 45.0 (44.0-51.0) | 60 | 3 | 1.50 |"
+    assert row in capsys.readouterr().out
+    assert row in (tmp_path / "report.md").read_text()

@@ -150,6 +150,7 @@ def resolve_backend(backend: str, x: torch.Tensor) -> Backend:
 
 
 def _backend_for(backend, x: torch.Tensor, device_type: str) -> Backend:
+    """resolve_backend, given x's device type (the public functions have it from validation)."""
     if not isinstance(backend, str):
         raise TypeError(f"backend must be a string, got {type(backend).__name__}")
     if backend == "auto":
