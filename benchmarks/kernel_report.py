@@ -4,13 +4,17 @@
 
 For every GPU benchmark shape (harness.GPU_SHAPES the triton backend handles) and dtype, the report
 records the launches the triton backend makes for one forward and one backward (with the launcher
-stubbed, on meta tensors, for an H100's or an A100's limits), compiles each distinct kernel variant
-once (triton.compile for GPUTarget("cuda", arch, 32)) and reads the cubin with cuobjdump:
+stubbed, on meta tensors, planned by the backend's own functions for an H100's or an A100's limits:
+`gpu_limits` replaces its _device_limits, so each arch gets the configurations the launcher would
+pick on such a device), then the forward's and mask pass's persistent autotuning candidates, compiles
+each distinct kernel variant once (triton.compile for GPUTarget("cuda", arch, 32)) and reads the
+cubin with cuobjdump:
 
     registers per thread, shared memory, spill (stack / local) bytes, CTAs per SM (from registers,
     shared memory and threads), SASS instructions and the tensor-core share (HMMA / HGMMA over all),
     64-bit integer divisions (div / rem .s64 / .u64 in the PTX, which ptxas turns into a call), and
-    BAR.SYNC / WARPGROUP.DEPBAR counts.
+    BAR.SYNC / WARPGROUP.DEPBAR counts, and whether the wgmma waits leave groups in flight
+    (WARPGROUP.DEPBAR.LE gsb0, N with N > 0: asynchronous MMAs) or wait for all (N = 0).
 
 It then prints the launch plan per call (launches and aten ops, counted on CPU tensors with the
 launcher stubbed) and the host time per call (time.thread_time, launcher stubbed).
@@ -122,6 +126,14 @@ def triton_on_cpu() -> Iterator[None]:
         api.register_backend(original)
 
 
+def device_limits(arch: int):
+    """The triton backend's DeviceLimits of an A100 (80) or H100 (90): what it plans launches with."""
+    from dsno_kernels.backends import triton as triton_backend
+
+    limits = SHARED_MEMORY_LIMIT[arch], SHARED_MEMORY_PER_SM[arch], MULTIPROCESSORS[arch], arch
+    return triton_backend.DeviceLimits(*limits)
+
+
 @contextlib.contextmanager
 def gpu_limits(arch: int) -> Iterator[None]:
     """The triton backend plans its launches for an sm_`arch` GPU's limits whatever the tensors' device
@@ -129,7 +141,7 @@ def gpu_limits(arch: int) -> Iterator[None]:
     from dsno_kernels.backends import triton as triton_backend
 
     saved = triton_backend._device_limits, triton_backend._device_key
-    triton_backend._device_limits = lambda index: (SHARED_MEMORY_LIMIT[arch], MULTIPROCESSORS[arch])
+    triton_backend._device_limits = lambda index: device_limits(arch)
     triton_backend._device_key = lambda device: 0
     triton_backend.clear_launch_plans()
     try:
@@ -177,7 +189,8 @@ def host_time_per_call(fn: Callable[[], object], calls: int = 200, repeats: int 
 def _specialize(kernel, args: dict):
     """The (signature, constexprs, attrs) Triton's launcher derives from these arguments: ints equal
     to 1 become constants, ints and pointers divisible by 16 get the divisibility hint (tensors on the
-    meta device have address 0; real allocations are 256-byte aligned)."""
+    meta device have address 0; real allocations are 256-byte aligned), except the ints the kernel
+    says not to specialize on."""
     signature, constexprs, attrs = {}, {}, {}
     for index, (name, param) in enumerate(zip(kernel.arg_names, kernel.params)):
         value = args[name]
@@ -188,6 +201,8 @@ def _specialize(kernel, args: dict):
             attrs[(index,)] = [["tt.divisibility", 16]]
         elif isinstance(value, float):
             signature[name] = param.annotation_type or "fp32"
+        elif param.do_not_specialize:
+            signature[name] = "i32" if -(2**31) <= value < 2**31 else "i64"
         elif value == 1:
             signature[name], constexprs[name] = "constexpr", 1
         else:
@@ -241,6 +256,10 @@ def _cubin_facts(cubin: bytes) -> dict:
     facts["tensor_core"] = sum(op.startswith(("HMMA", "HGMMA", "DMMA")) for op in opcodes)
     facts["bar_sync"] = sum(op.startswith("BAR.SYNC") for op in opcodes)
     facts["wgmma_waits"] = sum(op.startswith("WARPGROUP.DEPBAR") for op in opcodes)
+    # WARPGROUP.DEPBAR.LE gsb0, N waits until at most N wgmma groups are outstanding: N > 0 lets
+    # later wgmmas (and the loads around them) overlap the ones in flight; N = 0 waits for all.
+    depths = re.findall(r"WARPGROUP\.DEPBAR\.LE\s+gsb0\s*,\s*(0x[0-9a-f]+)", sass)
+    facts["wgmma_wait_depths"] = sorted({int(n, 16) for n in depths})
     return facts
 
 
@@ -302,6 +321,26 @@ def shape_launches(
     return {"forward": forward, "backward": backward}
 
 
+def persistent_variants(launch: RecordedLaunch, arch: int) -> list[RecordedLaunch]:
+    """The persistent autotuning candidates (triton backend's _mix_variants) of a recorded one-config
+    mix launch (forward or mask pass), planned for sm_`arch`, as launches."""
+    from dsno_kernels.backends import triton as triton_backend
+
+    a = launch.args
+    with gpu_limits(arch):
+        variants = triton_backend._mix_variants(
+            a["T"], a["K"], a["C_IN"], a["C_OUT"], a["P"], a["in_ptr"].element_size(), 0, True, a["STORE_MASK"]
+        )
+    launches = []
+    for config, persistent in variants:
+        if persistent:
+            meta = triton_backend._mix_kwargs(config, persistent)
+            options = {name: meta.pop(name) for name in ("num_warps", "num_stages")}
+            grid = triton_backend._mix_grid(a["B"], a["P"], a["C_OUT"], MULTIPROCESSORS[arch], meta)
+            launches.append(RecordedLaunch(launch.kernel, grid, {**a, **meta}, options))
+    return launches
+
+
 def _role(kernel_name: str, args: dict) -> str:
     if kernel_name == "_spectral_mix_kernel":
         return "mask pass" if args["STORE_MASK"] else "forward"
@@ -311,11 +350,13 @@ def _role(kernel_name: str, args: dict) -> str:
 def _config(launch: RecordedLaunch) -> str:
     names = [n for n in launch.kernel.arg_names if n.startswith(("BLOCK", "DW_BLOCK"))]
     blocks = " ".join(f"{n.replace('BLOCK_', '').replace('DW_', 'dw')}={launch.args[n]}" for n in names)
-    return f"{blocks} w{launch.options.get('num_warps', '')}s{launch.options.get('num_stages', '')}"
+    persistent = f" persistent {launch.args['PERSISTENT']}/SM" if launch.args.get("PERSISTENT") else ""
+    return f"{blocks} w{launch.options.get('num_warps', '')}s{launch.options.get('num_stages', '')}{persistent}"
 
 
-def static_report(archs=(90, 80), dtypes=("bf16", "fp32"), shapes=None, log=print) -> list[dict]:
-    """One row per (arch, dtype, kernel variant) with the shapes that launch it."""
+def static_report(archs=(90, 80), dtypes=("bf16", "fp32"), shapes=None, log=print, persistent=True) -> list[dict]:
+    """One row per (arch, dtype, kernel variant) with the shapes that launch it: the launches of one
+    configuration, then (persistent) the mix kernel's persistent autotuning candidates."""
     from benchmarks.harness import GPU_SHAPES
     from dsno_kernels.backends import triton as triton_backend
 
@@ -323,24 +364,28 @@ def static_report(archs=(90, 80), dtypes=("bf16", "fp32"), shapes=None, log=prin
     rows = []
     for arch in archs:
         for dtype_name in dtypes:
-            variants: dict[tuple, dict] = {}
-            for shape in shapes:
-                for direction, launches in shape_launches(shape, DTYPE_NAMES[dtype_name], arch).items():
-                    for launch in launches:
-                        key = variant_key(launch)
-                        if key not in variants:
-                            variants[key] = {"launch": launch, "shapes": []}
-                        variants[key]["shapes"].append(shape.name)
-            for variant in variants.values():
-                launch = variant["launch"]
-                started = time.perf_counter()
-                facts = compile_launch(launch, arch)
-                row = {
-                    "arch": arch, "dtype": dtype_name, "kernel": _role(launch.name, launch.args),
-                    "config": _config(launch), "shapes": sorted(set(variant["shapes"])), **facts,
-                }  # fmt: skip
-                log(f"  compiled sm_{arch} {dtype_name} {row['kernel']} in {time.perf_counter() - started:.0f} s")
-                rows.append(row)
+            for persistent_rows in (False, True) if persistent else (False,):
+                variants: dict[tuple, dict] = {}
+                for shape in shapes:
+                    for launches in shape_launches(shape, DTYPE_NAMES[dtype_name], arch).values():
+                        if persistent_rows:
+                            mix = [l for l in launches if l.name == "_spectral_mix_kernel"]
+                            launches = [v for l in mix for v in persistent_variants(l, arch)]
+                        for launch in launches:
+                            key = variant_key(launch)
+                            if key not in variants:
+                                variants[key] = {"launch": launch, "shapes": []}
+                            variants[key]["shapes"].append(shape.name)
+                for variant in variants.values():
+                    launch = variant["launch"]
+                    started = time.perf_counter()
+                    facts = compile_launch(launch, arch)
+                    row = {
+                        "arch": arch, "dtype": dtype_name, "kernel": _role(launch.name, launch.args),
+                        "config": _config(launch), "shapes": sorted(set(variant["shapes"])), **facts,
+                    }  # fmt: skip
+                    log(f"  compiled sm_{arch} {dtype_name} {row['kernel']} in {time.perf_counter() - started:.0f} s")
+                    rows.append(row)
     return rows
 
 
@@ -373,6 +418,15 @@ def launch_plan_report() -> list[dict]:
     return rows
 
 
+def _async_wgmma(row: dict) -> str:
+    depths = row.get("wgmma_wait_depths")
+    if depths is None:
+        return "?"
+    if not depths:
+        return "-"
+    return f"{'yes' if max(depths) > 0 else 'no'} (N = {', '.join(map(str, depths))})"
+
+
 def _format(static_rows: list[dict], plan_rows: list[dict]) -> str:
     lines = [
         "# Triton kernels: static report",
@@ -383,10 +437,14 @@ def _format(static_rows: list[dict], plan_rows: list[dict]) -> str:
         "time_conv, one configuration (DSNO_KERNELS_TRITON_AUTOTUNE=0: the first the launcher keeps).",
         "regs: registers per thread; smem: shared memory per CTA; spill: stack + local bytes per thread;",
         "CTAs/SM: resident CTAs per SM by registers, shared memory and threads; TC share: HMMA/HGMMA over",
-        "all SASS instructions; div64: 64-bit integer divisions in the PTX; DEPBAR: WARPGROUP.DEPBAR (wgmma waits).",
+        "all SASS instructions; div64: 64-bit integer divisions in the PTX; DEPBAR: WARPGROUP.DEPBAR (wgmma waits);",
+        "async wgmma: whether some wait leaves wgmma groups in flight (DEPBAR.LE gsb0, N > 0: loads and later",
+        "MMAs overlap them) or every wait is for all of them (N = 0), with the Ns seen; - without wgmma.",
+        "Rows marked persistent are the forward's and mask pass's persistent autotuning candidates (a GPU",
+        "times them against the one-tile-per-program ones), with the programs per SM their grid holds.",
         "",
-        "| arch | dtype | kernel | config | regs | smem KB | spill B | CTAs/SM | SASS | TC | TC share | div64 | BAR.SYNC | DEPBAR | shapes |",
-        "|---|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|",
+        "| arch | dtype | kernel | config | regs | smem KB | spill B | CTAs/SM | SASS | TC | TC share | div64 | BAR.SYNC | DEPBAR | async wgmma | shapes |",
+        "|---|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|---|",
     ]
     for r in static_rows:
         spill = r.get("stack", 0) + r.get("local", 0) if "stack" in r else "?"
@@ -395,7 +453,7 @@ def _format(static_rows: list[dict], plan_rows: list[dict]) -> str:
             f"| sm_{r['arch']} | {r['dtype']} | {r['kernel']} | {r['config']} | {r.get('registers', '?')} "
             f"| {r['shared'] / 1024:.1f} | {spill} | {r.get('ctas_per_sm', '?')} | {r.get('sass', '?')} "
             f"| {r.get('tensor_core', '?')} | {share} | {r['div64']} | {r.get('bar_sync', '?')} "
-            f"| {r.get('wgmma_waits', '?')} | {', '.join(r['shapes'])} |"
+            f"| {r.get('wgmma_waits', '?')} | {_async_wgmma(r)} | {', '.join(r['shapes'])} |"
         )
     lines += [
         "",

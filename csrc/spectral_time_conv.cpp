@@ -2,18 +2,25 @@
 //
 //   x [B, T, C_in, *S], weight [C_in, C_out, K, 2]   ->   y [B, T, C_out, *S]
 //
-// Each pixel column x[b, :, :, p] ([T, C_in]) goes through three GEMMs (see dsno_kernels/backends/reference.py):
-//   X = F x            F [R, T]: the truncated real DFT (rows cos, -sin per mode; DC/Nyquist: cos only)
-//   Y_k = M_k X_k      per mode k, M_k = [[Wr^T, -Wi^T], [Wi^T, Wr^T]] (real modes: Wr^T)
-//   s = G Y            G [T, R]: the irfft restricted to the kept rows
-// time_conv adds the epilogue y = x + leaky_relu(s). The backward is the transposed chain:
-//   g = dy (time_conv: dy * (s > 0 ? 1 : slope), s recomputed), dY = G^T g, dX_k = M_k^T dY_k,
-//   dx = F^T dX (+ dy), dM_k = sum over pixels dY_k X_k^T, folded back into dWr, dWi.
+// Each pixel column x[b, :, :, p] ([T, C_in]) goes through reference.py's real form as a chain of GEMMs
+// over "products", the channel GEMMs of the modes:
+//   X = F x          F [R, T]: the DFT rows the products read
+//   Y_q = W_q X_q    the channel mixing, one BLAS GEMM per product q on its rows of X
+//   s = G Y          G [T, R]: the irfft restricted to the kept modes, in terms of the products' rows
+// A real mode (DC, Nyquist) is one product: row cos, W = Wr^T, G column c/T cos. A complex mode is
+// either one product of two rows (cos, -sin), W = [[Wr^T, -Wi^T], [Wi^T, Wr^T]], G columns
+// c/T (cos, -sin) (c = 2; 1 for DC and Nyquist), or, where the channel GEMMs dominate, three products of
+// one row each by Gauss's trick, 3 real GEMMs instead of 4: Y1 = Wr^T Xr, Y2 = Wi^T Xi and
+// Y3 = (Wr + Wi)^T (Xr + Xi) give Yr = Y1 - Y2 and Yi = Y3 - Y1 - Y2, so the rows are cos, -sin, cos - sin
+// and the G columns c/T (cos + sin), c/T (sin - cos), -c/T sin. time_conv adds y = x + leaky_relu(s).
+// The backward is the transposed chain of the same factors: g = dy (time_conv: dy * (s > 0 ? 1 : slope),
+// s recomputed), dY = G^T g, dX_q = W_q^T dY_q, dx = F^T dX (+ dy), and dW_q = sum over pixels of
+// dY_q X_q^T, folded back into the weight's layout by the chain rule.
 //
 // The CPU kernels work on tiles of pixel columns (across the batch, so shapes without trailing dims
-// still make wide tiles): one gather of the tile into an fp32 (fp64) buffer, BLAS GEMMs on it, one
-// fused write. Nothing but x, dy and the outputs touches memory at full size. dweight is reduced
-// per fixed chunk of tiles and the chunks summed in order, so it is deterministic.
+// still make wide tiles): the tile is read once into fp32 (fp64) buffers, the channel GEMMs go to BLAS,
+// and the results are written once. Nothing but x, dy and the outputs touches memory at full size.
+// dweight is reduced per fixed chunk of tiles and the chunks summed in order, so it is deterministic.
 
 #include <Python.h>
 
@@ -23,30 +30,48 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/addmm.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 #include <ATen/ops/mm.h>
 #include <ATen/ops/zeros.h>
-#include <ATen/ops/zeros_like.h>
-#include <ATen/TensorOperators.h>
 #include <torch/library.h>
 
 #include "common.h"
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <vector>
+
+// GCC turns the block copies below into calls to memmove, which at 32 floats cost more than the copy.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC optimize("no-tree-loop-distribute-patterns")
+#endif
 
 namespace dsno_kernels {
 namespace {
 
 constexpr double kPi = 3.14159265358979323846;
 
-// The real-form pieces of one call, in the accumulation dtype.
-struct Spectral : Dims {
-  int64_t R;                             // rows of the real DFT: 1 per real mode, 2 per complex one
-  std::vector<int64_t> first_row, rows;  // per mode: its first row in F / G and its row count (1 or 2)
-  at::Tensor F, G;                       // [R, T], [T, R]
-  std::vector<at::Tensor> M;             // per mode: [rows * C_out, rows * C_in]
+// One channel GEMM of the mixing: rows [row, row + rows) of X and Y, W [rows * C_out, rows * C_in].
+struct Product {
+  int64_t row, rows;
 };
+
+// The factors of one call, in the accumulation dtype.
+struct Spectral : Dims {
+  bool gauss;                          // complex modes as three one-row products
+  int64_t R;                           // rows of X (and of F)
+  std::vector<Product> products;
+  std::vector<int64_t> first_product;  // per mode
+  at::Tensor F, G;                     // [R, T], [T, R]
+  std::vector<at::Tensor> W;           // per product
+};
+
+// Gauss's trick saves a C_in x C_out GEMM per complex mode and pixel and costs a third DFT row, T more
+// multiply-adds per channel of x and of y, in the transforms, which cost several times more per operation
+// than the GEMMs (measured on the CPU: a gain from C = 64 at T = 4, a loss at C = 32 and for the FNO-1D
+// shapes, T = 256, C = 64).
+bool use_gauss(const Dims& d) { return d.C_in * d.C_out >= 8 * d.T * (d.C_in + d.C_out); }
 
 // Built in acc_t directly (the bases computed in fp64 and rounded once), without temporary tensors: at
 // small shapes this per-call work is a visible part of the op.
@@ -54,71 +79,108 @@ template <typename scalar_t, typename acc_t>
 Spectral make_spectral(const at::Tensor& x, const at::Tensor& weight) {
   Spectral s;
   static_cast<Dims&>(s) = describe_dims(x, weight);
+  s.gauss = use_gauss(s);
   s.R = 0;
   for (int64_t k = 0; k < s.K; ++k) {
-    s.first_row.push_back(s.R);
-    s.rows.push_back(mode_is_real(k, s.T) ? 1 : 2);
-    s.R += s.rows.back();
+    s.first_product.push_back(static_cast<int64_t>(s.products.size()));
+    if (mode_is_real(k, s.T)) {
+      s.products.push_back({s.R++, 1});
+    } else if (s.gauss) {
+      for (int64_t q = 0; q < 3; ++q) s.products.push_back({s.R++, 1});
+    } else {
+      s.products.push_back({s.R, 2});
+      s.R += 2;
+    }
   }
   const auto options = at::TensorOptions().dtype(c10::CppTypeToScalarType<acc_t>::value);
-  s.F = at::zeros({s.R, s.T}, options);
-  s.G = at::zeros({s.T, s.R}, options);
+  s.F = at::empty({s.R, s.T}, options);
+  s.G = at::empty({s.T, s.R}, options);
   acc_t* f = s.F.mutable_data_ptr<acc_t>();  // [R, T]
   acc_t* g = s.G.mutable_data_ptr<acc_t>();  // [T, R]
   for (int64_t k = 0; k < s.K; ++k) {
-    const double c = mode_is_real(k, s.T) ? 1.0 : 2.0;
+    const int64_t r = s.products[s.first_product[k]].row;
+    const bool real = mode_is_real(k, s.T);
+    const double c = (real ? 1.0 : 2.0) / static_cast<double>(s.T);
     for (int64_t t = 0; t < s.T; ++t) {
       // reduce k*t mod T first so the angle stays exact for large T
       const double angle = 2.0 * kPi * static_cast<double>((k * t) % s.T) / static_cast<double>(s.T);
-      const int64_t r = s.first_row[k];
-      f[r * s.T + t] = static_cast<acc_t>(std::cos(angle));
-      g[t * s.R + r] = static_cast<acc_t>(c / s.T * std::cos(angle));
-      if (s.rows[k] == 2) {
-        f[(r + 1) * s.T + t] = static_cast<acc_t>(-std::sin(angle));
-        g[t * s.R + r + 1] = static_cast<acc_t>(-c / s.T * std::sin(angle));
+      const double cs = std::cos(angle), sn = std::sin(angle);
+      acc_t* g_t = g + t * s.R + r;
+      f[r * s.T + t] = static_cast<acc_t>(cs);
+      if (real) {
+        g_t[0] = static_cast<acc_t>(c * cs);
+        continue;
       }
+      f[(r + 1) * s.T + t] = static_cast<acc_t>(-sn);
+      if (!s.gauss) {
+        g_t[0] = static_cast<acc_t>(c * cs);
+        g_t[1] = static_cast<acc_t>(-c * sn);
+        continue;
+      }
+      f[(r + 2) * s.T + t] = static_cast<acc_t>(cs - sn);
+      g_t[0] = static_cast<acc_t>(c * (cs + sn));
+      g_t[1] = static_cast<acc_t>(c * (sn - cs));
+      g_t[2] = static_cast<acc_t>(-c * sn);
     }
   }
-  // M_k = [[Wr^T, -Wi^T], [Wi^T, Wr^T]] (real modes: Wr^T).
+  // The products' matrices from weight[i, o, k] (Wr + Wi summed in acc_t, as the GEMM sees it).
   const at::Tensor w_contig = weight.contiguous();
   const scalar_t* w = w_contig.const_data_ptr<scalar_t>();  // [C_in, C_out, K, 2]
+  const int64_t Co = s.C_out, Ci = s.C_in;
+  for (const Product& product : s.products) s.W.push_back(at::empty({product.rows * Co, product.rows * Ci}, options));
   for (int64_t k = 0; k < s.K; ++k) {
-    const int64_t nr = s.rows[k], Co = s.C_out, Ci = s.C_in;
-    at::Tensor Mk = at::empty({nr * Co, nr * Ci}, options);
-    acc_t* m = Mk.mutable_data_ptr<acc_t>();
-    const int64_t pitch = nr * Ci;
+    const int64_t first = s.first_product[k];
+    const bool complex = !mode_is_real(k, s.T), block = complex && !s.gauss;
+    acc_t* m = s.W[first].mutable_data_ptr<acc_t>();
+    acc_t* m_wi = complex && s.gauss ? s.W[first + 1].mutable_data_ptr<acc_t>() : nullptr;
+    acc_t* m_sum = complex && s.gauss ? s.W[first + 2].mutable_data_ptr<acc_t>() : nullptr;
+    const int64_t pitch = block ? 2 * Ci : Ci;
     for (int64_t o = 0; o < Co; ++o) {
       for (int64_t i = 0; i < Ci; ++i) {
-        const acc_t wr = static_cast<acc_t>(w[((i * Co + o) * s.K + k) * 2]);
+        const scalar_t* w_iok = w + ((i * Co + o) * s.K + k) * 2;
+        const acc_t wr = static_cast<acc_t>(w_iok[0]), wi = static_cast<acc_t>(w_iok[1]);
         m[o * pitch + i] = wr;
-        if (nr == 2) {
-          const acc_t wi = static_cast<acc_t>(w[((i * Co + o) * s.K + k) * 2 + 1]);
+        if (block) {  // [[Wr^T, -Wi^T], [Wi^T, Wr^T]]
           m[o * pitch + Ci + i] = -wi;
           m[(Co + o) * pitch + i] = wi;
           m[(Co + o) * pitch + Ci + i] = wr;
+        } else if (complex) {
+          m_wi[o * Ci + i] = wi;
+          m_sum[o * Ci + i] = wr + wi;
         }
       }
     }
-    s.M.push_back(Mk);
   }
   return s;
 }
 
+// Pixels per step of the direct path's transforms: a few vectors, so that a sum over T or R stays in
+// registers and each input is read once per output row rather than read and written per term. The
+// tile buffers have kBlock elements of slack at their end, so reading a block past a run's end (into
+// values that are then ignored) stays inside them.
+constexpr int64_t kBlock = 32;
+
 // Pixel columns per tile: enough for efficient GEMMs, small enough for the tile buffers to stay in L2
-// (`scale` times about 1 MB per thread), and, for small calls (the tiny preset's layers have 128 to 512
-// columns), at most 1 / kMinTiles of the columns so that the threads share the work. The rule does not
-// depend on the thread count, so neither does dweight's summation order.
+// (`scale` times about 1 MB per thread: the cap, which may be exceeded by a block), whole blocks (a
+// shorter tail costs as much as a block), and at least kMinTiles tiles, so that small calls (the tiny
+// preset's layers have 128 to 512 columns) still give every thread work; the widest such tile that
+// makes the tile count a multiple of kMinTiles (equal shares for 2 or 4 threads), else the widest. The
+// rule does not depend on the thread count, so neither does dweight's summation order.
 constexpr int64_t kMinTiles = 4;
-constexpr int64_t kMinTileColumns = 32;
 
 int64_t tile_columns(const Spectral& s, int64_t scale) {
   // x, s, dy tiles ([T, C, cols]) and X, Y ([R, C, cols])
   const int64_t per_column = 3 * s.T * std::max(s.C_in, s.C_out) + s.R * (s.C_in + s.C_out);
-  int64_t cols = scale * (256 * 1024) / std::max<int64_t>(per_column, 1);
-  cols = std::max<int64_t>(scale * 16, std::min<int64_t>(scale * 512, cols / 16 * 16));
+  const int64_t cap = std::min<int64_t>(scale * 512, scale * (256 * 1024) / std::max<int64_t>(per_column, 1));
   const int64_t columns = std::max<int64_t>(s.B * s.P, 1);
-  const int64_t shared = std::max(kMinTileColumns, ceil_div(ceil_div(columns, kMinTiles), 16) * 16);
-  return std::min({cols, shared, columns});
+  int64_t widest = kBlock;
+  for (int64_t cols = (ceil_div(cap, kBlock) + 1) * kBlock; cols > kBlock; cols -= kBlock) {
+    const int64_t tiles = ceil_div(columns, cols);
+    if (tiles < kMinTiles) continue;
+    widest = std::max(widest, cols);
+    if (tiles % kMinTiles == 0) return cols;
+  }
+  return std::min(widest, columns);
 }
 
 // Calls run(b, p, col, len) for each run of a tile's columns [n0, n0 + width) that stays inside one batch
@@ -132,14 +194,20 @@ inline void for_each_run(int64_t P, int64_t n0, int64_t width, int64_t max_len, 
   }
 }
 
+// Zeroes the columns [width, cols) of each of the `rows` rows of a [rows, cols] buffer: the padding of
+// a tile's last columns, which the GEMMs read (and dweight's GEMM sums over).
+template <typename acc_t>
+void zero_padding(acc_t* buffer, int64_t rows, int64_t width, int64_t cols) {
+  if (width == cols) return;
+  for (int64_t row = 0; row < rows; ++row) std::fill(buffer + row * cols + width, buffer + (row + 1) * cols, acc_t(0));
+}
+
 // Copies the columns [n0, n0 + width) of src ([B, T, C, P] contiguous) into dst [T, C, cols] in acc_t,
 // zero-filling the columns past width.
 template <typename scalar_t, typename acc_t>
 void gather_columns(const scalar_t* src, acc_t* dst, int64_t T, int64_t C, int64_t P, int64_t n0, int64_t width,
                     int64_t cols) {
-  if (width < cols) {
-    for (int64_t row = 0; row < T * C; ++row) std::fill(dst + row * cols + width, dst + (row + 1) * cols, acc_t(0));
-  }
+  zero_padding(dst, T * C, width, cols);
   for_each_run(P, n0, width, width, [&](int64_t b, int64_t p, int64_t col, int64_t len) {
     for (int64_t row = 0; row < T * C; ++row) {
       const scalar_t* in = src + (b * T * C + row) * P + p;
@@ -164,119 +232,178 @@ void scatter_columns(const acc_t* src, scalar_t* dst, int64_t T, int64_t C, int6
 
 // Direct path (small T, images): the DFT along T is folded into the tile load and the inverse DFT plus
 // epilogue into the store, as FMAs over contiguous pixel runs; only the channel mixing goes to BLAS.
-// For long T (R * T FMAs per element) or tiny P (runs too short to vectorise) the GEMM path wins.
+// For long T (Q * T FMAs per element) or tiny P (runs too short to vectorise) the GEMM path wins.
 constexpr int64_t kDirectMaxT = 16;
 constexpr int64_t kDirectMinP = 16;
 
 bool use_direct_path(const Spectral& sp) { return sp.T <= kDirectMaxT && sp.P >= kDirectMinP; }
 
-// Longest pixel run the direct path keeps on the stack.
-constexpr int64_t kMaxRun = 512;
 
-// run[j] = sum_r A[t][r] src[r][c][col + j] for j < len: one time point of the inverse transform.
+// A block as a few vector registers (the GCC / Clang vector extension: 64-byte vectors, two 32-byte
+// ones on CPUs without AVX-512), so that a sum over rows stays in registers.
 template <typename acc_t>
-inline void synthesize_run(const acc_t* src, const acc_t* A, int64_t rows, int64_t t, int64_t C, int64_t c,
-                           int64_t cols, int64_t col, int64_t len, acc_t* run) {
-  std::fill(run, run + len, acc_t(0));
+struct BlockVectors {
+  typedef acc_t Vec __attribute__((vector_size(64)));
+  static constexpr int64_t kLanes = 64 / sizeof(acc_t);
+  static constexpr int64_t kCount = kBlock / kLanes;
+  static inline Vec load(const acc_t* from) {
+    Vec v;
+    std::memcpy(&v, from, sizeof(Vec));
+    return v;
+  }
+  static inline void store(acc_t* to, const Vec& v) { std::memcpy(to, &v, sizeof(Vec)); }
+};
+
+// out[j] = sum_r a[r * a_stride] in_r[j] over the rows in_r = in + r * in_stride, for a whole block.
+template <typename acc_t>
+inline void combine_block(const acc_t* a, int64_t a_stride, const acc_t* in, int64_t in_stride, int64_t rows,
+                          acc_t* out) {
+  using V = BlockVectors<acc_t>;
+  typename V::Vec acc[V::kCount] = {};
   for (int64_t r = 0; r < rows; ++r) {
-    const acc_t a = A[t * rows + r];
-    const acc_t* in = src + (r * C + c) * cols + col;
-    for (int64_t j = 0; j < len; ++j) run[j] += a * in[j];
+    const acc_t coef = a[r * a_stride];
+    const acc_t* row = in + r * in_stride;
+    for (int64_t v = 0; v < V::kCount; ++v) acc[v] += coef * V::load(row + v * V::kLanes);
+  }
+  for (int64_t v = 0; v < V::kCount; ++v) V::store(out + v * V::kLanes, acc[v]);
+}
+
+// Writes the first n values of a block to dst: a whole block directly (it lies inside one run of the
+// tile buffer's row), a run's last, shorter block through `spare`.
+template <typename acc_t, typename Compute>
+inline void write_block(acc_t* dst, int64_t n, acc_t* spare, Compute compute) {
+  if (n == kBlock) {
+    compute(dst);
+    return;
+  }
+  compute(spare);
+  for (int64_t j = 0; j < n; ++j) dst[j] = spare[j];
+}
+
+// The direct path reads x and dy in runs of at most kRun pixels: each of a run's T rows is read whole
+// (a contiguous stream) into an acc_t buffer on the stack before the blocks are combined.
+constexpr int64_t kRun = 256;
+
+// The T time points of channel c at a run's n pixels of src [B, T, C, P] (at in), as acc_t rows
+// [T, kRun], zero from n to the end of the last block. The next channel's rows (at in + stride_c) are
+// prefetched: the hardware prefetcher does not follow T short streams that jump by a channel each time.
+template <typename scalar_t, typename acc_t>
+inline void load_rows(const scalar_t* in, int64_t T, int64_t stride_t, int64_t stride_c, int64_t n, acc_t* rows) {
+  const int64_t padded = ceil_div(n, kBlock) * kBlock;
+  constexpr int64_t line = 64 / sizeof(scalar_t);
+  for (int64_t t = 0; t < T; ++t) {
+    for (int64_t j = 0; j < n; j += line) __builtin_prefetch(in + stride_c + t * stride_t + j);
+  }
+  for (int64_t t = 0; t < T; ++t) {
+    acc_t* row = rows + t * kRun;
+    const scalar_t* from = in + t * stride_t;
+    for (int64_t j = 0; j < n; ++j) row[j] = static_cast<acc_t>(from[j]);
+    for (int64_t j = n; j < padded; ++j) row[j] = acc_t(0);
   }
 }
 
-// dst[r][c][col] = sum_t A[r][t] src[b, t, c, p] over the tile's columns; A is [rows, T], src [B, T, C, P].
+// dst[q][c][col] = sum_t A[q][t] src[b, t, c, p] over the tile's columns; A is [rows, T], src [B, T, C, P].
 template <typename scalar_t, typename acc_t>
 void load_transform(const scalar_t* src, const acc_t* A, int64_t rows, acc_t* dst, int64_t T, int64_t C, int64_t P,
                     int64_t n0, int64_t width, int64_t cols) {
-  std::fill(dst, dst + rows * C * cols, acc_t(0));
-  for_each_run(P, n0, width, width, [&](int64_t b, int64_t p, int64_t col, int64_t len) {
+  zero_padding(dst, rows * C, width, cols);
+  acc_t in[kDirectMaxT * kRun], out[kBlock];
+  for_each_run(P, n0, width, kRun, [&](int64_t b, int64_t p, int64_t col, int64_t len) {
     for (int64_t c = 0; c < C; ++c) {
-      for (int64_t t = 0; t < T; ++t) {
-        const scalar_t* in = src + ((b * T + t) * C + c) * P + p;
-        for (int64_t r = 0; r < rows; ++r) {
-          const acc_t a = A[r * T + t];
-          acc_t* out = dst + (r * C + c) * cols + col;
-          for (int64_t j = 0; j < len; ++j) out[j] += a * static_cast<acc_t>(in[j]);
+      load_rows(src + ((b * T) * C + c) * P + p, T, C * P, P, len, in);
+      for (int64_t j0 = 0; j0 < len; j0 += kBlock) {
+        const int64_t n = std::min(kBlock, len - j0);
+        for (int64_t q = 0; q < rows; ++q) {
+          write_block(dst + (q * C + c) * cols + col + j0, n, out,
+                      [&](acc_t* to) { combine_block(A + q * T, 1, in + j0, kRun, T, to); });
         }
       }
     }
   });
 }
 
-// dst[b, t, c, p] = epilogue(sum_r A[t][r] src[r][c][col], offset of (b, t, c, p)) for the tile's columns.
+// dst[b, t, c, p] = epilogue(sum_q A[t][q] src[q][c][col], offset of (b, t, c, p)) for the tile's columns.
 template <typename scalar_t, typename acc_t, typename Epilogue>
 void store_transform(const acc_t* src, const acc_t* A, int64_t rows, scalar_t* dst, int64_t T, int64_t C, int64_t P,
                      int64_t n0, int64_t width, int64_t cols, Epilogue epilogue) {
-  acc_t run[kMaxRun];
-  for_each_run(P, n0, width, kMaxRun, [&](int64_t b, int64_t p, int64_t col, int64_t len) {
+  acc_t out[kBlock];
+  for_each_run(P, n0, width, width, [&](int64_t b, int64_t p, int64_t col, int64_t len) {
     for (int64_t c = 0; c < C; ++c) {
-      for (int64_t t = 0; t < T; ++t) {
-        synthesize_run(src, A, rows, t, C, c, cols, col, len, run);
-        const int64_t offset = ((b * T + t) * C + c) * P + p;
-        for (int64_t j = 0; j < len; ++j) dst[offset + j] = static_cast<scalar_t>(epilogue(offset + j, run[j]));
-      }
-    }
-  });
-}
-
-// time_conv backward, direct path: dY[r][c][col] = sum_t G[t][r] g_t with g_t = dy_t * leaky_relu'(s_t) and
-// s_t = sum_r G[t][r] Y[r][c][col] recomputed from the tile's Y (nothing was saved by the forward).
-template <typename scalar_t, typename acc_t>
-void masked_adjoint_transform(const acc_t* Y, const acc_t* G, int64_t rows, const scalar_t* dy, acc_t slope, acc_t* dY,
-                              int64_t T, int64_t C, int64_t P, int64_t n0, int64_t width, int64_t cols) {
-  acc_t run[kMaxRun];
-  std::fill(dY, dY + rows * C * cols, acc_t(0));
-  for_each_run(P, n0, width, kMaxRun, [&](int64_t b, int64_t p, int64_t col, int64_t len) {
-    for (int64_t c = 0; c < C; ++c) {
-      for (int64_t t = 0; t < T; ++t) {
-        synthesize_run(Y, G, rows, t, C, c, cols, col, len, run);
-        const scalar_t* grad = dy + ((b * T + t) * C + c) * P + p;
-        for (int64_t j = 0; j < len; ++j) run[j] = apply_epilogue(kLeakyGrad, run[j], static_cast<acc_t>(grad[j]), slope);
-        for (int64_t r = 0; r < rows; ++r) {
-          const acc_t a = G[t * rows + r];
-          acc_t* out = dY + (r * C + c) * cols + col;
-          for (int64_t j = 0; j < len; ++j) out[j] += a * run[j];
+      for (int64_t j0 = 0; j0 < len; j0 += kBlock) {
+        const int64_t n = std::min(kBlock, len - j0);
+        for (int64_t t = 0; t < T; ++t) {
+          combine_block(A + t * rows, 1, src + c * cols + col + j0, C * cols, rows, out);
+          const int64_t offset = ((b * T + t) * C + c) * P + p + j0;
+          for (int64_t j = 0; j < n; ++j) dst[offset + j] = static_cast<scalar_t>(epilogue(offset + j, out[j]));
         }
       }
     }
   });
 }
 
-// [rows, C * cols] per mode k: rows first_row[k] .. + rows[k] of a tile buffer [R, C * cols], as a
-// [rows[k] * C, cols] GEMM operand. Made once per thread, not per tile (a view costs a few us).
-std::vector<at::Tensor> mode_views(const Spectral& sp, const at::Tensor& buffer, int64_t C, int64_t cols) {
-  std::vector<at::Tensor> views;
-  for (int64_t k = 0; k < sp.K; ++k) {
-    views.push_back(buffer.narrow(0, sp.first_row[k], sp.rows[k]).view({sp.rows[k] * C, cols}));
-  }
-  return views;
+// time_conv backward, direct path: dY[q][c][col] = sum_t G[t][q] g_t with g_t = dy_t * leaky_relu'(s_t) and
+// s_t = sum_q G[t][q] Y[q][c][col] recomputed from the tile's Y (nothing was saved by the forward).
+template <typename scalar_t, typename acc_t>
+void masked_adjoint_transform(const acc_t* Y, const acc_t* G, int64_t rows, const scalar_t* dy, acc_t slope, acc_t* dY,
+                              int64_t T, int64_t C, int64_t P, int64_t n0, int64_t width, int64_t cols) {
+  zero_padding(dY, rows * C, width, cols);
+  acc_t grad[kDirectMaxT * kRun], s[kBlock], spare[kBlock];
+  for_each_run(P, n0, width, kRun, [&](int64_t b, int64_t p, int64_t col, int64_t len) {
+    for (int64_t c = 0; c < C; ++c) {
+      load_rows(dy + ((b * T) * C + c) * P + p, T, C * P, P, len, grad);  // zero past len: so is g
+      for (int64_t j0 = 0; j0 < len; j0 += kBlock) {
+        const int64_t n = std::min(kBlock, len - j0);
+        for (int64_t t = 0; t < T; ++t) {
+          combine_block(G + t * rows, 1, Y + c * cols + col + j0, C * cols, rows, s);
+          acc_t* g = grad + t * kRun + j0;
+          for (int64_t j = 0; j < kBlock; ++j) g[j] = apply_epilogue(kLeakyGrad, s[j], g[j], slope);
+        }
+        for (int64_t q = 0; q < rows; ++q) {
+          write_block(dY + (q * C + c) * cols + col + j0, n, spare,
+                      [&](acc_t* to) { combine_block(G + q, rows, grad + j0, kRun, T, to); });
+        }
+      }
+    }
+  });
 }
 
-// Per-thread tile buffers.
+// Per-thread tile buffers, each with kBlock elements of slack (see kBlock).
 struct TileBuffers {
   at::Tensor x, X, Y, s;  // [T, C_in, cols], [R, C_in, cols], [R, C_out, cols], [T, C_out, cols]
-  std::vector<at::Tensor> X_modes, Y_modes;  // mode_views of X and Y
+  std::vector<at::Tensor> X_q, Y_q;  // per product: [rows * C_in, cols], [rows * C_out, cols]
   TileBuffers(const Spectral& sp, int64_t cols, at::ScalarType acc) {
-    auto opt = at::TensorOptions().dtype(acc);
-    x = at::empty({sp.T, sp.C_in * cols}, opt);
-    X = at::empty({sp.R, sp.C_in * cols}, opt);
-    Y = at::empty({sp.R, sp.C_out * cols}, opt);
-    s = at::empty({sp.T, sp.C_out * cols}, opt);
-    X_modes = mode_views(sp, X, sp.C_in, cols);
-    Y_modes = mode_views(sp, Y, sp.C_out, cols);
+    x = tile_buffer(sp.T, sp.C_in, cols, acc);
+    X = tile_buffer(sp.R, sp.C_in, cols, acc);
+    Y = tile_buffer(sp.R, sp.C_out, cols, acc);
+    s = tile_buffer(sp.T, sp.C_out, cols, acc);
+    X_q = products(sp, X, sp.C_in, cols);
+    Y_q = products(sp, Y, sp.C_out, cols);
+  }
+  // [rows, C * cols], a view of a buffer with the slack after it.
+  static at::Tensor tile_buffer(int64_t rows, int64_t C, int64_t cols, at::ScalarType acc) {
+    const int64_t n = rows * C * cols;
+    return at::empty({n + kBlock}, at::TensorOptions().dtype(acc)).narrow(0, 0, n).view({rows, C * cols});
+  }
+  // Each product's GEMM operand [rows * C, cols] in an [R, C * cols] buffer. Made once per thread, not
+  // per tile (a view costs a few us).
+  static std::vector<at::Tensor> products(const Spectral& sp, const at::Tensor& buffer, int64_t C, int64_t cols) {
+    std::vector<at::Tensor> views;
+    for (const Product& product : sp.products) {
+      views.push_back(buffer.narrow(0, product.row, product.rows).view({product.rows * C, cols}));
+    }
+    return views;
   }
 };
 
-// Y_k = M_k X_k for every mode: the channel mixing, as BLAS GEMMs on the tile.
-void mix_modes(const Spectral& sp, TileBuffers& buf) {
-  for (int64_t k = 0; k < sp.K; ++k) at::mm_out(buf.Y_modes[k], sp.M[k], buf.X_modes[k]);
+// Y_q = W_q X_q for every product: the channel mixing, as BLAS GEMMs on the tile.
+void mix_products(const Spectral& sp, TileBuffers& buf) {
+  for (size_t q = 0; q < sp.products.size(); ++q) at::mm_out(buf.Y_q[q], sp.W[q], buf.X_q[q]);
 }
 
-// GEMM path: X = F x, Y_k = M_k X_k, s = G Y on the tile already gathered into buf.x.
+// GEMM path: X = F x, Y_q = W_q X_q, s = G Y on the tile already gathered into buf.x.
 void tile_forward(const Spectral& sp, TileBuffers& buf) {
   at::mm_out(buf.X, sp.F, buf.x);
-  mix_modes(sp, buf);
+  mix_products(sp, buf);
   at::mm_out(buf.s, sp.G, buf.Y);
 }
 
@@ -302,7 +429,7 @@ at::Tensor forward_cpu(const at::Tensor& x_in, const at::Tensor& weight, bool ti
         const int64_t n0 = tile * cols, width = std::min(cols, columns - n0);
         if (use_direct_path(sp)) {
           load_transform(xp, F, sp.R, buf.X.mutable_data_ptr<acc_t>(), sp.T, sp.C_in, sp.P, n0, width, cols);
-          mix_modes(sp, buf);
+          mix_products(sp, buf);
           const acc_t* Yb = buf.Y.const_data_ptr<acc_t>();
           if (time_conv) {
             store_transform(Yb, G, sp.R, yp, sp.T, sp.C_out, sp.P, n0, width, cols, [&](int64_t offset, acc_t v) {
@@ -350,42 +477,46 @@ std::tuple<at::Tensor, at::Tensor> backward_cpu(const at::Tensor& grad_out_in, c
     const int64_t tiles = (columns + cols - 1) / cols;
     // A fixed number of chunks (not threads) keeps the dweight sum order, hence its value, reproducible.
     const int64_t chunks = std::min<int64_t>(tiles, 16);
-    std::vector<std::vector<at::Tensor>> dM(chunks);
+    const auto opt = at::TensorOptions().dtype(acc_type);
+    std::vector<std::vector<at::Tensor>> dW(chunks);  // per chunk: the dW_q
+    for (auto& chunk_dW : dW) {
+      for (const at::Tensor& W : sp.W) chunk_dW.push_back(at::empty_like(W));
+    }
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     const scalar_t* dyp = dy.const_data_ptr<scalar_t>();
     scalar_t* dxp = grad_x.mutable_data_ptr<scalar_t>();
     const acc_t neg = static_cast<acc_t>(slope);
-    // Row-major copies of the bases for the direct path: F [R, T], G [T, R], G^T [R, T], F^T [T, R].
+    // Row-major copies of the bases for the direct path: F [Q, T], G [T, Q], G^T [Q, T], F^T [T, Q].
     const at::Tensor Gt_contig = sp.G.t().contiguous(), Ft_contig = sp.F.t().contiguous();
     const acc_t* F = sp.F.const_data_ptr<acc_t>();
     const acc_t* G = sp.G.const_data_ptr<acc_t>();
     const acc_t* Gt_rows = Gt_contig.const_data_ptr<acc_t>();
     const acc_t* Ft_rows = Ft_contig.const_data_ptr<acc_t>();
     at::parallel_for(0, chunks, 1, [&](int64_t chunk_begin, int64_t chunk_end) {
-      auto opt = at::TensorOptions().dtype(acc_type);
       TileBuffers buf(sp, cols, acc_type);
-      at::Tensor g = at::empty({sp.T, sp.C_out * cols}, opt);    // dL/ds
-      at::Tensor dY = at::empty({sp.R, sp.C_out * cols}, opt);
-      at::Tensor dX = at::empty({sp.R, sp.C_in * cols}, opt);
+      at::Tensor g = TileBuffers::tile_buffer(sp.T, sp.C_out, cols, acc_type);  // dL/ds
+      at::Tensor dY = TileBuffers::tile_buffer(sp.R, sp.C_out, cols, acc_type);
+      at::Tensor dX = TileBuffers::tile_buffer(sp.R, sp.C_in, cols, acc_type);
       at::Tensor dxb = at::empty({sp.T, sp.C_in * cols}, opt);
       at::Tensor dy_tile = time_conv ? at::empty({sp.T, sp.C_out * cols}, opt) : at::Tensor();
       const at::Tensor Gt = sp.G.t(), Ft = sp.F.t();
-      const std::vector<at::Tensor> dY_modes = mode_views(sp, dY, sp.C_out, cols);
-      std::vector<at::Tensor> dX_modes = mode_views(sp, dX, sp.C_in, cols);
-      std::vector<at::Tensor> Mt, Xt_modes;  // M_k^T, X_k^T
-      for (int64_t k = 0; k < sp.K; ++k) {
-        Mt.push_back(sp.M[k].t());
-        Xt_modes.push_back(buf.X_modes[k].t());
+      std::vector<at::Tensor> dY_q = TileBuffers::products(sp, dY, sp.C_out, cols);
+      std::vector<at::Tensor> dX_q = TileBuffers::products(sp, dX, sp.C_in, cols);
+      std::vector<at::Tensor> Wt_q, Xt_q;  // W_q^T, X_q^T
+      for (size_t q = 0; q < sp.products.size(); ++q) {
+        Wt_q.push_back(sp.W[q].t());
+        Xt_q.push_back(buf.X_q[q].t());
       }
       for (int64_t chunk = chunk_begin; chunk < chunk_end; ++chunk) {
-        for (int64_t k = 0; k < sp.K; ++k) dM[chunk].push_back(at::zeros_like(sp.M[k]));
-        for (int64_t tile = chunk * tiles / chunks; tile < (chunk + 1) * tiles / chunks; ++tile) {
+        std::vector<at::Tensor>& dW_q = dW[chunk];
+        const int64_t first_tile = chunk * tiles / chunks;
+        for (int64_t tile = first_tile; tile < (chunk + 1) * tiles / chunks; ++tile) {
           const int64_t n0 = tile * cols, width = std::min(cols, columns - n0);
           const bool direct = use_direct_path(sp);
           if (direct) {
             load_transform(xp, F, sp.R, buf.X.mutable_data_ptr<acc_t>(), sp.T, sp.C_in, sp.P, n0, width, cols);
             if (time_conv) {
-              mix_modes(sp, buf);  // recompute Y (hence s) for the LeakyReLU mask
+              mix_products(sp, buf);  // recompute Y (hence s) for the LeakyReLU mask
               masked_adjoint_transform(buf.Y.const_data_ptr<acc_t>(), G, sp.R, dyp, neg, dY.mutable_data_ptr<acc_t>(),
                                        sp.T, sp.C_out, sp.P, n0, width, cols);
             } else {
@@ -407,9 +538,13 @@ std::tuple<at::Tensor, at::Tensor> backward_cpu(const at::Tensor& grad_out_in, c
             }
             at::mm_out(dY, Gt, g);
           }
-          for (int64_t k = 0; k < sp.K; ++k) {
-            at::mm_out(dX_modes[k], Mt[k], dY_modes[k]);
-            at::addmm_out(dM[chunk][k], dM[chunk][k], dY_modes[k], Xt_modes[k]);
+          for (size_t q = 0; q < sp.products.size(); ++q) {
+            at::mm_out(dX_q[q], Wt_q[q], dY_q[q]);
+            if (tile == first_tile) {
+              at::mm_out(dW_q[q], dY_q[q], Xt_q[q]);
+            } else {
+              at::addmm_out(dW_q[q], dW_q[q], dY_q[q], Xt_q[q]);
+            }
           }
           if (direct) {
             const acc_t* dXb = dX.const_data_ptr<acc_t>();
@@ -433,25 +568,36 @@ std::tuple<at::Tensor, at::Tensor> backward_cpu(const at::Tensor& grad_out_in, c
         }
       }
     });
-    // Sum the chunks in order (into chunk 0's), then fold dM_k = [[dA, dB], [dC, dD]] into dWr = dA + dD,
-    // dWi = dC - dB (real modes: dWr = dA); grad_w is zero where nothing is written.
-    scalar_t* gw = grad_w.mutable_data_ptr<scalar_t>();  // [C_in, C_out, K, 2], contiguous
-    for (int64_t k = 0; k < sp.K; ++k) {
-      acc_t* total = dM[0][k].mutable_data_ptr<acc_t>();
-      const int64_t n = dM[0][k].numel();
+    // Sum the chunks in order (into chunk 0's), then fold the products back into the weight's layout
+    // (grad_w stays zero where nothing is written: the real modes' Wi).
+    for (size_t q = 0; q < sp.products.size(); ++q) {
+      acc_t* total = dW[0][q].mutable_data_ptr<acc_t>();
+      const int64_t n = dW[0][q].numel();
       for (int64_t chunk = 1; chunk < chunks; ++chunk) {
-        const acc_t* part = dM[chunk][k].const_data_ptr<acc_t>();
+        const acc_t* part = dW[chunk][q].const_data_ptr<acc_t>();
         for (int64_t e = 0; e < n; ++e) total[e] += part[e];
       }
-      const int64_t Co = sp.C_out, Ci = sp.C_in, pitch = sp.rows[k] * Ci;
+    }
+    scalar_t* gw = grad_w.mutable_data_ptr<scalar_t>();  // [C_in, C_out, K, 2], contiguous
+    const int64_t Co = sp.C_out, Ci = sp.C_in;
+    for (int64_t k = 0; k < sp.K; ++k) {
+      const int64_t first = sp.first_product[k];
+      const acc_t* d = dW[0][first].const_data_ptr<acc_t>();
+      const bool complex = !mode_is_real(k, sp.T);
+      const acc_t* d_wi = complex && sp.gauss ? dW[0][first + 1].const_data_ptr<acc_t>() : nullptr;
+      const acc_t* d_sum = complex && sp.gauss ? dW[0][first + 2].const_data_ptr<acc_t>() : nullptr;
       for (int64_t i = 0; i < Ci; ++i) {
         for (int64_t o = 0; o < Co; ++o) {
           scalar_t* out = gw + ((i * Co + o) * sp.K + k) * 2;
-          if (sp.rows[k] == 1) {
-            out[0] = static_cast<scalar_t>(total[o * pitch + i]);
-          } else {
-            out[0] = static_cast<scalar_t>(total[o * pitch + i] + total[(Co + o) * pitch + Ci + i]);
-            out[1] = static_cast<scalar_t>(total[(Co + o) * pitch + i] - total[o * pitch + Ci + i]);
+          if (!complex) {
+            out[0] = static_cast<scalar_t>(d[o * Ci + i]);
+          } else if (sp.gauss) {  // W_1 = Wr, W_2 = Wi, W_3 = Wr + Wi
+            out[0] = static_cast<scalar_t>(d[o * Ci + i] + d_sum[o * Ci + i]);
+            out[1] = static_cast<scalar_t>(d_wi[o * Ci + i] + d_sum[o * Ci + i]);
+          } else {  // dM = [[dA, dB], [dC, dD]]: dWr = dA + dD, dWi = dC - dB
+            const int64_t pitch = 2 * Ci;
+            out[0] = static_cast<scalar_t>(d[o * pitch + i] + d[(Co + o) * pitch + Ci + i]);
+            out[1] = static_cast<scalar_t>(d[(Co + o) * pitch + i] - d[o * pitch + Ci + i]);
           }
         }
       }

@@ -253,6 +253,38 @@ def test_large_values_and_long_time_axis(backend, device):
     assert_close_to_reference(out, expected, 1e-10, "long T")
 
 
+@pytest.mark.parametrize("dtype", (torch.float64, torch.float32), ids=DTYPE_IDS.get)
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICES, ids=ids(BACKEND_DEVICES))
+def test_wide_images_and_many_tiles(backend, device, dtype):
+    """Images wider than the samples': the CPU kernels' pixel runs longer than one block and one run
+    (256), full blocks and tails, several tiles and weight-gradient chunks; forward and backward of both
+    ops. Few channels (complex modes as one two-row GEMM in the CPU kernels) at T = 4, K = 2 (DSNO's) and
+    T = 7, K = 4, and enough channels for Gauss's three-GEMM form at T = 4, K = 3 (a Nyquist mode) and
+    T = 5, K = 3."""
+    image = (5, 8) if interpreted(backend) else (20, 17)
+    cases = [(4, 2, 5, 6), (7, 4, 5, 6)]  # T, K, C_in, C_out of spectral_time_conv (time_conv: C_in)
+    if not interpreted(backend):
+        cases += [(4, 3, 64, 72), (5, 3, 80, 88)]
+    for T, K, C_in, C_out_spectral in cases:
+        for op in OPS:
+            C_out = C_in if op == "time_conv" else C_out_spectral
+            x = torch.randn(2, T, C_in, *image, device=device, dtype=torch.float64)
+            w = torch.randn(C_in, C_out, K, 2, device=device, dtype=torch.float64) / (C_in * K) ** 0.5
+            x, w = x.to(dtype).requires_grad_(), w.to(dtype).requires_grad_()
+            out = getattr(dsno_kernels, op)(x, w, backend=backend)
+            grad_out = torch.randn_like(out)
+            grads = torch.autograd.grad(out, (x, w), grad_out)
+            x64, w64 = x.detach().double().requires_grad_(), w.detach().double().requires_grad_()
+            expected = getattr(dsno_kernels, f"{op}_reference")(x64, w64)
+            expected_grads = torch.autograd.grad(expected, (x64, w64), grad_out.double())
+            tol = tolerance(dtype, backend, device)
+            terms = (x.numel() // x.shape[2]) ** 0.5  # grad_weight sums over every pixel and time point
+            name = f"{backend}/{op}/T{T}-K{K}-C{C_in}"
+            assert_close_to_reference(out, expected, tol, name)
+            assert_close_to_reference(grads[0], expected_grads[0], tol, f"{name}/grad_x")
+            assert_close_to_reference(grads[1], expected_grads[1], tol * terms, f"{name}/grad_weight")
+
+
 @pytest.mark.parametrize("T", range(1, 10))
 def test_dense_block_circulant_is_the_layer(T):
     """reference.dense_block_circulant (the dense_gemm baseline), and its weight gradient, against the

@@ -11,7 +11,10 @@ tests run on CUDA tensors, plus the CIFAR-10 layer shape.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
+import math
 import os
 import subprocess
 import sys
@@ -227,6 +230,67 @@ def test_weight_gradient_in_several_slices_matches_one(op, monkeypatch, fresh_la
     assert_close_to_reference(grads[3][1], grads[1][1].double(), 1e-5, "slices")
 
 
+def _persistent(launch, programs: int):
+    """A one-configuration mix launch in the persistent mode, with `programs` programs."""
+    return dataclasses.replace(launch, grid=(programs,), meta={**launch.meta, "PERSISTENT": 1})
+
+
+# (op, dtype, B, T, K, C_in, C_out, trailing dims, programs, tiles of the interpreter's configuration):
+# several output-channel and pixel blocks with masked edges, programs taking unequal numbers of tiles
+# (a tail), and more programs than tiles.
+PERSISTENT_CASES = [
+    ("spectral_time_conv", torch.float32, 2, 5, 2, 19, 70, (150,), 5, 12),  # 3, 3, 2, 2, 2 tiles
+    ("time_conv", torch.bfloat16, 3, 4, 2, 21, 21, (9, 11), 4, 6),  # 2, 2, 1, 1; the mask pass too
+    ("time_conv", torch.float32, 3, 4, 2, 21, 21, (9, 11), 8, 6),  # 2 programs idle
+]
+
+
+@pytest.mark.parametrize("case", PERSISTENT_CASES, ids=lambda c: "{}-{}-B{}-P{}-programs{}".format(
+    c[0], DTYPE_IDS[c[1]], c[2], "x".join(map(str, c[7])), c[8]))  # fmt: skip
+def test_persistent_mode(case, fresh_launch_plans, monkeypatch):
+    """The mix kernel's persistent mode (the forward's, and time_conv's mask pass's, extra autotuning
+    candidates on a GPU), forced with a few programs: the same output as one program per tile, and
+    the gradients of the reference."""
+    op, dtype, B, T, K, C_in, C_out, trailing, programs, expected_tiles = case
+    x = _random(B, T, C_in, *trailing, dtype=dtype, seed=20)
+    w = _random(C_in, C_out, K, 2, dtype=dtype, seed=21, scale=(C_in * K) ** -0.5)
+    kwargs = {} if op == "spectral_time_conv" else {"negative_slope": 0.2}
+    one_per_tile = getattr(dsno_kernels, op)(x, w, backend="triton", **kwargs)
+    plan = triton_backend._mix_plan
+    meta = plan(B, T, K, C_in, C_out, math.prod(trailing), dtype.itemsize, None, False).meta
+    tiles = B * -(-math.prod(trailing) // meta["BLOCK_P"]) * -(-C_out // meta["BLOCK_OUT"])
+    assert tiles == expected_tiles, (tiles, meta)
+    # lru_cache: clear_launch_plans clears the patched function too
+    patched = functools.lru_cache(maxsize=None)(lambda *args, **kw: _persistent(plan(*args, **kw), programs))
+    monkeypatch.setattr(triton_backend, "_mix_plan", patched)
+    triton_backend.clear_launch_plans()
+    with kernel_report.recorded_launches() as launches:
+        getattr(dsno_kernels, op)(x, w, backend="triton", **kwargs)
+    assert launches[0].grid == (programs,) and launches[0].args["PERSISTENT"] == 1
+    persistent = getattr(dsno_kernels, op)(x, w, backend="triton", **kwargs)
+    assert torch.equal(persistent, one_per_tile)
+    _check_op(op, x, w, dtype, slope=0.2, what=f"persistent {case}")
+
+
+def test_persistent_candidates_follow_the_first_guess(monkeypatch, fresh_launch_plans):
+    """With autotuning, the forward's first candidate is the one-configuration launch's, and the
+    persistent ones come last, with grids of at most the resident programs per SM."""
+    monkeypatch.setenv(triton_backend.AUTOTUNE_ENV_VAR, "1")
+    for arch in (80, 90):
+        with kernel_report.gpu_limits(arch):
+            for element_size, P in [(2, 1024), (2, 64), (4, 1024)]:
+                tuned = triton_backend._mix_variants(4, 2, 256, 256, P, element_size, 0, True)
+                untuned = triton_backend._mix_variants(4, 2, 256, 256, P, element_size, 0, False)
+                assert tuned[0] == untuned[0] and untuned[0][1] == 0
+                flags = [persistent for _, persistent in tuned]
+                assert flags == sorted(flags, key=bool) and 0 < sum(map(bool, flags)) <= 2, tuned
+                for config, persistent in tuned:
+                    if persistent:
+                        meta = triton_backend._mix_kwargs(config, persistent)
+                        grid = triton_backend._mix_grid(32, P, 256, kernel_report.MULTIPROCESSORS[arch], meta)
+                        assert grid[0] <= kernel_report.MULTIPROCESSORS[arch] * persistent
+
+
 def test_fp32_precision_setting(monkeypatch):
     x = _random(2, 4, 5, 6, dtype=torch.float32, seed=13)
     w = _random(5, 5, 2, 2, dtype=torch.float32, seed=14, scale=0.3)
@@ -297,18 +361,23 @@ def _compile_cases() -> list:
 
 
 def compile_for_gpus(archs=(80, 90)) -> list[dict]:
-    """Compile every kernel variant the launcher chooses for _compile_cases for sm_80 and sm_90."""
+    """Compile every kernel variant the launcher chooses for _compile_cases for sm_80 and sm_90, and
+    the forward's persistent candidates for the CIFAR-10 layer in bf16 and fp32."""
     results, seen = [], set()
     for arch in archs:
         for shape, dtype, pixels_last in _compile_cases():
             for direction, launches in kernel_report.shape_launches(shape, dtype, arch, pixels_last=pixels_last).items():
+                if direction == "forward" and shape.name == "cifar10" and dtype in (torch.bfloat16, torch.float32):
+                    launches = launches + kernel_report.persistent_variants(launches[0], arch)
                 for launch in launches:
                     key = (arch, kernel_report.variant_key(launch))
                     if key in seen:
                         continue
                     seen.add(key)
                     facts = kernel_report.compile_launch(launch, arch)
-                    results.append({"case": f"{shape.name}-{DTYPE_IDS[dtype]}-{launch.name}", "arch": arch, **facts})
+                    name = launch.name + ("-persistent" if launch.args.get("PERSISTENT") else "")
+                    case = f"{shape.name}-{DTYPE_IDS[dtype]}-{name}"
+                    results.append({"case": case, "arch": arch, "persistent": launch.args.get("PERSISTENT", 0), **facts})
     return results
 
 
@@ -330,7 +399,7 @@ def trace_triton_ops() -> str:
     from torch._functorch.aot_autograd import aot_function
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    triton_backend._device_limits = lambda index: (kernel_report.SHARED_MEMORY_LIMIT[90], 132)
+    triton_backend._device_limits = lambda index: kernel_report.device_limits(90)
     graphs = []
 
     def keep_graph(graph_module, example_inputs):
@@ -362,11 +431,15 @@ def test_every_kernel_compiles_for_sm80_and_sm90():
     run = _without_interpreter("import json, test_triton; print(json.dumps(test_triton.compile_for_gpus()))")
     assert run.returncode == 0, run.stderr[-4000:]
     results = json.loads(run.stdout.strip().splitlines()[-1])
-    kernels = {r["case"].rsplit("-", 1)[-1] for r in results}
+    kernels = {r["case"].split("-")[2] for r in results}
     assert kernels == {"_spectral_mix_kernel", "_spectral_backward_kernel", "_sum_slices_kernel"}, kernels
+    # A persistent grid holds no more programs per SM than stay resident.
+    persistent = [r for r in results if r["persistent"]]
+    assert persistent and all(r["persistent"] <= r["ctas_per_sm"] for r in persistent), persistent
     for result in results:
         assert result["shared"] <= kernel_report.SHARED_MEMORY_LIMIT[result["arch"]], result
-    # The layer that matters (T=4, K=2, C=256, bf16) on an H100: its default configurations fit the
-    # register file without spilling.
-    hot = [r for r in results if r["case"].startswith("cifar10-bf16") and r["arch"] == 90]
-    assert hot and all(r.get("stack", 0) == 0 for r in hot), hot
+    # The layer that matters (T=4, K=2, C=256) on an A100 and an H100: the configurations the launcher
+    # picks for each, persistent ones included, fit the register file without spilling.
+    hot = [r for r in results if r["case"].startswith(("cifar10-bf16", "cifar10-fp16", "cifar10-fp32"))]
+    assert {r["arch"] for r in hot} == {80, 90}
+    assert all(r["stack"] == 0 and r["local"] == 0 for r in hot), [r for r in hot if r["stack"] or r["local"]]

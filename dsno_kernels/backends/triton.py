@@ -15,15 +15,23 @@ Kernels (launch plan: forward one launch; backward at most two plus one determin
                             with STORE_MASK the backward's mask pass: s > 0 as 1 bit per element
                             ([B, T, C, cdiv(P, 32)] int32 words), where g = dy * leaky_relu'(s) would
                             be a tensor of forward size. The epilogue's factors are runtime scalars.
-                            Each program owns BLOCK_P pixels of one batch item and BLOCK_OUT output
-                            channels and loops over the input channels in BLOCK_IN steps: it reads
+                            A tile (a program's work) is BLOCK_P pixels of one batch item and
+                            BLOCK_OUT output channels; the program loops over the input channels
+                            in BLOCK_IN steps: it reads
                             the [T, BLOCK_P, BLOCK_IN] input tile once, transforms it along T in
                             registers, and accumulates the R rows of Y in R fp32 tiles; after the
                             loop it applies G and the epilogue and writes every output element once.
-                            Nothing intermediate touches global memory. Programs that share a pixel
-                            tile are adjacent in launch order, so for C_out > BLOCK_OUT the tile's
-                            later reads hit L2. The weight is read through its strides
-                            ([C_in, C_out, K, 2] as given: no per-call copy).
+                            Nothing intermediate touches global memory. Tiles are numbered output-
+                            channel block fastest, then pixel tile, then batch item: the programs
+                            that share a pixel tile are adjacent in launch order, so for C_out >
+                            BLOCK_OUT the tile's later reads hit L2. The weight is read through its
+                            strides ([C_in, C_out, K, 2] as given: no per-call copy).
+                            Persistent mode (PERSISTENT > 0; autotuning candidates only): a grid of
+                            at most SMs x resident programs, program i taking tiles i, i + grid,
+                            i + 2 grid, ... in that numbering. The programs resident at one time
+                            hold consecutive tiles, so a pixel tile's output-channel blocks still
+                            run together and read its x tile from L2 while it is hot, and the grid
+                            has no tail wave of partly filled SMs.
     _spectral_backward_kernel
                             both halves of the backward in one launch: the first programs compute
                             dx = G M* F g (the mix program with the weight's channel strides swapped
@@ -60,9 +68,16 @@ T and the R accumulators live in registers, which is what T = 4 wants; from T ~ 
 registers and compile for longer (tens of seconds at T = 32, K = 17).
 
 Launch configurations come from `launch_configs(kernel, T, K, C_in, C_out, pixels, ...)`, pruned for
-the device's shared memory and a register estimate; the forward's candidates are autotuned per (T, K,
-C_in, C_out, pixels, dtype) unless DSNO_KERNELS_TRITON_AUTOTUNE=0, which runs the first one untimed;
-the backward launch takes the first configuration of each half.
+the device's shared memory and a register estimate against a budget per architecture and kernel
+(_REGISTER_BUDGETS: sm_80's MMAs hold more registers than sm_90's, and the budgets are set so that no
+configuration the launcher picks at the benchmark shapes spills on either; sm_8x takes sm_80's, newer
+GPUs sm_90's). The device's limits (shared memory, SM count, compute capability) are queried once per
+device and the plans cached per shape and device. The forward's and the mask pass's candidates (one
+tile per program, then up to two in the persistent mode, chosen under a lower register budget: the
+tile loop keeps more registers live) are autotuned per (B, T, K, C_in, C_out, pixels, dtype) unless
+DSNO_KERNELS_TRITON_AUTOTUNE=0, which runs the first one, one tile per program, untimed; the backward launch takes the first configuration of
+each half. benchmarks/kernel_report.py plans with the same functions for an A100's and an H100's
+limits (it replaces _device_limits).
 
 Host path: everything about a call that depends only on the shapes, strides, dtype, device and
 settings (configurations, grids, scalar arguments, the 32-bit offset check) is computed once and
@@ -86,7 +101,7 @@ import dataclasses
 import functools
 import math
 import os
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 
@@ -108,7 +123,7 @@ except ImportError as error:  # CPU-only torch builds ship without Triton
         and annotations placeholders. Nothing launches them (the backend reports it unavailable)."""
 
         def __getattr__(self, name):
-            return lambda fn: fn
+            return lambda fn=None, **options: fn if fn is not None else (lambda fn: fn)
 
     triton = tl = _MissingTriton()
 
@@ -521,10 +536,11 @@ def _weight_grad_program(
             tl.store(k_ptr + stride_dw_c, accs[_first_row(k) + 1].to(out_dtype), mask=mask)
 
 
-@triton.jit
+# B only bounds the persistent mode's tile loop: not specialized on (one binary for every batch size).
+@triton.jit(do_not_specialize=["B"])
 def _spectral_mix_kernel(
     in_ptr, w_ptr, res_ptr, out_ptr, mask_ptr,
-    C_IN, C_OUT, P,
+    B, C_IN, C_OUT, P,
     stride_in_b, stride_in_t, stride_in_c, stride_in_p,
     stride_w_in, stride_w_out, stride_w_k, stride_w_c,
     stride_res_b, stride_res_t, stride_res_c, stride_res_p,
@@ -537,17 +553,35 @@ def _spectral_mix_kernel(
     CONJUGATE: tl.constexpr, MASKED_INPUT: tl.constexpr, STORE_MASK: tl.constexpr,
     INPUT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr,
     BLOCK_OUT: tl.constexpr, BLOCK_IN: tl.constexpr, BLOCK_P: tl.constexpr,
+    PERSISTENT: tl.constexpr,  # 0: one tile per program; n > 0: the grid holds n programs per SM (_mix_grid)
 ):  # fmt: skip
-    """The forward (y), and time_conv's backward mask pass (STORE_MASK): one _mix_program per program."""
-    _mix_program(
-        tl.program_id(0), in_ptr, w_ptr, res_ptr, out_ptr, mask_ptr, C_IN, C_OUT, P,
-        stride_in_b, stride_in_t, stride_in_c, stride_in_p,
-        stride_w_in, stride_w_out, stride_w_k, stride_w_c,
-        stride_res_b, stride_res_t, stride_res_c, stride_res_p,
-        stride_out_b, stride_out_t, stride_out_c, stride_out_p,
-        has_residual, res_if_positive, s_if_positive, res_if_negative, s_if_negative, negative_slope,
-        T, K, CONJUGATE, MASKED_INPUT, STORE_MASK, INPUT_PRECISION, UPCAST_DOT, BLOCK_OUT, BLOCK_IN, BLOCK_P,
-    )  # fmt: skip
+    """The forward (y), and time_conv's backward mask pass (STORE_MASK): one _mix_program per tile,
+    each program taking one tile or (PERSISTENT) every num_programs-th tile from its id on."""
+    if PERSISTENT:
+        # Tile ids in _mix_program's order (output-channel block fastest): the programs resident at
+        # one time take consecutive ids, so a pixel tile's output-channel blocks run together and
+        # share its input tile through L2.
+        num_tiles = B * tl.cdiv(P, BLOCK_P) * tl.cdiv(C_OUT, BLOCK_OUT)
+        for tile in range(tl.program_id(0), num_tiles, tl.num_programs(0)):
+            _mix_program(
+                tile, in_ptr, w_ptr, res_ptr, out_ptr, mask_ptr, C_IN, C_OUT, P,
+                stride_in_b, stride_in_t, stride_in_c, stride_in_p,
+                stride_w_in, stride_w_out, stride_w_k, stride_w_c,
+                stride_res_b, stride_res_t, stride_res_c, stride_res_p,
+                stride_out_b, stride_out_t, stride_out_c, stride_out_p,
+                has_residual, res_if_positive, s_if_positive, res_if_negative, s_if_negative, negative_slope,
+                T, K, CONJUGATE, MASKED_INPUT, STORE_MASK, INPUT_PRECISION, UPCAST_DOT, BLOCK_OUT, BLOCK_IN, BLOCK_P,
+            )  # fmt: skip
+    else:
+        _mix_program(
+            tl.program_id(0), in_ptr, w_ptr, res_ptr, out_ptr, mask_ptr, C_IN, C_OUT, P,
+            stride_in_b, stride_in_t, stride_in_c, stride_in_p,
+            stride_w_in, stride_w_out, stride_w_k, stride_w_c,
+            stride_res_b, stride_res_t, stride_res_c, stride_res_p,
+            stride_out_b, stride_out_t, stride_out_c, stride_out_p,
+            has_residual, res_if_positive, s_if_positive, res_if_negative, s_if_negative, negative_slope,
+            T, K, CONJUGATE, MASKED_INPUT, STORE_MASK, INPUT_PRECISION, UPCAST_DOT, BLOCK_OUT, BLOCK_IN, BLOCK_P,
+        )  # fmt: skip
 
 
 @triton.jit
@@ -629,6 +663,7 @@ _MIX_CANDIDATES_FP32 = tuple(c for c in _MIX_CANDIDATES if c[2] <= 64)
 _WEIGHT_GRAD_CANDIDATES = (
     (64, 64, 32, 8, 3),
     (64, 64, 32, 8, 2),
+    (64, 64, 16, 8, 2),  # sm_80's: half the pixels per step holds fewer operand registers
     (128, 64, 32, 8, 2),
     (64, 64, 16, 4, 2),
     (32, 32, 32, 4, 2),
@@ -636,13 +671,40 @@ _WEIGHT_GRAD_CANDIDATES = (
 )
 # The autotuner times at most this many (the first that fit), to keep first calls short.
 _MAX_TIMED_CONFIGS = 4
-# Registers per thread the live tiles may take; ptxas reports 210 where the estimate below says 196
-# (the first mix candidate at T=4, K=2, bf16, sm_90), and spills where it exceeds 255 at larger T.
-_REGISTER_BUDGET = 255
-# The same for the dx half of the backward launch, which also holds the LeakyReLU mask's words and
-# shares the kernel with the weight gradient: at 196 the first mix candidate (bf16) compiles to 250
-# registers without spilling on sm_90 (python -m benchmarks.kernel_report), the fp32 one (200) spilled.
-_BACKWARD_REGISTER_BUDGET = 196
+# ... plus the persistent mode of the mix kernel's first this many (_mix_variants).
+_PERSISTENT_VARIANTS = 2
+# Warps an SM keeps resident at this file's register use (up to 255 per thread, rounded to 256):
+# 65536 registers / (256 * 32).
+_RESIDENT_WARPS = 8
+class _RegisterBudgets(NamedTuple):
+    """Registers per thread the live tiles may take (the estimate in launch_configs), per kernel."""
+
+    mix: int  # the forward and the mask pass, one tile per program
+    persistent: int  # the same, persistent (the tile loop keeps its invariants live across tiles)
+    persistent_fp32: int  # ... for 4- and 8-byte inputs (the estimate undercounts their loop's registers)
+    dx: int  # the backward's dx half, which shares its launch with the weight gradient
+    weight_grad: int
+
+
+# Per architecture. On sm_90 ptxas reports 232 registers where the estimate says 196 (the first mix
+# candidate at T=4, K=2, bf16), and spills where it exceeds 255 at larger T; persistent, the (64, 32,
+# 64, 4) tile (estimate 200) spills, and in fp32 the (32, 32, 64, 4) one (152). The dx half also holds
+# the LeakyReLU mask's words: at 196 the first mix candidate (bf16) compiles to 250 registers without
+# spilling, the fp32 one (200) spilled. On sm_80 the MMA operands are held per warp in registers
+# (mma.sync): the forward's (64, 32, 64, 4) tile (200) spills there, persistent the (64, 32, 128, 8) one
+# (196) too, and the backward's (64, 32, 128) dx tile (196) beside the (64, 64, 32) weight-gradient tile
+# (208), and in fp32 the (32, 32, 64) one beside that weight-gradient tile. Every row of
+# benchmarks/results/kernel_report.md (python -m benchmarks.kernel_report) is checked for spills.
+_REGISTER_BUDGETS = {
+    90: _RegisterBudgets(mix=255, persistent=196, persistent_fp32=150, dx=196, weight_grad=255),
+    80: _RegisterBudgets(mix=196, persistent=160, persistent_fp32=160, dx=160, weight_grad=200),
+}
+
+
+def _register_budgets(arch: Optional[int]) -> _RegisterBudgets:
+    """sm_80's budgets for sm_8x (sm_86 and sm_89 hold the same registers per SM), sm_90's for sm_90
+    and newer and for the interpreter (arch None)."""
+    return _REGISTER_BUDGETS[80 if arch is not None and arch < 90 else 90]
 
 
 def _next_power_of_2(n: int) -> int:
@@ -653,12 +715,23 @@ def _device_index(device: torch.device) -> int:
     return device.index if device.index is not None else torch.cuda.current_device()
 
 
+@dataclasses.dataclass(frozen=True)
+class DeviceLimits:
+    """What the launch plans of a CUDA device depend on."""
+
+    shared_memory: int  # bytes per block (the opt-in maximum)
+    shared_memory_per_sm: int
+    processors: int  # streaming multiprocessors
+    arch: int  # compute capability as 10 * major + minor: 80, 90, ...
+
+
 @functools.lru_cache(maxsize=None)
-def _device_limits(device_index: int) -> tuple[int, int]:
-    """(shared memory per block, multiprocessor count) of a CUDA device."""
+def _device_limits(device_index: int) -> DeviceLimits:
+    """The limits of CUDA device `device_index`, queried once."""
     props = torch.cuda.get_device_properties(device_index)
     shared = getattr(props, "shared_memory_per_block_optin", 0) or 48 * 1024
-    return shared, props.multi_processor_count
+    per_sm = getattr(props, "shared_memory_per_multiprocessor", 0) or shared
+    return DeviceLimits(shared, per_sm, props.multi_processor_count, 10 * props.major + props.minor)
 
 
 def _tile_area(kernel: str, config) -> int:
@@ -685,7 +758,7 @@ def launch_configs(
     pixels: int,
     element_size: int,
     shared_memory: Optional[int],
-    register_budget: int = _REGISTER_BUDGET,
+    register_budget: int = _REGISTER_BUDGETS[90].mix,
 ) -> list[tuple[int, int, int, int, int]]:
     """The launch configurations worth timing for one problem, best guess first: the candidates of
     `kernel` ("mix" or "weight_grad") whose live tiles fit the register budget and `shared_memory`
@@ -739,7 +812,7 @@ def launch_configs(
 # shape and cached, so that a call only builds the kernel's arguments and launches.
 
 _BLOCK_NAMES = {"mix": ("BLOCK_OUT", "BLOCK_IN", "BLOCK_P"), "weight_grad": ("DW_BLOCK_IN", "DW_BLOCK_OUT", "DW_BLOCK_P")}
-_MIX_AUTOTUNE_KEY = ["C_IN", "C_OUT", "P", "T", "K", "has_residual", "STORE_MASK"]
+_MIX_AUTOTUNE_KEY = ["B", "C_IN", "C_OUT", "P", "T", "K", "has_residual", "STORE_MASK"]
 _SUM_BLOCK = 1024
 # Tensor types launched on directly; any other (fake, functional, user subclasses) goes through the
 # registered ops, whose triton_op bodies torch.compile traces.
@@ -755,13 +828,18 @@ def _config_kwargs(kernel: str, config) -> dict:
     return {**dict(zip(_BLOCK_NAMES[kernel], blocks)), "num_warps": warps, "num_stages": stages}
 
 
+def _mix_kwargs(config, persistent: int) -> dict:
+    return {**_config_kwargs("mix", config), "PERSISTENT": persistent}
+
+
 @functools.lru_cache(maxsize=None)
-def _autotuned_mix(configs: tuple):
-    """The mix kernel autotuned over `configs` (one autotuner per distinct candidate list, so that
-    torch.compile, which times an autotuner's whole list, sees only the pruned one)."""
+def _autotuned_mix(variants: tuple):
+    """The mix kernel autotuned over `variants` ((configuration, PERSISTENT) pairs; one autotuner per
+    distinct list, so that torch.compile, which times an autotuner's whole list, sees only the pruned
+    one)."""
     triton_configs = []
-    for config in configs:
-        kwargs = _config_kwargs("mix", config)
+    for config, persistent in variants:
+        kwargs = _mix_kwargs(config, persistent)
         warps, stages = kwargs.pop("num_warps"), kwargs.pop("num_stages")
         triton_configs.append(triton.Config(kwargs, num_warps=warps, num_stages=stages))
     return triton.autotune(configs=triton_configs, key=_MIX_AUTOTUNE_KEY)(_spectral_mix_kernel)
@@ -831,8 +909,57 @@ def _device_key(device: torch.device) -> Optional[int]:
     return _device_index(device) if device.type == "cuda" else None
 
 
-def _mix_grid(B: int, P: int, C_out: int, config) -> tuple:
-    return (B * _cdiv(P, config["BLOCK_P"]) * _cdiv(C_out, config["BLOCK_OUT"]),)
+def _mix_grid(B: int, P: int, C_out: int, processors: int, config) -> tuple:
+    """One program per tile, or (persistent) at most config["PERSISTENT"] per multiprocessor."""
+    tiles = B * _cdiv(P, config["BLOCK_P"]) * _cdiv(C_out, config["BLOCK_OUT"])
+    if config.get("PERSISTENT"):
+        return (min(tiles, processors * config["PERSISTENT"]),)
+    return (tiles,)
+
+
+def _limits(device) -> Optional[DeviceLimits]:
+    """The device's limits; None for the interpreter (no shared-memory limit, sm_90's budgets)."""
+    return _device_limits(device) if device is not None else None
+
+
+def _mix_variants(
+    T: int, K: int, C_in: int, C_out: int, P: int, element_size: int, device, autotune: bool, mask_pass: bool = False
+) -> list[tuple[tuple, int]]:
+    """(configuration, PERSISTENT) pairs of the forward's launch or the backward's mask pass (which
+    packs 32 pixels per word: BLOCK_P >= 32), first guess first: launch_configs' candidates for the
+    device's shared memory and register budget, one program per tile; with autotuning, then the
+    first _PERSISTENT_VARIANTS candidates under the (lower) persistent budget whose tiles are at least
+    a quarter of the first guess's, in the persistent mode, with as many programs per SM as stay
+    resident by registers and shared memory."""
+    limits = _limits(device)
+    shared = limits.shared_memory if limits is not None else None
+    budgets = _register_budgets(limits.arch if limits is not None else None)
+
+    def candidates(budget: int) -> list:
+        configs = launch_configs("mix", T, K, C_in, C_out, P, element_size, shared, budget)
+        if mask_pass:
+            configs = [c for c in configs if c[2] >= 32] or [(*configs[0][:2], 32, *configs[0][3:])]
+        return configs
+
+    configs = candidates(budgets.mix)
+    if not autotune:
+        return [(configs[0], 0)]
+    persistent = candidates(budgets.persistent if element_size == 2 else budgets.persistent_fp32)
+    # As in launch_configs: no tile under a quarter of the first guess's.
+    persistent = [c for c in persistent if 4 * _tile_area("mix", c) >= _tile_area("mix", configs[0])]
+    persistent = persistent[:_PERSISTENT_VARIANTS]
+    return [(c, 0) for c in configs] + [(c, _resident_programs(T, K, c, element_size, limits)) for c in persistent]
+
+
+def _resident_programs(T: int, K: int, config, element_size: int, limits: Optional[DeviceLimits]) -> int:
+    """Programs of a mix configuration one SM keeps resident: by registers (_RESIDENT_WARPS) and by
+    the shared memory its pipeline stages take (estimated high: an underestimate of the count)."""
+    warps, stages = config[3:]
+    by_registers = _RESIDENT_WARPS // warps
+    if limits is None:
+        return max(1, by_registers)
+    pipeline = stages * _staged_elements("mix", T, K, config) * element_size + 1024  # 1 KB reserved per CTA
+    return max(1, min(by_registers, limits.shared_memory_per_sm // pipeline))
 
 
 @functools.lru_cache(maxsize=None)
@@ -840,18 +967,15 @@ def _mix_plan(
     B: int, T: int, K: int, C_in: int, C_out: int, P: int, element_size: int, device, autotune: bool,
     mask_pass: bool = False,
 ):  # fmt: skip
-    """The forward's launch, or the backward's mask pass (which packs 32 pixels per word: BLOCK_P >= 32):
-    the first configuration, or with autotuning the autotuner over those launch_configs keeps."""
-    shared = _device_limits(device)[0] if device is not None else None
-    configs = launch_configs("mix", T, K, C_in, C_out, P, element_size, shared)
-    if mask_pass:
-        configs = [c for c in configs if c[2] >= 32] or [(*configs[0][:2], 32, *configs[0][3:])]
-    if not autotune:
-        configs = configs[:1]
-    if len(configs) == 1:
-        meta = _config_kwargs("mix", configs[0])
-        return _Launch(_spectral_mix_kernel, _mix_grid(B, P, C_out, meta), meta)
-    return _Launch(_autotuned_mix(tuple(configs)), functools.partial(_mix_grid, B, P, C_out), {})
+    """The forward's launch, or the backward's mask pass: the first of _mix_variants, or with
+    autotuning the autotuner over all of them."""
+    variants = _mix_variants(T, K, C_in, C_out, P, element_size, device, autotune, mask_pass)
+    limits = _limits(device)
+    grid = functools.partial(_mix_grid, B, P, C_out, limits.processors if limits is not None else 2)
+    if len(variants) == 1:
+        meta = _mix_kwargs(*variants[0])
+        return _Launch(_spectral_mix_kernel, grid(meta), meta)
+    return _Launch(_autotuned_mix(tuple(variants)), grid, {})
 
 
 def _weight_grad_slices(
@@ -860,7 +984,8 @@ def _weight_grad_slices(
     """How many pixel slices the weight gradient is split into: about one program per multiprocessor
     (the dx programs of the same launch fill the rest), no more than there are pixel tiles, and
     partial sums of at most _PARTIAL_BUDGET of x's bytes; 1 means no partial buffer at all."""
-    processors = _device_limits(device)[1] if device is not None else 2
+    limits = _limits(device)
+    processors = limits.processors if limits is not None else 2
     programs_per_slice = _cdiv(C_in, config["DW_BLOCK_IN"]) * _cdiv(C_out, config["DW_BLOCK_OUT"])
     budget = int(_PARTIAL_BUDGET * x_bytes) // (C_in * C_out * K * 2 * acc_size)
     return max(1, min(_cdiv(processors, programs_per_slice), B * _cdiv(P, config["DW_BLOCK_P"]), budget))
@@ -878,10 +1003,11 @@ class _BackwardPlan:
 def _backward_plan(B: int, T: int, K: int, C_in: int, C_out: int, P: int, element_size: int, device) -> _BackwardPlan:
     """The backward's launches: the first configuration of each half (dx: the mix kernel's, with the
     channel roles swapped; dweight: the weight-gradient kernel's), no autotuning."""
-    shared = _device_limits(device)[0] if device is not None else None
-    dx_config = launch_configs("mix", T, K, C_out, C_in, P, element_size, shared, _BACKWARD_REGISTER_BUDGET)[0]
-    dw_configs = launch_configs("weight_grad", T, K, C_in, C_out, P, element_size, shared)
-    dw_config = dw_configs[0]
+    limits = _limits(device)
+    shared = limits.shared_memory if limits is not None else None
+    budgets = _register_budgets(limits.arch if limits is not None else None)
+    dx_config = launch_configs("mix", T, K, C_out, C_in, P, element_size, shared, budgets.dx)[0]
+    dw_config = launch_configs("weight_grad", T, K, C_in, C_out, P, element_size, shared, budgets.weight_grad)[0]
     meta = {**_config_kwargs("weight_grad", dw_config), **_config_kwargs("mix", dx_config)}
     # One launch, one warp count: the larger (a half given more warps needs fewer registers per thread).
     meta["num_warps"] = max(dx_config[3], dw_config[3])
@@ -889,7 +1015,7 @@ def _backward_plan(B: int, T: int, K: int, C_in: int, C_out: int, P: int, elemen
     staged = (_staged_elements("mix", T, K, dx_config) + _staged_elements("weight_grad", T, K, dw_config)) * element_size
     while shared is not None and meta["num_stages"] > 1 and meta["num_stages"] * staged > shared:
         meta["num_stages"] -= 1
-    num_dx = _mix_grid(B, P, C_in, meta)[0]
+    num_dx = _mix_grid(B, P, C_in, 0, meta)[0]  # one program per tile
     acc_size = 8 if element_size == 8 else 4
     x_bytes = B * T * C_in * P * element_size
     slices = _weight_grad_slices(x_bytes, B, P, C_in, C_out, K, acc_size, meta, device)
@@ -968,7 +1094,7 @@ def _forward_call(x_shape, x_strides, w_shape, w_strides, dtype, device, negativ
     launch = _mix_plan(B, T, K, C_in, C_out, P, dtype.itemsize, _device_key(device), autotune)
     time_conv = negative_slope is not None
     args = dict(
-        C_IN=C_in, C_OUT=C_out, P=P, **_strides("in", xs), **_strides("res", xs),
+        B=B, C_IN=C_in, C_OUT=C_out, P=P, **_strides("in", xs), **_strides("res", xs),
         **_strides("w", w_strides, ("in", "out", "k", "c")),
         **_strides("out", (T * C_out * P, C_out * P, P, 1)),  # the output is contiguous
         has_residual=int(time_conv), res_if_positive=float(time_conv), s_if_positive=1.0,
@@ -1010,7 +1136,7 @@ def _backward_call(
     mask = None
     if time_conv:
         mask_args = dict(
-            C_IN=C_in, C_OUT=C_out, P=P, **_strides("in", xs), **_strides("w", w_strides, ("in", "out", "k", "c")),
+            B=B, C_IN=C_in, C_OUT=C_out, P=P, **_strides("in", xs), **_strides("w", w_strides, ("in", "out", "k", "c")),
             **_strides("res", (0, 0, 0, 0)), **_strides("out", (0, 0, 0, 0)),
             has_residual=0, res_if_positive=0.0, s_if_positive=1.0, res_if_negative=0.0, s_if_negative=1.0,
             negative_slope=0.0, T=T, K=K, CONJUGATE=False, MASKED_INPUT=False, STORE_MASK=True, **flags,
