@@ -163,7 +163,7 @@ def _run(args: argparse.Namespace, config: dict[str, Any]) -> int:
     from . import distributed
 
     progress = not args.no_progress
-    try:
+    with distributed.session():
         if args.command == "gen-traj":
             from .trajectories import generate_from_config
 
@@ -187,8 +187,6 @@ def _run(args: argparse.Namespace, config: dict[str, Any]) -> int:
             result = sample(config, progress=progress)
             print("wrote " + ", ".join(str(result[key]) for key in ("trajectory", "images", "npz", "samples_png",
                                                                     "trajectory_png") if key in result))
-    finally:
-        distributed.cleanup()
     return 0
 
 

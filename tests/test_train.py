@@ -1,9 +1,11 @@
-"""Training: loss goes down, exact resume, DDP equivalence, EMA, lr schedule, atomic checkpoints."""
+"""Training: loss goes down, exact resume, DDP equivalence and teardown, EMA, lr schedule, atomic checkpoints."""
 
 import json
 import math
 import os
+import pickle
 import socket
+import threading
 
 import numpy as np
 import pytest
@@ -154,7 +156,15 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def _ddp_worker(rank, world_size, port, config):
+def _native_threads():
+    """Ids of this process's threads that Python did not start (gloo's workers and its TCP loop among them)."""
+    python = {thread.native_id for thread in threading.enumerate()}
+    return sorted(int(tid) for tid in os.listdir("/proc/self/task") if int(tid) not in python)
+
+
+def _ddp_worker(rank, world_size, port, config, record, fail_on_rank=None):
+    """One rank of a DDP run of the stand-in model; writes the native threads it had before, during (at each forward)
+    and after the run to `record`/threads-RANK.json. fail_on_rank raises in that rank's third forward."""
     torch.set_num_threads(1)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
                       WORLD_SIZE=str(world_size))
@@ -164,10 +174,36 @@ def _ddp_worker(rank, world_size, port, config):
 
     warnings.filterwarnings("error", category=FutureWarning)  # e.g. DDP's deprecated broadcast_buffers
     warnings.filterwarnings("error", message="Grad strides do not match")
+    threads = {"before": _native_threads(), "during": set()}
+    forwards = []
+
+    def factory():
+        model = make_standin(dtype=torch.float64)()
+
+        def note_threads(module, inputs, output):
+            threads["during"].update(_native_threads())
+            forwards.append(rank)
+            if rank == fail_on_rank and len(forwards) == 3:
+                raise RuntimeError(f"simulated failure on rank {rank}")
+
+        model.register_forward_hook(note_threads)
+        return model
+
     try:
-        train(config, model_factory=make_standin(dtype=torch.float64), progress=False)
+        with distributed.session():
+            train(config, model_factory=factory, progress=False)
     finally:
-        distributed.cleanup()
+        threads.update(during=sorted(threads["during"]), after=_native_threads())
+        (record / f"threads-{rank}.json").write_text(json.dumps(threads))
+
+
+def _assert_process_group_torn_down(record, world_size):
+    """gloo's threads ran during the run and none outlives distributed.session(): a gloo thread still running
+    when Python shuts down can abort the process ("terminate called without an active exception")."""
+    for rank in range(world_size):
+        threads = json.loads((record / f"threads-{rank}.json").read_text())
+        assert set(threads["during"]) - set(threads["before"]), f"rank {rank}: no gloo threads seen"
+        assert set(threads["after"]) <= set(threads["before"]), f"rank {rank}: threads left running: {threads}"
 
 
 def test_bf16_autocast_trains(trajectory_dir, tmp_path):
@@ -187,7 +223,8 @@ def test_ddp_two_processes_match_one_process_on_the_combined_batch(trajectory_di
     single = make_config(trajectory_dir, tmp_path / "single", steps=4, batch_size=8, save_every=2)
     train(single, model_factory=make_standin(dtype=torch.float64), progress=False)
     double = make_config(trajectory_dir, tmp_path / "ddp", steps=4, batch_size=4, save_every=2)
-    mp.spawn(_ddp_worker, args=(2, _free_port(), double), nprocs=2, join=True)
+    mp.spawn(_ddp_worker, args=(2, _free_port(), double, tmp_path), nprocs=2, join=True)
+    _assert_process_group_torn_down(tmp_path, 2)
     a, b = (load_checkpoint(tmp_path / name / "checkpoint.pt") for name in ("single", "ddp"))
     assert b["world_size"] == 2 and len(b["rng"]) == 2
     for key in ("model", "ema"):
@@ -197,6 +234,25 @@ def test_ddp_two_processes_match_one_process_on_the_combined_batch(trajectory_di
     assert [m["step"] for m in losses_b] == [1, 2, 3, 4]
     for x, y in zip(losses_a, losses_b):
         assert y["loss"] == pytest.approx(x["loss"], rel=1e-9)
+
+
+def test_ddp_rank_that_fails_leaves_the_process_group(trajectory_dir, tmp_path):
+    """Rank 1 raises mid-run and rank 0 then loses its peer. Both must exit with their Python error (exit code 1,
+    not a signal) and leave the process group first, although the traceback holds the group and the DDP model."""
+    config = make_config(trajectory_dir, tmp_path / "ddp", steps=4, batch_size=4)
+    context = mp.spawn(_ddp_worker, args=(2, _free_port(), config, tmp_path, 1), nprocs=2, join=False)
+    for process in context.processes:  # joined here: spawn's own join would SIGTERM the rank still running
+        process.join(timeout=120)
+        if process.is_alive():
+            process.kill()
+    assert [process.exitcode for process in context.processes] == [1, 1]
+    errors = []
+    for path in context.error_files:  # each rank's traceback, written where spawn caught the exception
+        with open(path, "rb") as file:
+            errors.append(pickle.load(file))
+        os.unlink(path)
+    assert "simulated failure on rank 1" in errors[1]
+    _assert_process_group_torn_down(tmp_path, 2)
 
 
 def test_lr_schedule_matches_torch_linear_then_multistep():
