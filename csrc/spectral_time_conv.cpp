@@ -161,11 +161,11 @@ Spectral make_spectral(const at::Tensor& x, const at::Tensor& weight) {
 constexpr int64_t kBlock = 32;
 
 // Pixel columns per tile: enough for efficient GEMMs, small enough for the tile buffers to stay in L2
-// (`scale` times about 1 MB per thread: the cap, which may be exceeded by a block), whole blocks (a
-// shorter tail costs as much as a block), and at least kMinTiles tiles, so that small calls (the tiny
-// preset's layers have 128 to 512 columns) still give every thread work; the widest such tile that
-// makes the tile count a multiple of kMinTiles (equal shares for 2 or 4 threads), else the widest. The
-// rule does not depend on the thread count, so neither does dweight's summation order.
+// (`scale` times about 1 MB per thread: the cap, give or take a block), whole blocks (a shorter tail
+// costs as much as a block), and at least kMinTiles tiles, so that small calls (the tiny preset's layers
+// have 128 to 512 columns) still give every thread work. The widest such tile whose count is a multiple
+// of kMinTiles with the last one at least half full (nearly equal shares for 2 or 4 threads), else the
+// widest. The rule does not depend on the thread count, so neither does dweight's summation order.
 constexpr int64_t kMinTiles = 4;
 
 int64_t tile_columns(const Spectral& s, int64_t scale) {
@@ -175,10 +175,10 @@ int64_t tile_columns(const Spectral& s, int64_t scale) {
   const int64_t columns = std::max<int64_t>(s.B * s.P, 1);
   int64_t widest = kBlock;
   for (int64_t cols = (ceil_div(cap, kBlock) + 1) * kBlock; cols > kBlock; cols -= kBlock) {
-    const int64_t tiles = ceil_div(columns, cols);
+    const int64_t tiles = ceil_div(columns, cols), last = columns - (tiles - 1) * cols;
     if (tiles < kMinTiles) continue;
     widest = std::max(widest, cols);
-    if (tiles % kMinTiles == 0) return cols;
+    if (tiles % kMinTiles == 0 && 2 * last >= cols) return cols;
   }
   return std::min(widest, columns);
 }
