@@ -232,12 +232,11 @@ void scatter_columns(const acc_t* src, scalar_t* dst, int64_t T, int64_t C, int6
 
 // Direct path (small T, images): the DFT along T is folded into the tile load and the inverse DFT plus
 // epilogue into the store, as FMAs over contiguous pixel runs; only the channel mixing goes to BLAS.
-// For long T (Q * T FMAs per element) or tiny P (runs too short to vectorise) the GEMM path wins.
+// For long T (R * T FMAs per element) or tiny P (runs too short to vectorise) the GEMM path wins.
 constexpr int64_t kDirectMaxT = 16;
 constexpr int64_t kDirectMinP = 16;
 
 bool use_direct_path(const Spectral& sp) { return sp.T <= kDirectMaxT && sp.P >= kDirectMinP; }
-
 
 // A block as a few vector registers (the GCC / Clang vector extension: 64-byte vectors, two 32-byte
 // ones on CPUs without AVX-512), so that a sum over rows stays in registers.
