@@ -76,8 +76,8 @@ GPUs sm_90's). The device's limits (shared memory, SM count, compute capability)
 device and the plans cached per shape and device. The forward's and the mask pass's candidates (one
 tile per program, then up to two in the persistent mode, chosen under a lower register budget: the
 tile loop keeps more registers live) are autotuned per (B, T, K, C_in, C_out, pixels, dtype) unless
-DSNO_KERNELS_TRITON_AUTOTUNE=0, which runs the first one, one tile per program, untimed; the backward launch takes the first configuration of
-each half. benchmarks/kernel_report.py plans with the same functions for an A100's and an H100's
+DSNO_KERNELS_TRITON_AUTOTUNE=0, which runs the first one, one tile per program, untimed; the backward
+launch takes the first configuration of each half. benchmarks/kernel_report.py plans with the same functions for an A100's and an H100's
 limits (it replaces _device_limits).
 
 Host path: everything about a call that depends only on the shapes, strides, dtype, device and
@@ -565,20 +565,14 @@ def _spectral_mix_kernel(
         # Tile ids in _mix_program's order (output-channel block fastest): the programs resident at
         # one time take consecutive ids, so a pixel tile's output-channel blocks run together and
         # share its input tile through L2.
-        num_tiles = B * tl.cdiv(P, BLOCK_P) * tl.cdiv(C_OUT, BLOCK_OUT)
-        for tile in range(tl.program_id(0), num_tiles, tl.num_programs(0)):
-            _mix_program(
-                tile, in_ptr, w_ptr, res_ptr, out_ptr, mask_ptr, C_IN, C_OUT, P,
-                stride_in_b, stride_in_t, stride_in_c, stride_in_p,
-                stride_w_in, stride_w_out, stride_w_k, stride_w_c,
-                stride_res_b, stride_res_t, stride_res_c, stride_res_p,
-                stride_out_b, stride_out_t, stride_out_c, stride_out_p,
-                has_residual, res_if_positive, s_if_positive, res_if_negative, s_if_negative, negative_slope,
-                T, K, CONJUGATE, MASKED_INPUT, STORE_MASK, INPUT_PRECISION, UPCAST_DOT, BLOCK_OUT, BLOCK_IN, BLOCK_P,
-            )  # fmt: skip
+        tiles_end = B * tl.cdiv(P, BLOCK_P) * tl.cdiv(C_OUT, BLOCK_OUT)
+        tiles_step = tl.num_programs(0)
     else:
+        tiles_end = tl.program_id(0) + 1
+        tiles_step = 1
+    for tile in range(tl.program_id(0), tiles_end, tiles_step):
         _mix_program(
-            tl.program_id(0), in_ptr, w_ptr, res_ptr, out_ptr, mask_ptr, C_IN, C_OUT, P,
+            tile, in_ptr, w_ptr, res_ptr, out_ptr, mask_ptr, C_IN, C_OUT, P,
             stride_in_b, stride_in_t, stride_in_c, stride_in_p,
             stride_w_in, stride_w_out, stride_w_k, stride_w_c,
             stride_res_b, stride_res_t, stride_res_c, stride_res_p,
@@ -1229,20 +1223,20 @@ def _backward(
     traced = type(x) not in _PLAIN_TENSORS
     grad_x = torch.empty_like(x)
     grad_weight = torch.empty_like(weight, memory_format=torch.contiguous_format)
-    if forward_call is None:
+    dy_strides = grad_out.stride()
+    call = forward_call.backward_calls.get(dy_strides) if forward_call is not None else None
+    if call is None:
+        if forward_call is not None:  # the forward's settings, so that the mask is the forward's
+            precision, autotune = forward_call.precision, forward_call.autotune
+        else:
+            precision, autotune = _fp32_precision(x.dtype), _autotuning()
         calls = _backward_call if traced else _backward_calls
         call = calls(
-            grad_out.shape, grad_out.stride(), x.shape, x.stride(), grad_x.stride(), weight.shape, weight.stride(),
-            x.dtype, x.device, negative_slope, _fp32_precision(x.dtype), _autotuning(),
+            grad_out.shape, dy_strides, x.shape, x.stride(), grad_x.stride(), weight.shape, weight.stride(),
+            x.dtype, x.device, negative_slope, precision, autotune,
         )  # fmt: skip
-    else:
-        dy_strides = grad_out.stride()
-        call = forward_call.backward_calls.get(dy_strides)
-        if call is None:
-            call = forward_call.backward_calls[dy_strides] = _backward_calls(
-                grad_out.shape, dy_strides, x.shape, x.stride(), grad_x.stride(), weight.shape, weight.stride(),
-                x.dtype, x.device, negative_slope, forward_call.precision, forward_call.autotune,
-            )  # fmt: skip
+        if forward_call is not None:
+            forward_call.backward_calls[dy_strides] = call
     if call.launch is None:
         return grad_x, grad_weight.zero_()
     x = _as_pixels(x) if call.copy_x else x
