@@ -38,7 +38,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 def _load_settings():
     """dsno_kernels/settings.py by path: importing the package would need the extension being built."""
-    spec = importlib.util.spec_from_file_location("_dsno_kernels_settings", os.path.join(HERE, "dsno_kernels", "settings.py"))
+    spec = importlib.util.spec_from_file_location(
+        "_dsno_kernels_settings", os.path.join(HERE, "dsno_kernels", "settings.py")
+    )
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # (dataclasses look their module up)
     spec.loader.exec_module(module)

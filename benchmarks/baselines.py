@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -38,7 +38,9 @@ from dsno_kernels.backends.reference import dense_block_circulant, spectral_time
 
 BASELINE_PROVIDERS = ("dsno_fft", "torch_fft", "dense_gemm")
 # The fused-kernel backends and the device type each is benchmarked on, from their Backend records.
-KERNEL_DEVICE = {b.name: b.benchmark_device for b in dsno_kernels.registered_backends() if b.benchmark_device is not None}
+KERNEL_DEVICE = {
+    b.name: b.benchmark_device for b in dsno_kernels.registered_backends() if b.benchmark_device is not None
+}
 KERNEL_PROVIDERS = tuple(KERNEL_DEVICE)
 OPS = ("spectral_time_conv", "time_conv")
 DSNO_NEGATIVE_SLOPE = 0.01  # nn.LeakyReLU()'s default, which DSNO's TimeConv uses

@@ -31,7 +31,7 @@ import os
 import platform
 import sys
 import time
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import torch
 
@@ -195,12 +195,12 @@ def run_benchmark(
     device: str,
     *,
     seconds: float,
-    warmup_calls: Optional[int] = None,
+    warmup_calls: int | None = None,
     min_rounds: int = 5,
     max_rounds: int = 1000,
     max_iterations: int = 1000,
     kernel_only: bool = True,
-) -> Optional[float]:
+) -> float | None:
     """Warm `fn` up, size rounds and iterations to spend about `seconds` timed, and run it under the
     pytest-benchmark fixture (whose timer must be `clock_for(device)`): the host-inclusive time.
     Returns the kernel-only seconds per call on a GPU (`kernel_seconds`; None on the CPU, with
@@ -232,7 +232,7 @@ MAX_QUEUED_CALLS = 10
 SLEEP_CYCLES_PER_SECOND = 2e9  # torch.cuda._sleep spins this many clock cycles a second, roughly
 
 
-def kernel_seconds(fn: Callable[[], object], *, calls: int, repeats: int = 7, attempts: int = 6) -> Optional[float]:
+def kernel_seconds(fn: Callable[[], object], *, calls: int, repeats: int = 7, attempts: int = 6) -> float | None:
     """Median device seconds per call of `fn` with the host off the critical path.
 
     Each repeat queues a sleep kernel, an event, `calls` calls and an event; while the sleep holds the
@@ -297,7 +297,9 @@ def measure_copy_gbps(device: str) -> float:
         dst.copy_(src)
     seconds = kernel_seconds(lambda: dst.copy_(src), calls=5) if device == "cuda" else None
     if seconds is None:
-        seconds = median_seconds(lambda: dst.copy_(src), device, repeats=15, calls_per_repeat=5 if device == "cuda" else 1)
+        seconds = median_seconds(
+            lambda: dst.copy_(src), device, repeats=15, calls_per_repeat=5 if device == "cuda" else 1
+        )
     return 2 * src.numel() * src.element_size() / seconds / 1e9
 
 
@@ -308,11 +310,11 @@ def extra_info(
     direction: str,
     dtype: str,
     shape: str,
-    nbytes: Optional[int],
-    median: Optional[float],
+    nbytes: int | None,
+    median: float | None,
     copy_gbps: float,
     device: str,
-    kernel_seconds: Optional[float] = None,
+    kernel_seconds: float | None = None,
 ) -> dict:
     """The keys every result carries. gbps: floor bytes over the host-inclusive median; kernel_seconds
     and kernel_gbps: the kernel-only time and its GB/s (None on the CPU, where the two coincide).
@@ -346,7 +348,9 @@ def record(benchmark, **fields) -> None:
 # One provider's timed call, and the interleaved comparison of two
 
 
-def make_timed_call(provider: str, op: str, shape: OpShape, dtype: str, direction: str, device: str) -> Callable[[], None]:
+def make_timed_call(
+    provider: str, op: str, shape: OpShape, dtype: str, direction: str, device: str
+) -> Callable[[], None]:
     """The callable a benchmark times: one forward (no autograd graph) or one forward + backward
     (gradients of x and of the provider's weight, no accumulation) of `provider`'s layer, each call on
     the next of `num_input_sets` input sets."""
@@ -441,10 +445,14 @@ def main(argv=None) -> int:
             return 2
     shape = shapes[args.shape]
     torch.manual_seed(0)
-    print(f"{device_name(args.device)}, torch {torch.__version__}, load average {os.getloadavg()[0]:.1f} "
-          "(other work on these cores slows both sides unevenly)")
-    print(f"time_conv {args.dtype} x {list(shape.x_shape)}, K={shape.K}; channel mixing {layer_gflop(shape):.3f} "
-          f"GFLOP forward; host-inclusive medians of {args.repeats} interleaved calls\n")
+    print(
+        f"{device_name(args.device)}, torch {torch.__version__}, load average {os.getloadavg()[0]:.1f} "
+        "(other work on these cores slows both sides unevenly)"
+    )
+    print(
+        f"time_conv {args.dtype} x {list(shape.x_shape)}, K={shape.K}; channel mixing {layer_gflop(shape):.3f} "
+        f"GFLOP forward; host-inclusive medians of {args.repeats} interleaved calls\n"
+    )
     pair = (args.baseline, args.provider)
     print(f"{'direction':<10}{pair[0]:>12}{pair[1]:>12}{'speed-up':>10}{'target':>8}{pair[1] + ' GFLOP/s':>16}")
     missed = []
@@ -456,8 +464,10 @@ def main(argv=None) -> int:
         verdict = "met" if ratio >= target else "MISSED"
         if ratio < target:
             missed.append(direction)
-        print(f"{direction:<10}{medians[pair[0]] * 1e3:>10.2f}ms{medians[pair[1]] * 1e3:>10.2f}ms"
-              f"{ratio:>9.2f}x{target:>7g}x{flops / medians[pair[1]]:>16.1f}  {verdict}")
+        print(
+            f"{direction:<10}{medians[pair[0]] * 1e3:>10.2f}ms{medians[pair[1]] * 1e3:>10.2f}ms"
+            f"{ratio:>9.2f}x{target:>7g}x{flops / medians[pair[1]]:>16.1f}  {verdict}"
+        )
     return 1 if args.check and missed else 0
 
 

@@ -38,8 +38,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator, Optional
 
 import torch
 
@@ -210,7 +210,7 @@ class HostTime:
     max_us: float
     rounds: int
     calls: int
-    launches: Optional[int]
+    launches: int | None
     load: float
 
 
@@ -323,7 +323,7 @@ def variant_key(launch: RecordedLaunch) -> tuple:
     )
 
 
-def _cuda_tool(name: str) -> Optional[str]:
+def _cuda_tool(name: str) -> str | None:
     """A CUDA binary tool: Triton's own copy, else the toolkit's."""
     import triton
 
@@ -443,7 +443,9 @@ def persistent_variants(launch: RecordedLaunch, arch: int) -> list[RecordedLaunc
 def _role(kernel_name: str, args: dict) -> str:
     if kernel_name == "_spectral_mix_kernel":
         return "mask pass" if args["STORE_MASK"] else "forward"
-    return {"_spectral_backward_kernel": "dx + dweight", "_sum_slices_kernel": "dweight sum"}.get(kernel_name, kernel_name)
+    return {"_spectral_backward_kernel": "dx + dweight", "_sum_slices_kernel": "dweight sum"}.get(
+        kernel_name, kernel_name
+    )
 
 
 def _config(launch: RecordedLaunch) -> str:
@@ -511,7 +513,7 @@ def launch_plan_report() -> list[dict]:
     return rows
 
 
-def _host_cell(t: Optional[HostTime]) -> str:
+def _host_cell(t: HostTime | None) -> str:
     if t is None:
         return "-"
     return f"{t.median_us:.1f} ({t.min_us:.1f}-{t.max_us:.1f})"
@@ -542,7 +544,8 @@ def _format(static_rows: list[dict], plan_rows: list[dict]) -> str:
         "Rows marked persistent are the forward's and mask pass's persistent autotuning candidates (a GPU",
         "times them against the one-tile-per-program ones), with the programs per SM their grid holds.",
         "",
-        "| arch | dtype | kernel | config | regs | smem KB | spill B | CTAs/SM | SASS | TC | TC share | div64 | BAR.SYNC | DEPBAR | async wgmma | shapes |",
+        "| arch | dtype | kernel | config | regs | smem KB | spill B | CTAs/SM | SASS | TC | TC share | div64 "
+        "| BAR.SYNC | DEPBAR | async wgmma | shapes |",
         "|---|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|---|",
     ]
     for r in static_rows:

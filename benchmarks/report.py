@@ -33,14 +33,31 @@ from benchmarks.harness import GPU_SHAPES
 KERNEL_PROVIDERS = tuple(b.name for b in dsno_kernels.registered_backends() if b.benchmark_device is not None)
 PROVIDER_ORDER = ("dsno_fft", "torch_fft", "dense_gemm", "neuralop", *KERNEL_PROVIDERS, "teacher", "torch")
 OP_ORDER = ("spectral_time_conv", "time_conv")
-MODEL_OPS = ("train_step", "train_step_compiled", "sample_one_pass", "sample_one_pass_cudagraph",
-             "sample_teacher_ddim512")
+MODEL_OPS = (
+    "train_step",
+    "train_step_compiled",
+    "sample_one_pass",
+    "sample_one_pass_cudagraph",
+    "sample_teacher_ddim512",
+)
 ONE_PASS_OPS = ("sample_one_pass", "sample_one_pass_cudagraph")
 SHARE_OP = "temporal_share"  # a profiled training step: extra_info "temporal_share", no timing to show
 DIRECTION_ORDER = ("fwd", "fwd+bwd")
 DTYPE_ORDER = ("fp32", "bf16")
 BASELINES = ("dsno_fft", "dense_gemm")
-REQUIRED_KEYS = ("provider", "op", "direction", "dtype", "shape", "bytes", "gbps", "copy_gbps", "device", "torch", "triton")
+REQUIRED_KEYS = (
+    "provider",
+    "op",
+    "direction",
+    "dtype",
+    "shape",
+    "bytes",
+    "gbps",
+    "copy_gbps",
+    "device",
+    "torch",
+    "triton",
+)
 # Added later; results saved before them read as None.
 OPTIONAL_KEYS = ("kernel_seconds", "kernel_gbps", "temporal_share")
 GPU_MODEL = "cifar10-b32"  # harness.MODEL_CASES["gpu"].name
@@ -90,17 +107,30 @@ def load_host_times(paths: list[str]) -> list[dict]:
 
 
 def host_table(host_times: list[dict]) -> list[str]:
-    lines = ["## Host time per call", "",
-             "benchmarks/test_host_overhead.py: thread CPU time per public-API call on tiny CPU tensors, "
-             "triton with its launcher stubbed (everything but the kernel launch); floor = an autograd.Function "
-             "that only allocates. Median (fastest-slowest round).", "",
-             "| backend | op | direction | host us | budget us | launches | load |", "|---|---|---|--:|--:|--:|--:|"]
+    lines = [
+        "## Host time per call",
+        "",
+        "benchmarks/test_host_overhead.py: thread CPU time per public-API call on tiny CPU tensors, "
+        "triton with its launcher stubbed (everything but the kernel launch); floor = an autograd.Function "
+        "that only allocates. Median (fastest-slowest round).",
+        "",
+        "| backend | op | direction | host us | budget us | launches | load |",
+        "|---|---|---|--:|--:|--:|--:|",
+    ]
     for r in host_times:
-        lines.append(_row([
-            r["backend"], r["op"], r["direction"],
-            f"{r['host_us']:.1f} ({r['host_us_min']:.1f}-{r['host_us_max']:.1f})",
-            _fmt(r.get("budget_us"), ".0f"), _fmt(r.get("launches_per_call"), "d"), f"{r['load']:.2f}",
-        ]))
+        lines.append(
+            _row(
+                [
+                    r["backend"],
+                    r["op"],
+                    r["direction"],
+                    f"{r['host_us']:.1f} ({r['host_us_min']:.1f}-{r['host_us_max']:.1f})",
+                    _fmt(r.get("budget_us"), ".0f"),
+                    _fmt(r.get("launches_per_call"), "d"),
+                    f"{r['load']:.2f}",
+                ]
+            )
+        )
     return lines + [""]
 
 
@@ -174,8 +204,10 @@ def _fused(records, **match) -> list[dict]:
 
 
 def _bandwidth_target(records, shape, direction, percent):
-    candidates = [(best_percent_of_copy(r), r) for r in _fused(records, op="time_conv", dtype="bf16",
-                                                               shape=shape, direction=direction)]
+    candidates = [
+        (best_percent_of_copy(r), r)
+        for r in _fused(records, op="time_conv", dtype="bf16", shape=shape, direction=direction)
+    ]
     candidates = [(p, r) for p, r in candidates if p is not None]
     if not candidates:
         return "-", UNMEASURED
@@ -186,10 +218,13 @@ def _bandwidth_target(records, shape, direction, percent):
 
 def _dense_gemm_target(records, by_key):
     cases = []  # (speed-up of the fastest fused provider over dense_gemm, case)
-    for dense in (r for r in records if r["provider"] == "dense_gemm" and r["op"] == "time_conv"
-                  and r["shape"] in GPU_SHAPES):
-        fused = [by_key.get((dense["device"], "time_conv", dense["direction"], dense["dtype"], dense["shape"], p))
-                 for p in KERNEL_PROVIDERS]
+    for dense in (
+        r for r in records if r["provider"] == "dense_gemm" and r["op"] == "time_conv" and r["shape"] in GPU_SHAPES
+    ):
+        fused = [
+            by_key.get((dense["device"], "time_conv", dense["direction"], dense["dtype"], dense["shape"], p))
+            for p in KERNEL_PROVIDERS
+        ]
         fused = [r for r in fused if r is not None]
         if fused:
             best = min(fused, key=lambda r: r["median"])
@@ -198,8 +233,10 @@ def _dense_gemm_target(records, by_key):
         return "-", UNMEASURED
     worst = min(cases)
     ahead = sum(1 for ratio, _ in cases if ratio > 1)
-    return (f"ahead in {ahead} of {len(cases)} cases; least {worst[0]:.2f}x ({worst[1]})",
-            PASS if ahead == len(cases) else MISS)
+    return (
+        f"ahead in {ahead} of {len(cases)} cases; least {worst[0]:.2f}x ({worst[1]})",
+        PASS if ahead == len(cases) else MISS,
+    )
 
 
 def _latency_target(records, seconds):
@@ -239,22 +276,42 @@ def _compile_target(records):
 def targets_table(records: list[dict], by_key: dict) -> list[str]:
     """The targets with the measured value and pass/MISS ("not measured" where the run has no result)."""
     rows = [
-        ("time_conv bf16 fwd, cifar10-32: >= 80% of copy bandwidth", _bandwidth_target(records, "cifar10-32", "fwd", 80)),
-        ("time_conv bf16 fwd, cifar10-16: >= 60% of copy bandwidth", _bandwidth_target(records, "cifar10-16", "fwd", 60)),
-        ("time_conv bf16 fwd+bwd, cifar10-32: >= 50% of copy bandwidth on the 5|x| floor",
-         _bandwidth_target(records, "cifar10-32", "fwd+bwd", 50)),
-        ("time_conv faster than dense_gemm at every shape, dtype and direction (host-inclusive)",
-         _dense_gemm_target(records, by_key)),
+        (
+            "time_conv bf16 fwd, cifar10-32: >= 80% of copy bandwidth",
+            _bandwidth_target(records, "cifar10-32", "fwd", 80),
+        ),
+        (
+            "time_conv bf16 fwd, cifar10-16: >= 60% of copy bandwidth",
+            _bandwidth_target(records, "cifar10-16", "fwd", 60),
+        ),
+        (
+            "time_conv bf16 fwd+bwd, cifar10-32: >= 50% of copy bandwidth on the 5|x| floor",
+            _bandwidth_target(records, "cifar10-32", "fwd+bwd", 50),
+        ),
+        (
+            "time_conv faster than dense_gemm at every shape, dtype and direction (host-inclusive)",
+            _dense_gemm_target(records, by_key),
+        ),
         ("time_conv bf16 fwd, cifar10-8: under 15 us host-inclusive", _latency_target(records, 15e-6)),
-        (f"{GPU_MODEL} training step (bf16 autocast): >= 1.5x faster with fused temporal layers than dsno_fft",
-         _train_step_target(records, by_key, 1.5)),
-        (f"{GPU_MODEL} one-pass sampling: >= 100x the images/s of the 512-step teacher DDIM",
-         _sampling_target(records, 100)),
-        (f"{GPU_MODEL} training step under torch.compile(fullgraph=True) with fused temporal layers",
-         _compile_target(records)),
+        (
+            f"{GPU_MODEL} training step (bf16 autocast): >= 1.5x faster with fused temporal layers than dsno_fft",
+            _train_step_target(records, by_key, 1.5),
+        ),
+        (
+            f"{GPU_MODEL} one-pass sampling: >= 100x the images/s of the 512-step teacher DDIM",
+            _sampling_target(records, 100),
+        ),
+        (
+            f"{GPU_MODEL} training step under torch.compile(fullgraph=True) with fused temporal layers",
+            _compile_target(records),
+        ),
     ]
-    lines = ["## Targets (issues 14 and 16: an H100/H200 at the GPU shapes; best fused backend)", "",
-             "| target | measured | verdict |", "|---|---|---|"]
+    lines = [
+        "## Targets (issues 14 and 16: an H100/H200 at the GPU shapes; best fused backend)",
+        "",
+        "| target | measured | verdict |",
+        "|---|---|---|",
+    ]
     lines += [_row([name, value, verdict]) for name, (value, verdict) in rows]
     return lines + [""]
 
@@ -290,69 +347,136 @@ def build_report(records: list[dict], sources: list[str], host_times: list[dict]
     sort_key = lambda r: (_order(r["shape"], shape_order), _order(r["provider"], PROVIDER_ORDER))  # noqa: E731
     fused = [r for r in records if r["op"] == "time_conv" and r["provider"] in KERNEL_PROVIDERS]
     if fused:
-        lines += ["## Summary: DSNO's layer (time_conv) on the fused kernels", "",
-                  "| shape | dtype | direction | provider | host-incl. | kernel-only | % of copy | kernel % of copy "
-                  "| vs dsno_fft | vs dense_gemm |",
-                  "|---|---|---|---|--:|--:|--:|--:|--:|--:|"]
-        fused.sort(key=lambda r: (r["device"], _order(r["shape"], shape_order), _order(r["dtype"], DTYPE_ORDER),
-                                  _order(r["direction"], DIRECTION_ORDER), _order(r["provider"], PROVIDER_ORDER)))
+        lines += [
+            "## Summary: DSNO's layer (time_conv) on the fused kernels",
+            "",
+            "| shape | dtype | direction | provider | host-incl. | kernel-only | % of copy | kernel % of copy "
+            "| vs dsno_fft | vs dense_gemm |",
+            "|---|---|---|---|--:|--:|--:|--:|--:|--:|",
+        ]
+        fused.sort(
+            key=lambda r: (
+                r["device"],
+                _order(r["shape"], shape_order),
+                _order(r["dtype"], DTYPE_ORDER),
+                _order(r["direction"], DIRECTION_ORDER),
+                _order(r["provider"], PROVIDER_ORDER),
+            )
+        )
         for r in fused:
-            lines.append(_row([
-                r["shape"], r["dtype"], r["direction"], r["provider"], format_time(r["median"]), _kernel_time(r),
-                _fmt(percent_of_copy(r), ".1f", "%"), _fmt(percent_of_copy(r, kernel=True), ".1f", "%"),
-                *(_fmt(speedup(by_key, r, b), ".2f", "x") for b in BASELINES),
-            ]))
+            lines.append(
+                _row(
+                    [
+                        r["shape"],
+                        r["dtype"],
+                        r["direction"],
+                        r["provider"],
+                        format_time(r["median"]),
+                        _kernel_time(r),
+                        _fmt(percent_of_copy(r), ".1f", "%"),
+                        _fmt(percent_of_copy(r, kernel=True), ".1f", "%"),
+                        *(_fmt(speedup(by_key, r, b), ".2f", "x") for b in BASELINES),
+                    ]
+                )
+            )
         lines.append("")
 
     groups = defaultdict(list)
     for r in records:
         if r["op"] in OP_ORDER:
             groups[(r["device"], r["op"], r["direction"], r["dtype"])].append(r)
-    for (device, op, direction, dtype) in sorted(
+    for device, op, direction, dtype in sorted(
         groups,
         key=lambda g: (g[0], _order(g[1], OP_ORDER), _order(g[2], DIRECTION_ORDER), _order(g[3], DTYPE_ORDER)),
     ):
         title = f"## {op} · {direction} · {dtype}" + (f" · {device}" if len(devices) > 1 else "")
-        lines += [title, "", "| shape | provider | host-incl. | kernel-only | GB/s | % of copy | kernel GB/s "
-                  "| kernel % of copy | vs dsno_fft | vs dense_gemm |",
-                  "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|"]
+        lines += [
+            title,
+            "",
+            "| shape | provider | host-incl. | kernel-only | GB/s | % of copy | kernel GB/s "
+            "| kernel % of copy | vs dsno_fft | vs dense_gemm |",
+            "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|",
+        ]
         for r in sorted(groups[(device, op, direction, dtype)], key=sort_key):
-            lines.append(_row([
-                r["shape"], r["provider"], format_time(r["median"]), _kernel_time(r), _fmt_gbps(r["gbps"]),
-                _fmt(percent_of_copy(r), ".1f", "%"), _fmt_gbps(r["kernel_gbps"]),
-                _fmt(percent_of_copy(r, kernel=True), ".1f", "%"),
-                *(_fmt(speedup(by_key, r, b), ".2f", "x") for b in BASELINES),
-            ]))
+            lines.append(
+                _row(
+                    [
+                        r["shape"],
+                        r["provider"],
+                        format_time(r["median"]),
+                        _kernel_time(r),
+                        _fmt_gbps(r["gbps"]),
+                        _fmt(percent_of_copy(r), ".1f", "%"),
+                        _fmt_gbps(r["kernel_gbps"]),
+                        _fmt(percent_of_copy(r, kernel=True), ".1f", "%"),
+                        *(_fmt(speedup(by_key, r, b), ".2f", "x") for b in BASELINES),
+                    ]
+                )
+            )
         lines.append("")
 
     copies = [r for r in records if r["op"] == "copy"]
     if copies:
-        lines += ["## Copy bandwidth", "", "| device | buffer | host-incl. | kernel-only | GB/s | kernel GB/s |",
-                  "|---|---|--:|--:|--:|--:|"]
+        lines += [
+            "## Copy bandwidth",
+            "",
+            "| device | buffer | host-incl. | kernel-only | GB/s | kernel GB/s |",
+            "|---|---|--:|--:|--:|--:|",
+        ]
         for r in copies:
-            lines.append(_row([r["device"], r["shape"], format_time(r["median"]), _kernel_time(r),
-                               _fmt_gbps(r["gbps"]), _fmt_gbps(r["kernel_gbps"])]))
+            lines.append(
+                _row(
+                    [
+                        r["device"],
+                        r["shape"],
+                        format_time(r["median"]),
+                        _kernel_time(r),
+                        _fmt_gbps(r["gbps"]),
+                        _fmt_gbps(r["kernel_gbps"]),
+                    ]
+                )
+            )
         lines.append("")
 
     models = [r for r in records if r["op"] in MODEL_OPS]
     if models:
-        lines += ["## Model level", "",
-                  "| model | dtype | op | provider | median | per image | temporal layers | vs dsno_fft | vs dense_gemm |",
-                  "|---|---|---|---|--:|--:|--:|--:|--:|"]
-        models.sort(key=lambda r: (r["device"], r["shape"], _order(r["op"], MODEL_OPS), _order(r["provider"], PROVIDER_ORDER)))
+        lines += [
+            "## Model level",
+            "",
+            "| model | dtype | op | provider | median | per image | temporal layers | vs dsno_fft | vs dense_gemm |",
+            "|---|---|---|---|--:|--:|--:|--:|--:|",
+        ]
+        models.sort(
+            key=lambda r: (r["device"], r["shape"], _order(r["op"], MODEL_OPS), _order(r["provider"], PROVIDER_ORDER))
+        )
         for r in models:
             batch = batch_of(r["shape"])
             per_image = format_time(r["median"] / batch) if batch and not r["op"].startswith("train_step") else "-"
             profiled = by_key.get((r["device"], SHARE_OP, r["direction"], r["dtype"], r["shape"], r["provider"]))
             share = profiled["temporal_share"] if profiled is not None and r["op"] == "train_step" else None
             share = _fmt(None if share is None else 100 * share, ".0f", "%")
-            lines.append(_row([r["shape"], r["dtype"], r["op"], r["provider"], format_time(r["median"]), per_image,
-                               share, *(_fmt(speedup(by_key, r, b), ".2f", "x") for b in BASELINES)]))
+            lines.append(
+                _row(
+                    [
+                        r["shape"],
+                        r["dtype"],
+                        r["op"],
+                        r["provider"],
+                        format_time(r["median"]),
+                        per_image,
+                        share,
+                        *(_fmt(speedup(by_key, r, b), ".2f", "x") for b in BASELINES),
+                    ]
+                )
+            )
         lines.append("")
         if any(r["op"] == SHARE_OP for r in records):
-            lines += ["- temporal layers: the share of a profiled training step spent in the temporal layers "
-                      "(their forward ops and the backward nodes those created; device time on a GPU, op time "
-                      "on the CPU).", ""]
+            lines += [
+                "- temporal layers: the share of a profiled training step spent in the temporal layers "
+                "(their forward ops and the backward nodes those created; device time on a GPU, op time "
+                "on the CPU).",
+                "",
+            ]
         teachers = {(r["device"], r["shape"]): r for r in models if r["op"] == "sample_teacher_ddim512"}
         for r in models:
             teacher = teachers.get((r["device"], r["shape"]))
@@ -390,8 +514,13 @@ def write_plots(records: list[dict], out_dir: str) -> list[str]:
     device = op_records[0]["device"]
     written = []
     for filename, ylabel, value_of, providers_shown, log in (
-        ("speedup_by_shape.png", "speed-up over dsno_fft", lambda r: speedup(by_key, r, "dsno_fft"),
-         lambda p: p != "dsno_fft", True),
+        (
+            "speedup_by_shape.png",
+            "speed-up over dsno_fft",
+            lambda r: speedup(by_key, r, "dsno_fft"),
+            lambda p: p != "dsno_fft",
+            True,
+        ),
         ("bandwidth_by_shape.png", "% of copy bandwidth", best_percent_of_copy, lambda p: True, False),
     ):
         columns = min(4, len(panels))
@@ -399,8 +528,10 @@ def write_plots(records: list[dict], out_dir: str) -> list[str]:
         fig, axes = plt.subplots(rows, columns, figsize=(4.5 * columns, 3.6 * rows), squeeze=False)
         for ax, panel in zip(axes.flat, panels):
             panel_records = [r for r in op_records if (r["op"], r["direction"], r["dtype"]) == panel]
-            providers = sorted({r["provider"] for r in panel_records if providers_shown(r["provider"])},
-                               key=lambda p: _order(p, PROVIDER_ORDER))
+            providers = sorted(
+                {r["provider"] for r in panel_records if providers_shown(r["provider"])},
+                key=lambda p: _order(p, PROVIDER_ORDER),
+            )
             panel_shapes = [s for s in shapes if any(r["shape"] == s for r in panel_records)]
             width = 0.8 / max(len(providers), 1)
             for i, provider in enumerate(providers):
@@ -425,7 +556,7 @@ def write_plots(records: list[dict], out_dir: str) -> list[str]:
             ax.set_title(" · ".join(panel), fontsize=9)
             ax.set_ylabel(ylabel, fontsize=8)
             ax.legend(fontsize=7)
-        for ax in list(axes.flat)[len(panels):]:
+        for ax in list(axes.flat)[len(panels) :]:
             ax.axis("off")
         fig.suptitle(f"{ylabel} — {device}", fontsize=10)
         fig.tight_layout()
@@ -445,8 +576,9 @@ def brief(report: str) -> str:
 def _write_atomically(path: str, text: str) -> None:
     """Write a sibling temporary file and rename it over `path` (which keeps its permissions)."""
     mode = os.stat(path).st_mode & 0o777 if os.path.exists(path) else 0o644
-    with tempfile.NamedTemporaryFile("w", dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp",
-                                     delete=False) as tmp:
+    with tempfile.NamedTemporaryFile(
+        "w", dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp", delete=False
+    ) as tmp:
         tmp.write(text)
     os.chmod(tmp.name, mode)
     os.replace(tmp.name, path)
@@ -456,10 +588,12 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("results", nargs="+", help="pytest-benchmark JSON files (--benchmark-json)")
     parser.add_argument("--out", help="folder for report.md and the plots (default: the first JSON's folder)")
-    parser.add_argument("--strip", action="store_true",
-                        help="only drop the raw per-round samples (stats.data) from the files, in place")
-    parser.add_argument("--brief", action="store_true",
-                        help="print only the header and the targets (report.md still gets everything)")
+    parser.add_argument(
+        "--strip", action="store_true", help="only drop the raw per-round samples (stats.data) from the files, in place"
+    )
+    parser.add_argument(
+        "--brief", action="store_true", help="print only the header and the targets (report.md still gets everything)"
+    )
     args = parser.parse_args(argv)
     try:
         if args.strip:

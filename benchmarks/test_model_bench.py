@@ -198,8 +198,9 @@ def temporal_layer_share(model, step, device: str) -> float:
     ranges = [e for e in events if e.name == TEMPORAL_RANGE]
     assert ranges, "the profile has no temporal-layer ranges"
     created = {d.sequence_nr for r in ranges for d in descendants(r) if d.sequence_nr >= 0}
-    backward = [e for e in events if e.name.startswith("autograd::engine::evaluate_function")
-                and e.sequence_nr in created]
+    backward = [
+        e for e in events if e.name.startswith("autograd::engine::evaluate_function") and e.sequence_nr in created
+    ]
     assert backward, "the profile has no backward nodes of the temporal layers"
     total = sum(spent(e) for e in events if e.cpu_parent is None)
     return (sum(map(spent, ranges)) + sum(map(spent, backward))) / total
@@ -316,4 +317,6 @@ def test_temporal_layers_on_gives_the_same_model(provider, bench_device):
     tol = 2e-3 if bench_device == "cuda" and tf32 else 1e-4
     torch.testing.assert_close(got, expected, rtol=tol, atol=tol)
     assert {layer.backend for layer in model_module.temporal_layers(model)} == {model.config.backend}
-    assert provider in baselines.KERNEL_PROVIDERS or provider not in {b.name for b in dsno_kernels.registered_backends()}
+    assert provider in baselines.KERNEL_PROVIDERS or provider not in {
+        b.name for b in dsno_kernels.registered_backends()
+    }

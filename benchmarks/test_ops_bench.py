@@ -144,5 +144,7 @@ def test_baseline_matches_reference(provider, op, spatial, bench_device):
     (dw64,) = torch.autograd.grad(reference(x.double(), w64), [w64], dy)
     if provider == "dense_gemm":  # its parameter is the folded matrix A: carry dA back to the weight
         w_fold = weight.double().requires_grad_()
-        (dparam,) = torch.autograd.grad(dsno_kernels.backends.reference.dense_block_circulant(w_fold, T), [w_fold], dparam.double())
+        (dparam,) = torch.autograd.grad(
+            dsno_kernels.backends.reference.dense_block_circulant(w_fold, T), [w_fold], dparam.double()
+        )
     torch.testing.assert_close(dparam.double(), dw64, rtol=1e-5, atol=1e-5)

@@ -10,9 +10,22 @@ from benchmarks import report
 def _bench(provider, op, direction, dtype, shape, median, nbytes=None, copy_gbps=10.0, kernel_seconds=None, **more):
     gbps = nbytes / median / 1e9 if nbytes else None
     kernel_gbps = nbytes / kernel_seconds / 1e9 if nbytes and kernel_seconds else None
-    info = {"provider": provider, "op": op, "direction": direction, "dtype": dtype, "shape": shape,
-            "bytes": nbytes, "gbps": gbps, "kernel_seconds": kernel_seconds, "kernel_gbps": kernel_gbps,
-            "copy_gbps": copy_gbps, "device": "TestCard", "torch": "2.x", "triton": "3.x", **more}
+    info = {
+        "provider": provider,
+        "op": op,
+        "direction": direction,
+        "dtype": dtype,
+        "shape": shape,
+        "bytes": nbytes,
+        "gbps": gbps,
+        "kernel_seconds": kernel_seconds,
+        "kernel_gbps": kernel_gbps,
+        "copy_gbps": copy_gbps,
+        "device": "TestCard",
+        "torch": "2.x",
+        "triton": "3.x",
+        **more,
+    }
     return {"extra_info": info, "stats": {"median": median, "rounds": 10, "data": [median] * 10}}
 
 
@@ -61,12 +74,39 @@ def test_report_tables_and_plots(tmp_path):
 def test_targets_pass_miss_and_not_measured(tmp_path, capsys):
     benchmarks = [
         # cifar10-32 forward: 81% kernel-only (pass); forward+backward 40% (miss).
-        _bench("cuda", "time_conv", "fwd", "bf16", "cifar10-32", 2e-3, nbytes=81 * 10**4, kernel_seconds=1e-3,
-               copy_gbps=1.0),
-        _bench("triton", "time_conv", "fwd", "bf16", "cifar10-32", 3e-3, nbytes=81 * 10**4, kernel_seconds=2e-3,
-               copy_gbps=1.0),
-        _bench("cuda", "time_conv", "fwd+bwd", "bf16", "cifar10-32", 2e-3, nbytes=40 * 10**4, kernel_seconds=1e-3,
-               copy_gbps=1.0),
+        _bench(
+            "cuda",
+            "time_conv",
+            "fwd",
+            "bf16",
+            "cifar10-32",
+            2e-3,
+            nbytes=81 * 10**4,
+            kernel_seconds=1e-3,
+            copy_gbps=1.0,
+        ),
+        _bench(
+            "triton",
+            "time_conv",
+            "fwd",
+            "bf16",
+            "cifar10-32",
+            3e-3,
+            nbytes=81 * 10**4,
+            kernel_seconds=2e-3,
+            copy_gbps=1.0,
+        ),
+        _bench(
+            "cuda",
+            "time_conv",
+            "fwd+bwd",
+            "bf16",
+            "cifar10-32",
+            2e-3,
+            nbytes=40 * 10**4,
+            kernel_seconds=1e-3,
+            copy_gbps=1.0,
+        ),
         # dense_gemm is faster at one of the two cases it has.
         _bench("dense_gemm", "time_conv", "fwd", "bf16", "cifar10-32", 4e-3, nbytes=81 * 10**4, copy_gbps=1.0),
         _bench("dense_gemm", "time_conv", "fwd+bwd", "bf16", "cifar10-32", 1e-3, nbytes=40 * 10**4, copy_gbps=1.0),
@@ -86,12 +126,15 @@ def test_targets_pass_miss_and_not_measured(tmp_path, capsys):
     text = (tmp_path / "report.md").read_text()
     rows = {line.split(" | ")[0][2:]: line for line in text.splitlines() if line.startswith("| ")}
     assert rows["time_conv bf16 fwd, cifar10-32: >= 80% of copy bandwidth"].endswith(
-        "| 81.0% (cuda, kernel-only) | pass |")
+        "| 81.0% (cuda, kernel-only) | pass |"
+    )
     assert rows["time_conv bf16 fwd, cifar10-16: >= 60% of copy bandwidth"].endswith("| - | not measured |")
     assert rows["time_conv bf16 fwd+bwd, cifar10-32: >= 50% of copy bandwidth on the 5\\|x\\| floor"].endswith(
-        "| 40.0% (cuda, kernel-only) | MISS |")
+        "| 40.0% (cuda, kernel-only) | MISS |"
+    )
     assert rows["time_conv faster than dense_gemm at every shape, dtype and direction (host-inclusive)"].endswith(
-        "| ahead in 1 of 2 cases; least 0.50x (cifar10-32 bf16 fwd+bwd) | MISS |")
+        "| ahead in 1 of 2 cases; least 0.50x (cifar10-32 bf16 fwd+bwd) | MISS |"
+    )
     assert rows["time_conv bf16 fwd, cifar10-8: under 15 us host-inclusive"].endswith("| 14.0 us (cuda) | pass |")
     assert "| 2.00x (triton) | pass |" in text
     assert "| 50x (triton, sample_one_pass) | MISS |" in text
@@ -124,10 +167,18 @@ def test_the_suites_save_statistics_without_round_samples():
 def test_host_times_are_reported_beside_the_gpu_numbers(tmp_path, capsys):
     """benchmarks/test_host_overhead.py's records (host.json in gpu_suite.sh) get their own table, also
     in the brief summary."""
-    host = {"params": {"backend": "triton", "op": "time_conv", "direction": "fwd+bwd"},
-            "extra_info": {"host_us": 45.04, "host_us_min": 44.0, "host_us_max": 51.0, "budget_us": 60.0,
-                           "launches_per_call": 3, "load": 1.5},
-            "stats": {"median": 0.1, "rounds": 1}}
+    host = {
+        "params": {"backend": "triton", "op": "time_conv", "direction": "fwd+bwd"},
+        "extra_info": {
+            "host_us": 45.04,
+            "host_us_min": 44.0,
+            "host_us_max": 51.0,
+            "budget_us": 60.0,
+            "launches_per_call": 3,
+            "load": 1.5,
+        },
+        "stats": {"median": 0.1, "rounds": 1},
+    }
     path = _write(tmp_path, [host, _bench("cpu", "time_conv", "fwd", "fp32", "s1", 1e-3, nbytes=10**6)])
     assert report.main([str(path), "--brief"]) == 0
     row = "| triton | time_conv | fwd+bwd | 45.0 (44.0-51.0) | 60 | 3 | 1.50 |"

@@ -7,8 +7,17 @@ import importlib
 
 _EXPORTS = {
     "model": [
-        "DSNO", "PRESETS", "DSNOConfig", "UNet", "build_backbone", "build_model", "count_parameters",
-        "load_backbone_weights", "make_config", "set_temporal_backend", "temporal_layers",
+        "DSNO",
+        "PRESETS",
+        "DSNOConfig",
+        "UNet",
+        "build_backbone",
+        "build_model",
+        "count_parameters",
+        "load_backbone_weights",
+        "make_config",
+        "set_temporal_backend",
+        "temporal_layers",
     ],
     "schedule": ["LogSNRSchedule", "alpha_sigma", "output_time_points", "select_time_indices", "time_grid"],
     "teachers": ["Teacher", "GaussianMixtureTeacher", "NetworkTeacher", "as_teacher", "solve"],

@@ -19,8 +19,9 @@ import pickle
 import random
 import tempfile
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -44,10 +45,10 @@ __all__ = [
     "set_rng_state",
 ]
 
-CHECKPOINT = "checkpoint.pt"      # a training run's latest state, in train.out
-METRICS = "metrics.jsonl"         # a training run's log, in train.out
-CHECKPOINT_VERSION = 2            # 2: plain data only (version 1 held numpy objects)
-_TEMPORARY = ".tmp"               # suffix of every temporary file this package writes
+CHECKPOINT = "checkpoint.pt"  # a training run's latest state, in train.out
+METRICS = "metrics.jsonl"  # a training run's log, in train.out
+CHECKPOINT_VERSION = 2  # 2: plain data only (version 1 held numpy objects)
+_TEMPORARY = ".tmp"  # suffix of every temporary file this package writes
 
 
 def fsync_directory(path: str | os.PathLike) -> None:
@@ -129,7 +130,7 @@ class AtomicOutputs:
         self.folder = Path(folder)
         self._pending: list[tuple[str, Path]] = []
 
-    def __enter__(self) -> "AtomicOutputs":
+    def __enter__(self) -> AtomicOutputs:
         self.folder.mkdir(parents=True, exist_ok=True)
         return self
 
@@ -172,11 +173,9 @@ def check_output_dir(path: str | os.PathLike, key: str) -> None:
         existing = existing.parent
     if existing.exists() and not existing.is_dir():
         where = "is a file" if existing == path else f"is under {existing}, which is a file"
-        raise NotADirectoryError(errno.ENOTDIR, f"{key}: the output folder {where}; choose a folder path",
-                                 str(path))
+        raise NotADirectoryError(errno.ENOTDIR, f"{key}: the output folder {where}; choose a folder path", str(path))
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise PermissionError(errno.EACCES, f"{key}: cannot write into {existing}; choose a writable folder",
-                              str(path))
+        raise PermissionError(errno.EACCES, f"{key}: cannot write into {existing}; choose a writable folder", str(path))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -201,17 +200,22 @@ def load_tensor_file(path: str | os.PathLike, what: str, map_location: str | tor
             return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
         if "Unsupported global" in str(error) and "numpy" in str(error) and what == "checkpoint":
-            raise ValueError(f"{path}: a checkpoint of an older dsno (format 1, with numpy objects), which this "
-                             f"version does not load; sample or resume it with the dsno that wrote it") from error
+            raise ValueError(
+                f"{path}: a checkpoint of an older dsno (format 1, with numpy objects), which this "
+                f"version does not load; sample or resume it with the dsno that wrote it"
+            ) from error
         if "Unsupported global" in str(error):  # it names a class or function to call: code
-            raise ValueError(f"{path}: refused to load {what}: it holds Python objects other than tensors and "
-                             f"plain data, and loading them could run code; use a file written by dsno or "
-                             f"torch.save(model.state_dict())") from error
+            raise ValueError(
+                f"{path}: refused to load {what}: it holds Python objects other than tensors and "
+                f"plain data, and loading them could run code; use a file written by dsno or "
+                f"torch.save(model.state_dict())"
+            ) from error
         raise ValueError(f"{path}: {what} is corrupt (not a torch.save file): {error}") from error
     except Exception as error:  # the unpickler fails in many ways on a damaged file (EOFError, IndexError, ...)
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ValueError(f"{path}: {what} is truncated or corrupt ({first_line}); "
-                         f"restore it or write it again") from error
+        raise ValueError(
+            f"{path}: {what} is truncated or corrupt ({first_line}); restore it or write it again"
+        ) from error
 
 
 _CHECKPOINT_KEYS = ("version", "step", "model", "ema", "config", "logsnr", "t", "noise_shape", "num_classes")
@@ -227,16 +231,24 @@ def checked_checkpoint(state: Any, path: str | os.PathLike) -> dict[str, Any]:
     """`state` (loaded from `path`) if it is a dsno training checkpoint of this format; ValueError otherwise."""
     missing = [key for key in _CHECKPOINT_KEYS if not isinstance(state, dict) or key not in state]
     if missing:
-        raise ValueError(f"{path}: not a dsno training checkpoint (no {', '.join(missing)}); give the "
-                         f"{CHECKPOINT} of a `dsno train` run")
+        raise ValueError(
+            f"{path}: not a dsno training checkpoint (no {', '.join(missing)}); give the "
+            f"{CHECKPOINT} of a `dsno train` run"
+        )
     if state["version"] != CHECKPOINT_VERSION:
-        raise ValueError(f"{path}: checkpoint format {state['version']}, this dsno reads {CHECKPOINT_VERSION}; "
-                         f"use the dsno version that wrote it")
+        raise ValueError(
+            f"{path}: checkpoint format {state['version']}, this dsno reads {CHECKPOINT_VERSION}; "
+            f"use the dsno version that wrote it"
+        )
     return state
 
 
-def load_model_state(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], path: str | os.PathLike,
-                     model_config: Mapping[str, Any] | None = None) -> None:
+def load_model_state(
+    model: torch.nn.Module,
+    state_dict: Mapping[str, torch.Tensor],
+    path: str | os.PathLike,
+    model_config: Mapping[str, Any] | None = None,
+) -> None:
     """model.load_state_dict(state_dict), with a one-line ValueError when the weights are of another model."""
     try:
         model.load_state_dict(state_dict)
@@ -244,8 +256,10 @@ def load_model_state(model: torch.nn.Module, state_dict: Mapping[str, torch.Tens
         lines = [line.strip() for line in str(error).splitlines() if line.strip()]
         detail = lines[1] if len(lines) > 1 else lines[0]
         built = f" (built from model config {dict(model_config)})" if model_config is not None else ""
-        raise ValueError(f"{path}: its weights do not fit the model{built}: {detail[:300]}; use the model "
-                         f"settings the checkpoint was trained with") from error
+        raise ValueError(
+            f"{path}: its weights do not fit the model{built}: {detail[:300]}; use the model "
+            f"settings the checkpoint was trained with"
+        ) from error
 
 
 # --------------------------------------------------------------------------------------------------
@@ -256,10 +270,17 @@ def rng_state() -> dict[str, Any]:
     """This process's python, numpy, torch CPU and CUDA generator states."""
     version, internal, gauss = random.getstate()
     kind, keys, position, has_gauss, cached = np.random.get_state()
-    state = {"python": [version, list(internal), gauss],
-             "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position),
-                       "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
-             "torch": torch.get_rng_state()}
+    state = {
+        "python": [version, list(internal), gauss],
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "position": int(position),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -269,8 +290,15 @@ def set_rng_state(state: dict[str, Any]) -> None:
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     numpy = state["numpy"]
-    np.random.set_state((numpy["kind"], numpy["keys"].numpy().astype(np.uint32), numpy["position"],
-                         numpy["has_gauss"], numpy["cached_gaussian"]))
+    np.random.set_state(
+        (
+            numpy["kind"],
+            numpy["keys"].numpy().astype(np.uint32),
+            numpy["position"],
+            numpy["has_gauss"],
+            numpy["cached_gaussian"],
+        )
+    )
     torch.set_rng_state(state["torch"].cpu())
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])

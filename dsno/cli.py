@@ -21,7 +21,8 @@ import errno
 import importlib
 import os
 import sys
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from .config import ConfigError, dump_config, load_config, presets, set_value, validate_config
 
@@ -60,7 +61,12 @@ _FLAGS: dict[str, list[tuple[str, str, Any, str]]] = {
         ("--batch-size", "sample.batch_size", int, "samples per forward pass"),
         ("--seed", "sample.seed", int, "noise seed"),
         ("--class-label", "sample.class_label", int, "class for every sample (class-conditional models)"),
-        ("--noise", "sample.noise", str, "seeded (per sample) | dsno (DSNO's generator stream for the seed and batch size)"),
+        (
+            "--noise",
+            "sample.noise",
+            str,
+            "seeded (per sample) | dsno (DSNO's generator stream for the seed and batch size)",
+        ),
         ("--uint8", "sample.uint8", str, "truncate (DSNO's rule) | round"),
         ("--images", "sample.images", str, "none | folder | zip: final images as PNGs for FID tools"),
         ("--npz", "sample.npz", bool, "also write samples.npz (arr_0: [N, H, W, 3] uint8)"),
@@ -79,19 +85,19 @@ _SUMMARIES = {
 
 _DESCRIPTIONS = {
     "gen-traj": "Solve the teacher's probability-flow ODE from N seeded noises and store the states at the "
-                "output time points as sharded .npy files with a manifest.json. Rerunning with the same "
-                "settings resumes: finished shards are kept, unfinished ones redone. Under torchrun each "
-                "rank writes its own shards.",
+    "output time points as sharded .npy files with a manifest.json. Rerunning with the same "
+    "settings resumes: finished shards are kept, unfinished ones redone. Under torchrun each "
+    "rank writes its own shards.",
     "train": "Train DSNO on a trajectory dataset: Adam, warmup + multistep lr, snr-weighted L1/L2 loss over "
-             "the time points, EMA, optional clipping and bf16, DDP under torchrun. Checkpoints are atomic "
-             "and a rerun resumes exactly where checkpoint.pt left off.",
+    "the time points, EMA, optional clipping and bf16, DDP under torchrun. Checkpoints are atomic "
+    "and a rerun resumes exactly where checkpoint.pt left off.",
     "sample": "Map noise to the whole trajectory in one forward pass of a trained model; writes "
-              "trajectory.npy and PNG grids.",
+    "trajectory.npy and PNG grids.",
     "config": "Print the resolved config (preset or file, then --set overrides) as YAML.",
     "convert": "Read a checkpoint written by DSNO's training scripts (keys model / ema / args) and write a "
-               "checkpoint that `dsno sample` and `dsno train` read: the weights mapped to this package's "
-               "names and layouts, with the preset's config and time points. (`dsno sample` also reads "
-               "DSNO's checkpoints directly.)",
+    "checkpoint that `dsno sample` and `dsno train` read: the weights mapped to this package's "
+    "names and layouts, with the preset's config and time points. (`dsno sample` also reads "
+    "DSNO's checkpoints directly.)",
 }
 
 _EXTENSIONS = {
@@ -101,11 +107,21 @@ _EXTENSIONS = {
 
 
 def _add_config_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-c", "--config", required=True, metavar="PRESET|FILE",
-                        help=f"a preset ({', '.join(presets())}) or a YAML file (which may start from a preset "
-                             f"with `base: NAME`)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="override any config key, e.g. --set train.lr=1e-4 (repeatable; values are YAML)")
+    parser.add_argument(
+        "-c",
+        "--config",
+        required=True,
+        metavar="PRESET|FILE",
+        help=f"a preset ({', '.join(presets())}) or a YAML file (which may start from a preset with `base: NAME`)",
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override any config key, e.g. --set train.lr=1e-4 (repeatable; values are YAML)",
+    )
 
 
 def _add_debug_option(parser: argparse.ArgumentParser) -> None:
@@ -114,16 +130,20 @@ def _add_debug_option(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="dsno", description=__doc__.split("\n\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Example (CPU): dsno gen-traj -c tiny && dsno train -c tiny && dsno sample -c tiny")
+        prog="dsno",
+        description=__doc__.split("\n\n")[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Example (CPU): dsno gen-traj -c tiny && dsno train -c tiny && dsno sample -c tiny",
+    )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for command in ("gen-traj", "train", "sample", "config"):
         sub = commands.add_parser(command, help=_SUMMARIES[command], description=_DESCRIPTIONS[command])
         _add_config_options(sub)
         for flag, key, kind, text in _FLAGS.get(command, []):
             if kind is bool:
-                sub.add_argument(flag, dest=key, action="store_const", const=True, default=None,
-                                 help=f"{text} (sets {key})")
+                sub.add_argument(
+                    flag, dest=key, action="store_const", const=True, default=None, help=f"{text} (sets {key})"
+                )
             else:
                 metavar = flag.lstrip("-").upper().replace("-", "_")
                 sub.add_argument(flag, dest=key, type=kind, default=None, metavar=metavar, help=f"{text} (sets {key})")
@@ -133,11 +153,21 @@ def build_parser() -> argparse.ArgumentParser:
         sub.set_defaults(subparser=sub)
     convert = commands.add_parser("convert", help=_SUMMARIES["convert"], description=_DESCRIPTIONS["convert"])
     convert.add_argument("official", metavar="OFFICIAL.pt", help="checkpoint of DSNO's code (solver-model_*.pt)")
-    convert.add_argument("--preset", required=True, metavar="PRESET|FILE",
-                         help="the config the checkpoint was trained with: cifar10, imagenet64, or a YAML file")
+    convert.add_argument(
+        "--preset",
+        required=True,
+        metavar="PRESET|FILE",
+        help="the config the checkpoint was trained with: cifar10, imagenet64, or a YAML file",
+    )
     convert.add_argument("--out", required=True, metavar="OURS.pt", help="checkpoint to write (must not exist)")
-    convert.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                         help="override a config key of the preset (repeatable)")
+    convert.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override a config key of the preset (repeatable)",
+    )
     _add_debug_option(convert)
     convert.set_defaults(subparser=convert)
     for command, (module_name, text) in _EXTENSIONS.items():
@@ -179,14 +209,21 @@ def _run(args: argparse.Namespace, config: dict[str, Any]) -> int:
                 if result["start_step"] == result["step"]:
                     print(f"{result['out']} is already at step {result['step']} (train.steps): nothing to do")
                 else:
-                    print(f"trained to step {result['step']} (loss {result['loss']:.6g}); checkpoint in "
-                          f"{result['out']}")
+                    print(
+                        f"trained to step {result['step']} (loss {result['loss']:.6g}); checkpoint in {result['out']}"
+                    )
         elif args.command == "sample":
             from .sample import sample
 
             result = sample(config, progress=progress)
-            print("wrote " + ", ".join(str(result[key]) for key in ("trajectory", "images", "npz", "samples_png",
-                                                                    "trajectory_png") if key in result))
+            print(
+                "wrote "
+                + ", ".join(
+                    str(result[key])
+                    for key in ("trajectory", "images", "npz", "samples_png", "trajectory_png")
+                    if key in result
+                )
+            )
     return 0
 
 
@@ -198,8 +235,10 @@ def _convert(args: argparse.Namespace) -> int:
         state = convert_official_checkpoint(args.official, config, args.out)
     except KeyError as error:  # the state_dict is of another architecture: say which tensors
         raise ValueError(f"{args.official}: {error.args[0]}") from None
-    print(f"wrote {args.out}: model {config['model']['name']}, {len(state['ema'])} tensors (EMA and raw weights), "
-          f"time points t = {[round(t, 6) for t in state['t']]}")
+    print(
+        f"wrote {args.out}: model {config['model']['name']}, {len(state['ema'])} tensors (EMA and raw weights), "
+        f"time points t = {[round(t, 6) for t in state['t']]}"
+    )
     return 0
 
 
@@ -208,7 +247,9 @@ def _describe(error: BaseException) -> str:
     if isinstance(error, OSError) and error.errno is not None:
         where = f"{error.filename}: " if error.filename else ""
         if error.errno == errno.ENOSPC:
-            return f"{where}no space left on the device; free some (or write elsewhere) and rerun: finished work is kept"
+            return (
+                f"{where}no space left on the device; free some (or write elsewhere) and rerun: finished work is kept"
+            )
         return f"{where}{error.strerror}"
     text = " ".join(str(error).split()) or type(error).__name__
     return text
@@ -247,8 +288,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         if debug:
             raise
-        print(f"{args.subparser.prog}: interrupted (finished shards and checkpoints are kept; the same command "
-              f"resumes)", file=sys.stderr)
+        print(
+            f"{args.subparser.prog}: interrupted (finished shards and checkpoints are kept; the same command resumes)",
+            file=sys.stderr,
+        )
         return 130
     return 0
 

@@ -16,15 +16,24 @@ from __future__ import annotations
 
 import copy
 import re
+from collections.abc import Iterable
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Iterable, Literal, Optional
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-__all__ = ["ConfigError", "Config", "presets", "load_config", "validate_config", "apply_overrides", "set_value",
-           "dump_config"]
+__all__ = [
+    "ConfigError",
+    "Config",
+    "presets",
+    "load_config",
+    "validate_config",
+    "apply_overrides",
+    "set_value",
+    "dump_config",
+]
 
 
 class ConfigError(ValueError):
@@ -35,8 +44,8 @@ class ConfigError(ValueError):
 # The schema. Strict types (YAML already gives numbers, booleans and lists their types; "abc" is not an
 # int and 2.5 is not a step count), no NaN/inf, no extra keys.
 
-Count = Annotated[int, Field(ge=1)]            # steps, sizes, intervals: at least 1
-Natural = Annotated[int, Field(ge=0)]          # seeds, warmup, workers: 0 allowed
+Count = Annotated[int, Field(ge=1)]  # steps, sizes, intervals: at least 1
+Natural = Annotated[int, Field(ge=0)]  # seeds, warmup, workers: 0 allowed
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 Text = Annotated[str, Field(min_length=1)]
 
@@ -55,20 +64,20 @@ class _Section(BaseModel):
 
 
 class ModelSection(_Section):
-    name: Text                                  # dsno.model preset or "package.module:function"
+    name: Text  # dsno.model preset or "package.module:function"
     overrides: dict[str, Any]
-    temporal_precision: Literal["fp32", "autocast"]    # fp32: DSNO's numerics; autocast: the fused fast path
+    temporal_precision: Literal["fp32", "autocast"]  # fp32: DSNO's numerics; autocast: the fused fast path
 
 
 class DataSection(_Section):
     shape: Annotated[list[Count], Field(min_length=1)]
-    num_classes: Optional[Count]
+    num_classes: Count | None
 
 
 class ScheduleSection(_Section):
     logsnr_min: float
     logsnr_max: float
-    t_min: Annotated[float, Field(ge=0.0, lt=1.0)]     # DSNO's data.epsilon is 0.0
+    t_min: Annotated[float, Field(ge=0.0, lt=1.0)]  # DSNO's data.epsilon is 0.0
     num_steps: Count
     num_points: Count
     spacing: Literal["uniform", "quadratic"]
@@ -85,12 +94,12 @@ class ScheduleSection(_Section):
 
 class TeacherSection(_Section):
     kind: Literal["gmm", "backbone"]
-    backbone: Optional[Text]
+    backbone: Text | None
     backbone_overrides: dict[str, Any]
-    weights: Optional[Text]
+    weights: Text | None
     prediction: Literal["x0", "eps", "v"]
     bf16: bool
-    gmm_path: Optional[Text]
+    gmm_path: Text | None
     gmm_components: Count
     gmm_seed: Natural
 
@@ -104,12 +113,12 @@ class TrajSection(_Section):
     record: Literal["x0", "xt"]
     seed: Natural
     dtype: Literal["float32", "float16"]
-    max_new_shards: Optional[Count]
+    max_new_shards: Count | None
     device: Device
 
 
 class TrainSection(_Section):
-    data: Optional[Text]
+    data: Text | None
     out: Text
     steps: Count
     batch_size: Count
@@ -123,29 +132,29 @@ class TrainSection(_Section):
     milestones: list[Natural]
     gamma: Annotated[float, Field(gt=0.0)]
     loss: Literal["L1", "L2", "vgg"]
-    vgg_weights: Text                            # "imagenet" (torchvision's, downloaded) or a vgg16 state_dict file
+    vgg_weights: Text  # "imagenet" (torchvision's, downloaded) or a vgg16 state_dict file
     loss_weight: Literal["snr", "none"]
-    time_points: Optional[Annotated[list[int], Field(min_length=1)]]   # indices into the dataset's points
+    time_points: Annotated[list[int], Field(min_length=1)] | None  # indices into the dataset's points
     ema_decay: Probability
-    grad_clip: Annotated[float, Field(ge=0.0)]   # 0 disables
+    grad_clip: Annotated[float, Field(ge=0.0)]  # 0 disables
     bf16: bool
     seed: Natural
     num_workers: Natural
     log_every: Count
     save_every: Count
-    keep_every: Natural                          # 0 = never
+    keep_every: Natural  # 0 = never
     resume: bool
-    init_backbone: Optional[Text]
+    init_backbone: Text | None
     device: Device
 
 
 class SampleSection(_Section):
-    checkpoint: Optional[Text]
+    checkpoint: Text | None
     out: Text
     num_samples: Count
     batch_size: Count
     seed: Natural
-    class_label: Optional[Natural]
+    class_label: Natural | None
     use_ema: bool
     png_scale: Annotated[int, Field(ge=1, le=64)]
     device: Device
@@ -174,7 +183,7 @@ def _describe(error: dict[str, Any]) -> str:
         return f"{key}: missing"
     if error["type"] == "extra_forbidden":
         return f"{key}: unknown key"
-    if isinstance(error["input"], dict):    # a whole-section check (e.g. schedule points vs steps)
+    if isinstance(error["input"], dict):  # a whole-section check (e.g. schedule points vs steps)
         return f"{key}: {message}"
     return f"{key}={error['input']!r}: {message}"
 

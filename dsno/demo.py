@@ -36,8 +36,8 @@ What it does, end to end, with the package's own gen-traj / train pipeline and t
 `--ablation` runs steps 1-3 (reusing --out's trajectories when they match) and then trains the preset's
 network for every (M, K) in ABLATION with `ablation_steps` steps each (fewer than the demo, so that it
 stays short; the lr milestones scale with them): M = 1 is KD (the 4th point), M = 2 trains on the 2nd
-and 4th of the dataset's points and M = 4 on all of them: exactly the quadratic points for that M. Each is measured at its
-endpoint on the held-out noises, as above, into ablation.json and ablation.png.
+and 4th of the dataset's points and M = 4 on all of them: exactly the quadratic points for that M. Each is
+measured at its endpoint on the held-out noises, as above, into ablation.json and ablation.png.
 
 Output folder (--out, default ./dsno-demo):
     metrics.json                    settings, seeds, per-sampler metrics, stage wall times, machine load
@@ -63,23 +63,40 @@ import math
 import os
 import platform
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 
 from .metrics import frechet_distance, per_sample_mse, time_call
 
-__all__ = ["DemoSettings", "DEFAULT", "QUICK", "SAMPLERS", "ABLATION", "KD_OVERRIDES", "MissingDependency",
-           "run_demo", "run_ablation", "add_arguments", "main"]
+__all__ = [
+    "DemoSettings",
+    "DEFAULT",
+    "QUICK",
+    "SAMPLERS",
+    "ABLATION",
+    "KD_OVERRIDES",
+    "MissingDependency",
+    "run_demo",
+    "run_ablation",
+    "add_arguments",
+    "main",
+]
 
 PRESET = "digits"
 SAMPLERS = ("teacher", "dsno", "kd", "ddim1", "ddim2", "ddim4")
 BASELINES = ("kd", "ddim1", "ddim2", "ddim4")
 FEW_STEP_DDIM = {"ddim1": 1, "ddim2": 2, "ddim4": 4}
-GRID_ROWS = (("teacher", "teacher"), ("dsno", "DSNO (1 pass)"), ("kd", "KD (1 pass)"), ("ddim1", "DDIM-1"),
-             ("ddim2", "DDIM-2"))
+GRID_ROWS = (
+    ("teacher", "teacher"),
+    ("dsno", "DSNO (1 pass)"),
+    ("kd", "KD (1 pass)"),
+    ("ddim1", "DDIM-1"),
+    ("ddim2", "DDIM-2"),
+)
 # Luhman & Luhman's knowledge distillation: one output point (the endpoint), hence one Fourier mode
 KD_OVERRIDES = {"model.overrides.num_time_points": 1, "model.overrides.num_modes": 1, "train.time_points": [-1]}
 # (M, K) pairs of the ablation: every K a trajectory of M points has (K <= M // 2 + 1)
@@ -104,9 +121,17 @@ class DemoSettings:
 
 
 DEFAULT = DemoSettings()
-QUICK = DemoSettings(overrides=("traj.num_samples=1024", "train.steps=200", "train.warmup=20", "train.milestones=[150]",
-                                "train.ema_decay=0.98"),
-                     eval_samples=512, ablation_steps=60)
+QUICK = DemoSettings(
+    overrides=(
+        "traj.num_samples=1024",
+        "train.steps=200",
+        "train.warmup=20",
+        "train.milestones=[150]",
+        "train.ema_decay=0.98",
+    ),
+    eval_samples=512,
+    ablation_steps=60,
+)
 
 
 class MissingDependency(ImportError):
@@ -121,8 +146,9 @@ def _require_optional_packages() -> None:
         except ImportError:
             missing.append(package)
     if missing:
-        raise MissingDependency(f"dsno demo needs {' and '.join(missing)} (the digits data and the plots): "
-                                f"pip install {' '.join(missing)}")
+        raise MissingDependency(
+            f"dsno demo needs {' and '.join(missing)} (the digits data and the plots): pip install {' '.join(missing)}"
+        )
 
 
 def _with_steps(config: dict[str, Any], steps: int) -> dict[str, Any]:
@@ -139,10 +165,17 @@ def _pipeline_config(settings: DemoSettings, out: Path, device: str, train_steps
     from .config import load_config, set_value
 
     config = load_config(PRESET, settings.overrides)
-    for key, value in {"teacher.gmm_path": str(out / "teacher_gmm.npz"), "traj.out": str(out / "traj"),
-                       "train.data": str(out / "traj"), "train.out": str(out / "train"),
-                       "sample.checkpoint": str(out / "train" / "checkpoint.pt"), "sample.out": str(out / "samples"),
-                       "traj.device": device, "train.device": device, "sample.device": device}.items():
+    for key, value in {
+        "teacher.gmm_path": str(out / "teacher_gmm.npz"),
+        "traj.out": str(out / "traj"),
+        "train.data": str(out / "traj"),
+        "train.out": str(out / "train"),
+        "sample.checkpoint": str(out / "train" / "checkpoint.pt"),
+        "sample.out": str(out / "samples"),
+        "traj.device": device,
+        "train.device": device,
+        "sample.device": device,
+    }.items():
         set_value(config, key, value)
     if train_steps is not None:
         config = _with_steps(config, train_steps)
@@ -175,7 +208,9 @@ def _time_points_for(config: dict[str, Any], num_points: int) -> list[int] | Non
     if wanted == recorded:
         return None
     if not set(wanted) <= set(recorded):
-        raise ValueError(f"the {num_points} {schedule['spacing']} points {wanted} are not among the dataset's {recorded}")
+        raise ValueError(
+            f"the {num_points} {schedule['spacing']} points {wanted} are not among the dataset's {recorded}"
+        )
     return [recorded.index(i) for i in wanted]
 
 
@@ -199,8 +234,12 @@ def _remove_stale_trajectories(config: dict[str, Any], log: Callable[[str], None
 
 def _run_facts(stage, started: float, machine_before: dict) -> dict:
     """How long a run took and on what: recorded beside every result so its timings can be judged."""
-    return {"stage_seconds": stage.seconds, "total_seconds": time.perf_counter() - started,
-            "threads": torch.get_num_threads(), "machine": {"before": machine_before, "after": _machine()}}
+    return {
+        "stage_seconds": stage.seconds,
+        "total_seconds": time.perf_counter() - started,
+        "threads": torch.get_num_threads(),
+        "machine": {"before": machine_before, "after": _machine()},
+    }
 
 
 def _machine() -> dict[str, Any]:
@@ -211,8 +250,12 @@ def _machine() -> dict[str, Any]:
             cpu = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), cpu)
     except OSError:
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(),
-            "loadavg_1_5_15_min": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "loadavg_1_5_15_min": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+    }
 
 
 def _synchronize(device: torch.device) -> Callable[[], None]:
@@ -246,8 +289,14 @@ class _Stages:
         self.seconds[name] = time.perf_counter() - began
 
 
-def _prepare(config: dict[str, Any], settings: DemoSettings, out: Path, torch_device: torch.device, stage: _Stages,
-             progress: bool) -> dict[str, Any]:
+def _prepare(
+    config: dict[str, Any],
+    settings: DemoSettings,
+    out: Path,
+    torch_device: torch.device,
+    stage: _Stages,
+    progress: bool,
+) -> dict[str, Any]:
     """Stages shared by the demo and the ablation: digits, teacher, trajectories, held-out noises and the
     teacher's endpoints from them."""
     from .digits import fit_gaussian_mixture, load_digits
@@ -268,10 +317,17 @@ def _prepare(config: dict[str, Any], settings: DemoSettings, out: Path, torch_de
         noise, _ = sample_noise(range(settings.eval_samples), config["data"]["shape"], settings.eval_seed)
         noise = noise.to(torch_device)
         grid = LogSNRSchedule().logsnr(time_grid(steps))
-        endpoint, seconds = _timed(lambda: solve(teacher, noise, grid, [steps], solver="ddim", record="x0")[:, 0],
-                                   torch_device, 1)
-    return {"digits": digits, "teacher": teacher, "manifest": manifest, "noise": noise,
-            "teacher_samples": endpoint, "teacher_seconds": seconds}
+        endpoint, seconds = _timed(
+            lambda: solve(teacher, noise, grid, [steps], solver="ddim", record="x0")[:, 0], torch_device, 1
+        )
+    return {
+        "digits": digits,
+        "teacher": teacher,
+        "manifest": manifest,
+        "noise": noise,
+        "teacher_samples": endpoint,
+        "teacher_seconds": seconds,
+    }
 
 
 def _one_pass(checkpoint: Path, noise: torch.Tensor, torch_device: torch.device) -> tuple[np.ndarray, float, dict]:
@@ -302,8 +358,9 @@ def _save_grid(path: Path, samples: dict[str, np.ndarray], columns: int) -> None
             axis.set_yticks([])
             if column == 0:
                 axis.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=9)
-    figure.subplots_adjust(left=1.3 / (0.75 * columns + 1.4), right=0.99, top=0.97, bottom=0.03,
-                           wspace=0.08, hspace=0.08)
+    figure.subplots_adjust(
+        left=1.3 / (0.75 * columns + 1.4), right=0.99, top=0.97, bottom=0.03, wspace=0.08, hspace=0.08
+    )
     figure.savefig(path)
 
 
@@ -320,13 +377,28 @@ def _save_loss_curve(path: Path, dsno_metrics: Path, kd_metrics: Path, logsnr: l
     figure = Figure(figsize=(6.4, 4.0), dpi=100)
     FigureCanvasAgg(figure)
     axis = figure.subplots()
-    axis.plot(steps, [record["loss"] for record in records], color="black", linewidth=2,
-              label="DSNO training loss (snr-weighted)")
+    axis.plot(
+        steps,
+        [record["loss"] for record in records],
+        color="black",
+        linewidth=2,
+        label="DSNO training loss (snr-weighted)",
+    )
     for point, value in enumerate(logsnr):
-        axis.plot(steps, [record["loss_per_point"][point] for record in records], linewidth=1,
-                  label=f"DSNO, time point {point + 1} (logSNR {value:.1f}), unweighted")
-    axis.plot([record["step"] for record in kd_records], [record["loss_per_point"][0] for record in kd_records],
-              color="tab:purple", linestyle="--", linewidth=1.5, label="KD (M = 1), endpoint, unweighted")
+        axis.plot(
+            steps,
+            [record["loss_per_point"][point] for record in records],
+            linewidth=1,
+            label=f"DSNO, time point {point + 1} (logSNR {value:.1f}), unweighted",
+        )
+    axis.plot(
+        [record["step"] for record in kd_records],
+        [record["loss_per_point"][0] for record in kd_records],
+        color="tab:purple",
+        linestyle="--",
+        linewidth=1.5,
+        label="KD (M = 1), endpoint, unweighted",
+    )
     axis.set_yscale("log")
     axis.set_xlabel("optimizer step")
     axis.set_ylabel("loss")
@@ -339,41 +411,63 @@ def _save_loss_curve(path: Path, dsno_metrics: Path, kd_metrics: Path, logsnr: l
 
 def _metrics(samples: np.ndarray, teacher: np.ndarray, digits: np.ndarray) -> dict[str, float]:
     mse = per_sample_mse(samples, teacher)
-    return {"fd_to_teacher": frechet_distance(samples, teacher), "fd_to_digits": frechet_distance(samples, digits),
-            "mse_to_teacher": float(mse.mean()), "mse_to_teacher_median": float(np.median(mse))}
+    return {
+        "fd_to_teacher": frechet_distance(samples, teacher),
+        "fd_to_digits": frechet_distance(samples, digits),
+        "mse_to_teacher": float(mse.mean()),
+        "mse_to_teacher_median": float(np.median(mse)),
+    }
 
 
 def _paired_difference(a: np.ndarray, b: np.ndarray, teacher: np.ndarray) -> dict[str, float]:
     """Mean and standard error over noises of (MSE of a - MSE of b) to the teacher, noise by noise."""
     difference = per_sample_mse(a, teacher) - per_sample_mse(b, teacher)
-    return {"mean": float(difference.mean()),
-            "standard_error": float(difference.std(ddof=1) / math.sqrt(len(difference)))}
+    return {
+        "mean": float(difference.mean()),
+        "standard_error": float(difference.std(ddof=1) / math.sqrt(len(difference))),
+    }
 
 
 def _table(results: dict[str, dict[str, Any]], floor: float) -> str:
     """The results as a Markdown table (readable in a terminal, and pasted as is into the README)."""
-    names = {"teacher": "teacher: DDIM-{steps} (the ODE endpoint)", "dsno": "**DSNO, one pass (M = 4)**",
-             "kd": "KD, one pass (M = 1, endpoint only)", "ddim1": "DDIM-1", "ddim2": "DDIM-2", "ddim4": "DDIM-4"}
-    lines = ["| sampler | teacher evaluations | FD to teacher | FD to digits | MSE to teacher | ms / sample |",
-             "|---|---:|---:|---:|---:|---:|"]
+    names = {
+        "teacher": "teacher: DDIM-{steps} (the ODE endpoint)",
+        "dsno": "**DSNO, one pass (M = 4)**",
+        "kd": "KD, one pass (M = 1, endpoint only)",
+        "ddim1": "DDIM-1",
+        "ddim2": "DDIM-2",
+        "ddim4": "DDIM-4",
+    }
+    lines = [
+        "| sampler | teacher evaluations | FD to teacher | FD to digits | MSE to teacher | ms / sample |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for name in SAMPLERS:
         entry = results[name]
         label = names[name].format(steps=entry["teacher_evaluations"] - 1)
-        lines.append(f"| {label} | {entry['teacher_evaluations']} | {entry['fd_to_teacher']:.4f} | "
-                     f"{entry['fd_to_digits']:.4f} | {entry['mse_to_teacher']:.5f} | "
-                     f"{1e3 * entry['seconds_per_sample']:.3f} |")
+        lines.append(
+            f"| {label} | {entry['teacher_evaluations']} | {entry['fd_to_teacher']:.4f} | "
+            f"{entry['fd_to_digits']:.4f} | {entry['mse_to_teacher']:.5f} | "
+            f"{1e3 * entry['seconds_per_sample']:.3f} |"
+        )
     lines.append("")
-    lines.append(f"FD between the teacher's samples from two different sets of noises of this size: {floor:.3f} "
-                 f"(what sampling noise alone gives)")
+    lines.append(
+        f"FD between the teacher's samples from two different sets of noises of this size: {floor:.3f} "
+        f"(what sampling noise alone gives)"
+    )
     return "\n".join(lines)
 
 
 def _ablation_table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| M (time points trained on) | K (modes) | parameters | FD to teacher | FD to digits | MSE to teacher |",
-             "|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| M (time points trained on) | K (modes) | parameters | FD to teacher | FD to digits | MSE to teacher |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
     for row in rows:
-        lines.append(f"| {row['M']}{' (KD)' if row['M'] == 1 else ''} | {row['K']} | {row['parameters']:,} | "
-                     f"{row['fd_to_teacher']:.4f} | {row['fd_to_digits']:.4f} | {row['mse_to_teacher']:.5f} |")
+        lines.append(
+            f"| {row['M']}{' (KD)' if row['M'] == 1 else ''} | {row['K']} | {row['parameters']:,} | "
+            f"{row['fd_to_teacher']:.4f} | {row['fd_to_digits']:.4f} | {row['mse_to_teacher']:.5f} |"
+        )
     return "\n".join(lines)
 
 
@@ -383,8 +477,15 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     atomic_write_text(path, json.dumps(data, indent=1))
 
 
-def run_demo(out: str | Path, settings: DemoSettings = DEFAULT, *, device: str = "cpu", train_steps: int | None = None,
-             progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
+def run_demo(
+    out: str | Path,
+    settings: DemoSettings = DEFAULT,
+    *,
+    device: str = "cpu",
+    train_steps: int | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
     """Run the whole demo into `out`; returns what metrics.json holds."""
     from .distributed import resolve_device
     from .schedule import LogSNRSchedule, time_grid
@@ -413,49 +514,74 @@ def run_demo(out: str | Path, settings: DemoSettings = DEFAULT, *, device: str =
     seconds = {"teacher": shared["teacher_seconds"]}
     num_steps = config["schedule"]["num_steps"]
     evaluations = {"teacher": num_steps + 1, "dsno": 0, "kd": 0, **FEW_STEP_DDIM}
-    with stage("sampling", f"sampling the held-out noises with DSNO, KD and DDIM-1/2/4"):
+    with stage("sampling", "sampling the held-out noises with DSNO, KD and DDIM-1/2/4"):
         samples["dsno"], seconds["dsno"], meta = _one_pass(out / "train" / "checkpoint.pt", noise, torch_device)
         samples["kd"], seconds["kd"], kd_meta = _one_pass(out / "kd" / "checkpoint.pt", noise, torch_device)
         schedule = LogSNRSchedule()
         for name, count in FEW_STEP_DDIM.items():
             grid = schedule.logsnr(time_grid(count))
             samples[name], seconds[name] = _timed(
-                lambda: solve(teacher, noise, grid, [count], solver="ddim", record="xt")[:, 0], torch_device, 3)
+                lambda: solve(teacher, noise, grid, [count], solver="ddim", record="xt")[:, 0],  # noqa: B023 (called here)
+                torch_device,
+                3,
+            )
 
     with stage("metrics_and_files", "metrics, files and figures"):
         dataset = TrajectoryDataset(out / "traj")
-        other_teacher = np.stack([dataset[i]["trajectory"][-1].clamp(-1.0, 1.0).numpy()
-                                  for i in range(settings.eval_samples)])
+        other_teacher = np.stack(
+            [dataset[i]["trajectory"][-1].clamp(-1.0, 1.0).numpy() for i in range(settings.eval_samples)]
+        )
         floor = frechet_distance(other_teacher, samples["teacher"])
         results: dict[str, dict[str, Any]] = {}
         for name in SAMPLERS:
-            results[name] = {"teacher_evaluations": evaluations[name],
-                             **_metrics(samples[name], samples["teacher"], digits),
-                             "seconds_per_sample": seconds[name] / settings.eval_samples}
+            results[name] = {
+                "teacher_evaluations": evaluations[name],
+                **_metrics(samples[name], samples["teacher"], digits),
+                "seconds_per_sample": seconds[name] / settings.eval_samples,
+            }
             np.save(out / f"samples_{name}.npy", samples[name])
         for name, info in (("dsno", meta), ("kd", kd_meta)):
-            results[name].update(time_points=len(info["logsnr"]), logsnr=info["logsnr"], parameters=info["parameters"],
-                                 trained_on_time_points=info["config"]["train"]["time_points"],
-                                 train_steps=info["step"])
+            results[name].update(
+                time_points=len(info["logsnr"]),
+                logsnr=info["logsnr"],
+                parameters=info["parameters"],
+                trained_on_time_points=info["config"]["train"]["time_points"],
+                train_steps=info["step"],
+            )
         np.save(out / "noise.npy", noise.cpu().numpy())
         _save_grid(out / "samples.png", samples, min(settings.grid_columns, settings.eval_samples))
         _save_loss_curve(out / "loss.png", out / "train" / METRICS, out / "kd" / METRICS, meta["logsnr"])
 
     dsno = results["dsno"]
     summary = {
-        "settings": {**dataclasses.asdict(settings), "preset": PRESET, "train_steps": steps,
-                     "teacher_steps": num_steps, "train_samples": config["traj"]["num_samples"],
-                     "device": str(torch_device), "kd_overrides": KD_OVERRIDES},
+        "settings": {
+            **dataclasses.asdict(settings),
+            "preset": PRESET,
+            "train_steps": steps,
+            "teacher_steps": num_steps,
+            "train_samples": config["traj"]["num_samples"],
+            "device": str(torch_device),
+            "kd_overrides": KD_OVERRIDES,
+        },
         "config": config,
-        "noise": {"eval_seed": settings.eval_seed, "train_seed": config["traj"]["seed"],
-                  "seeding": shared["manifest"]["seeding"], "shape": [settings.eval_samples, *config["data"]["shape"]]},
+        "noise": {
+            "eval_seed": settings.eval_seed,
+            "train_seed": config["traj"]["seed"],
+            "seeding": shared["manifest"]["seeding"],
+            "shape": [settings.eval_samples, *config["data"]["shape"]],
+        },
         "time_points": {"logsnr": meta["logsnr"], "t": meta["t"]},
         "samplers": results,
         "fd_floor_teacher_vs_teacher": floor,
-        "dsno_beats": {name: dsno["fd_to_teacher"] < results[name]["fd_to_teacher"]
-                       and dsno["mse_to_teacher"] < results[name]["mse_to_teacher"] for name in BASELINES},
-        "dsno_vs_kd": {key: {"dsno": dsno[key], "kd": results["kd"][key], "dsno_lower": dsno[key] < results["kd"][key]}
-                       for key in ("fd_to_teacher", "mse_to_teacher", "fd_to_digits")},
+        "dsno_beats": {
+            name: dsno["fd_to_teacher"] < results[name]["fd_to_teacher"]
+            and dsno["mse_to_teacher"] < results[name]["mse_to_teacher"]
+            for name in BASELINES
+        },
+        "dsno_vs_kd": {
+            key: {"dsno": dsno[key], "kd": results["kd"][key], "dsno_lower": dsno[key] < results["kd"][key]}
+            for key in ("fd_to_teacher", "mse_to_teacher", "fd_to_digits")
+        },
         # how far apart they are against the spread over these noises (not over training runs)
         "dsno_minus_kd_mse_per_noise": _paired_difference(samples["dsno"], samples["kd"], samples["teacher"]),
         **_run_facts(stage, started, machine_before),
@@ -464,8 +590,10 @@ def run_demo(out: str | Path, settings: DemoSettings = DEFAULT, *, device: str =
     log("")
     log(_table(results, floor))
     beaten = [name for name, won in summary["dsno_beats"].items() if won]
-    log(f"DSNO's single pass is closer to the teacher than {', '.join(beaten) or 'none of the baselines'} "
-        f"(Frechet distance and MSE); total {summary['total_seconds']:.0f} s. Files in {out}")
+    log(
+        f"DSNO's single pass is closer to the teacher than {', '.join(beaten) or 'none of the baselines'} "
+        f"(Frechet distance and MSE); total {summary['total_seconds']:.0f} s. Files in {out}"
+    )
     return summary
 
 
@@ -478,7 +606,10 @@ def _save_ablation_figure(path: Path, rows: list[dict[str, Any]]) -> None:
     axes = figure.subplots(1, 2)
     labels = [f"M={row['M']}\nK={row['K']}" for row in rows]
     colours = ["tab:red" if row["M"] == 1 else "tab:blue" for row in rows]
-    for axis, key, title in ((axes[0], "fd_to_teacher", "FD to teacher"), (axes[1], "mse_to_teacher", "MSE to teacher")):
+    for axis, key, title in (
+        (axes[0], "fd_to_teacher", "FD to teacher"),
+        (axes[1], "mse_to_teacher", "MSE to teacher"),
+    ):
         axis.bar(range(len(rows)), [row[key] for row in rows], color=colours)
         axis.set_xticks(range(len(rows)), labels, fontsize=8)
         axis.set_title(title, fontsize=10)
@@ -488,9 +619,15 @@ def _save_ablation_figure(path: Path, rows: list[dict[str, Any]]) -> None:
     figure.savefig(path)
 
 
-def run_ablation(out: str | Path, settings: DemoSettings = DEFAULT, *, device: str = "cpu",
-                 train_steps: int | None = None, progress: bool = True,
-                 log: Callable[[str], None] = print) -> dict[str, Any]:
+def run_ablation(
+    out: str | Path,
+    settings: DemoSettings = DEFAULT,
+    *,
+    device: str = "cpu",
+    train_steps: int | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
     """Train the preset's network for every (M, K) in ABLATION, settings.ablation_steps steps each (or
     train_steps), and measure each one-pass endpoint on the held-out noises; returns ablation.json."""
     from .distributed import resolve_device
@@ -500,9 +637,18 @@ def run_ablation(out: str | Path, settings: DemoSettings = DEFAULT, *, device: s
     out = Path(out)
     steps = train_steps if train_steps is not None else settings.ablation_steps
     config = _with_steps(_pipeline_config(settings, out, device), steps)
-    variants = {(m, k): _variant(config, out / "ablation" / f"M{m}-K{k}",
-                                 {"model.overrides.num_time_points": m, "model.overrides.num_modes": k,
-                                  "train.time_points": _time_points_for(config, m)}) for m, k in ABLATION}
+    variants = {
+        (m, k): _variant(
+            config,
+            out / "ablation" / f"M{m}-K{k}",
+            {
+                "model.overrides.num_time_points": m,
+                "model.overrides.num_modes": k,
+                "train.time_points": _time_points_for(config, m),
+            },
+        )
+        for m, k in ABLATION
+    }
     _require_optional_packages()
     out.mkdir(parents=True, exist_ok=True)
     torch_device = resolve_device(device)
@@ -513,15 +659,28 @@ def run_ablation(out: str | Path, settings: DemoSettings = DEFAULT, *, device: s
         with stage(f"M{m}-K{k}", f"training and sampling M = {m}, K = {k}: {steps} steps"):
             train(variant, progress=progress)
             samples, _, meta = _one_pass(Path(variant["train"]["out"]) / "checkpoint.pt", shared["noise"], torch_device)
-        rows.append({"M": m, "K": k, "logsnr": meta["logsnr"], "trained_on_time_points": variant["train"]["time_points"],
-                     "parameters": meta["parameters"], "train_steps": meta["step"],
-                     **_metrics(samples, shared["teacher_samples"], shared["digits"]),
-                     "seconds": stage.seconds[f"M{m}-K{k}"]})
+        rows.append(
+            {
+                "M": m,
+                "K": k,
+                "logsnr": meta["logsnr"],
+                "trained_on_time_points": variant["train"]["time_points"],
+                "parameters": meta["parameters"],
+                "train_steps": meta["step"],
+                **_metrics(samples, shared["teacher_samples"], shared["digits"]),
+                "seconds": stage.seconds[f"M{m}-K{k}"],
+            }
+        )
     _save_ablation_figure(out / "ablation.png", rows)
     summary = {
-        "settings": {**dataclasses.asdict(settings), "preset": PRESET, "train_steps": steps,
-                     "teacher_steps": config["schedule"]["num_steps"], "train_samples": config["traj"]["num_samples"],
-                     "device": str(torch_device)},
+        "settings": {
+            **dataclasses.asdict(settings),
+            "preset": PRESET,
+            "train_steps": steps,
+            "teacher_steps": config["schedule"]["num_steps"],
+            "train_samples": config["traj"]["num_samples"],
+            "device": str(torch_device),
+        },
         "rows": rows,
         **_run_facts(stage, started, machine_before),
     }
@@ -537,20 +696,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         " Fits an exact Gaussian-mixture teacher to scikit-learn's 8x8 digits, generates its DDIM trajectories, "
         "trains the tiny DSNO on them and, on the same data, the knowledge-distillation baseline (M = 1, endpoint "
         "only), then compares their one-pass samples with the teacher's ODE endpoint and with 1-, 2- and 4-step "
-        "DDIM from the same held-out noises. Needs scikit-learn and matplotlib.")
+        "DDIM from the same held-out noises. Needs scikit-learn and matplotlib."
+    )
     parser.add_argument("--out", default="dsno-demo", help="output folder (default: ./dsno-demo)")
-    parser.add_argument("--quick", action="store_true",
-                        help="a smaller run (about 1 minute on 2 CPU cores) for CI and a first look")
-    parser.add_argument("--ablation", action="store_true",
-                        help=f"instead of the comparison, train M, K = {', '.join(f'{m}, {k}' for m, k in ABLATION)} "
-                             f"with {DEFAULT.ablation_steps} steps each ({QUICK.ablation_steps} with --quick) into "
-                             f"ablation.json")
-    parser.add_argument("--train-steps", type=int, default=None,
-                        help="train for this many steps instead (the lr milestones scale with it)")
+    parser.add_argument(
+        "--quick", action="store_true", help="a smaller run (about 1 minute on 2 CPU cores) for CI and a first look"
+    )
+    parser.add_argument(
+        "--ablation",
+        action="store_true",
+        help=f"instead of the comparison, train M, K = {', '.join(f'{m}, {k}' for m, k in ABLATION)} "
+        f"with {DEFAULT.ablation_steps} steps each ({QUICK.ablation_steps} with --quick) into "
+        f"ablation.json",
+    )
+    parser.add_argument(
+        "--train-steps",
+        type=int,
+        default=None,
+        help="train for this many steps instead (the lr milestones scale with it)",
+    )
     parser.add_argument("--device", default="cpu", help="cpu (default) | cuda | auto")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch CPU threads (default 1). More help on an idle machine with cores to spare; on a "
-                             "busy one the tiny model's many small ops get many times slower with more threads")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (default 1). More help on an idle machine with cores to spare; on a "
+        "busy one the tiny model's many small ops get many times slower with more threads",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -567,7 +739,9 @@ def main(args: argparse.Namespace) -> int:
         raise SystemExit(f"dsno demo: {error}") from None
     run = run_ablation if args.ablation else run_demo
     try:
-        summary = run(args.out, settings, device=args.device, train_steps=args.train_steps, progress=not args.no_progress)
+        summary = run(
+            args.out, settings, device=args.device, train_steps=args.train_steps, progress=not args.no_progress
+        )
     except MissingDependency as error:
         raise SystemExit(str(error)) from None
     values = summary["rows"] if args.ablation else summary["samplers"].values()

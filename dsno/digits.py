@@ -34,15 +34,17 @@ def load_digits() -> tuple[np.ndarray, np.ndarray]:
     try:
         from sklearn.datasets import load_digits as sklearn_load_digits
     except ImportError as error:
-        raise ImportError("the digits demo needs scikit-learn, which ships the digits data: "
-                          "pip install scikit-learn") from error
+        raise ImportError(
+            "the digits demo needs scikit-learn, which ships the digits data: pip install scikit-learn"
+        ) from error
     digits = sklearn_load_digits()
     images = (digits.images.astype(np.float32) / 8.0 - 1.0).reshape(-1, *DIGIT_SHAPE)
     return images, digits.target.astype(np.int64)
 
 
-def fit_gaussian_mixture(images: np.ndarray, labels: np.ndarray, *, shrinkage: float = 0.1,
-                         variance_floor: float = 1e-3) -> GaussianMixtureTeacher:
+def fit_gaussian_mixture(
+    images: np.ndarray, labels: np.ndarray, *, shrinkage: float = 0.1, variance_floor: float = 1e-3
+) -> GaussianMixtureTeacher:
     """One full-covariance Gaussian per class of `labels`, fitted in float64 (see the module docstring)."""
     if not 0.0 <= shrinkage <= 1.0:
         raise ValueError(f"shrinkage must be in [0, 1], got {shrinkage}")
@@ -58,9 +60,13 @@ def fit_gaussian_mixture(images: np.ndarray, labels: np.ndarray, *, shrinkage: f
         if len(members) < 2:
             raise ValueError(f"class {int(label)} has {len(members)} image(s); a covariance needs at least 2")
         sample_covariance = torch.cov(members.T)
-        covariances.append((1.0 - shrinkage) * sample_covariance + shrinkage * torch.diag(sample_covariance.diagonal())
-                           + variance_floor * identity)
+        covariances.append(
+            (1.0 - shrinkage) * sample_covariance
+            + shrinkage * torch.diag(sample_covariance.diagonal())
+            + variance_floor * identity
+        )
         means.append(members.mean(0))
         weights.append(float(len(members)))
-    return GaussianMixtureTeacher(torch.tensor(weights), torch.stack(means), torch.stack(covariances),
-                                  shape=images.shape[1:])
+    return GaussianMixtureTeacher(
+        torch.tensor(weights), torch.stack(means), torch.stack(covariances), shape=images.shape[1:]
+    )

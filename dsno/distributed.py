@@ -10,6 +10,7 @@ test do)."""
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import traceback
 from collections.abc import Iterator
@@ -48,19 +49,20 @@ def current() -> DistInfo:
 
 
 def resolve_device(device: str = "auto", local_rank: int = 0) -> torch.device:
-    """"auto" is cuda:LOCAL_RANK when CUDA is available, else cpu; "cuda" means cuda:LOCAL_RANK."""
+    """ "auto" is cuda:LOCAL_RANK when CUDA is available, else cpu; "cuda" means cuda:LOCAL_RANK."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError("device 'cuda' was asked for but CUDA is not available here; use --device cpu "
-                             "(or auto)")
+            raise ValueError("device 'cuda' was asked for but CUDA is not available here; use --device cpu (or auto)")
         return torch.device("cuda", local_rank)
     if device.startswith("cuda:"):
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if int(device[5:]) >= count:
-            raise ValueError(f"device {device!r} was asked for but this machine has {count} CUDA device(s); "
-                             f"use --device cpu, cuda or auto")
+            raise ValueError(
+                f"device {device!r} was asked for but this machine has {count} CUDA device(s); "
+                f"use --device cpu, cuda or auto"
+            )
     return torch.device(device)
 
 
@@ -76,11 +78,12 @@ def setup(device: str = "auto") -> tuple[DistInfo, torch.device]:
         # when the module is first imported. DDP imports it lazily (through torch._dynamo): after the group exists,
         # those defaults would hold the group for good, and destroy_process_group could not join gloo's threads
         # (see session()). Seen with torch 2.14 wherever nothing imported torch._dynamo first (TRITON_INTERPRET=1).
-        import torch.distributed.nn.functional  # noqa: F401
+        importlib.import_module("torch.distributed.nn.functional")  # (a plain import would make `torch` local here)
 
         backend = "nccl" if target.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend, init_method="env://",
-                                device_id=target if target.type == "cuda" else None)
+        dist.init_process_group(
+            backend=backend, init_method="env://", device_id=target if target.type == "cuda" else None
+        )
     return current(), target
 
 

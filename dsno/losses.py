@@ -23,7 +23,6 @@ without network, download that file elsewhere and pass its path (`train.vgg_weig
 from __future__ import annotations
 
 import os
-from typing import Optional, Union
 
 import torch
 from torch import nn
@@ -48,7 +47,7 @@ class VGGPerceptualLoss(nn.Module):
     to a saved torchvision vgg16 state_dict (loaded with weights_only=True), or None (random
     initialisation: for tests only). The network is frozen and in eval mode."""
 
-    def __init__(self, weights: Optional[Union[str, os.PathLike]] = "imagenet"):
+    def __init__(self, weights: str | os.PathLike | None = "imagenet"):
         super().__init__()
         from torchvision.models import VGG16_Weights, vgg16
 
@@ -58,7 +57,7 @@ class VGGPerceptualLoss(nn.Module):
             network = vgg16(weights=None)
             if weights is not None:
                 network.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-        features = network.features[:_SLICE_ENDS[-1]]
+        features = network.features[: _SLICE_ENDS[-1]]
         for module in features:
             if isinstance(module, nn.ReLU):
                 module.inplace = False  # the slices' outputs are kept, so nothing may overwrite them
@@ -68,15 +67,17 @@ class VGGPerceptualLoss(nn.Module):
         self.requires_grad_(False)
         self.eval()
 
-    def train(self, mode: bool = True) -> "VGGPerceptualLoss":
+    def train(self, mode: bool = True) -> VGGPerceptualLoss:
         return super().train(False)  # no dropout/batch-norm here, but stay in eval like LPIPS
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if x.shape != y.shape or x.dim() != 4 or x.shape[1] != 3:
             raise ValueError(f"x and y must both be [N, 3, H, W], got {tuple(x.shape)} and {tuple(y.shape)}")
         if min(x.shape[-2:]) < 16:
-            raise ValueError(f"the vgg loss needs images of at least 16x16 (VGG16 halves them 4 times), "
-                             f"got {x.shape[-2]}x{x.shape[-1]}")
+            raise ValueError(
+                f"the vgg loss needs images of at least 16x16 (VGG16 halves them 4 times), "
+                f"got {x.shape[-2]}x{x.shape[-1]}"
+            )
         hx, hy = (x - self.shift) / self.scale, (y - self.shift) / self.scale
         total = x.new_zeros(x.shape[0])
         for block in self.slices:
@@ -87,8 +88,13 @@ class VGGPerceptualLoss(nn.Module):
         return total
 
 
-def trajectory_loss(pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor, kind: str = "L2",
-                    perceptual: Optional[nn.Module] = None) -> tuple[torch.Tensor, torch.Tensor]:
+def trajectory_loss(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    weights: torch.Tensor,
+    kind: str = "L2",
+    perceptual: nn.Module | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(weighted scalar loss, per-time-point loss [M]) for pred/target [B, M, ...]. kind "vgg" needs
     `perceptual` (a VGGPerceptualLoss) and images [B, M, 3, H, W]."""
     if kind not in LOSSES:

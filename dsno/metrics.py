@@ -22,8 +22,9 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -44,8 +45,9 @@ def as_flat_float64(samples: np.ndarray | torch.Tensor) -> torch.Tensor:
     """[N, ...] samples as a float64 tensor [N, D] (one row per sample)."""
     samples = torch.as_tensor(np.asarray(samples) if not torch.is_tensor(samples) else samples)
     if samples.ndim < 2:
-        raise ValueError(f"samples must be [N, ...] with at least one value per sample, "
-                         f"got shape {tuple(samples.shape)}")
+        raise ValueError(
+            f"samples must be [N, ...] with at least one value per sample, got shape {tuple(samples.shape)}"
+        )
     return samples.detach().to("cpu", torch.float64).reshape(samples.shape[0], -1)
 
 
@@ -67,13 +69,15 @@ def frechet_distance_from_statistics(mean_1, covariance_1, mean_2, covariance_2)
     """Frechet distance between N(mean_1, covariance_1) and N(mean_2, covariance_2) (covariances PSD)."""
     mean_1, covariance_1, mean_2, covariance_2 = (
         (v if torch.is_tensor(v) else torch.as_tensor(np.asarray(v))).to("cpu", torch.float64)
-        for v in (mean_1, covariance_1, mean_2, covariance_2))
+        for v in (mean_1, covariance_1, mean_2, covariance_2)
+    )
     dim = mean_1.shape[0]
     if mean_1.shape != (dim,) or mean_2.shape != (dim,):
         raise ValueError(f"means must both be [D], got {tuple(mean_1.shape)} and {tuple(mean_2.shape)}")
     if covariance_1.shape != (dim, dim) or covariance_2.shape != (dim, dim):
-        raise ValueError(f"covariances must both be [{dim}, {dim}], got {tuple(covariance_1.shape)} and "
-                         f"{tuple(covariance_2.shape)}")
+        raise ValueError(
+            f"covariances must both be [{dim}, {dim}], got {tuple(covariance_1.shape)} and {tuple(covariance_2.shape)}"
+        )
     covariance_1 = 0.5 * (covariance_1 + covariance_1.T)
     covariance_2 = 0.5 * (covariance_2 + covariance_2.T)
     root_1 = _symmetric_sqrt(covariance_1)
@@ -87,8 +91,9 @@ def frechet_distance(samples_1: np.ndarray | torch.Tensor, samples_2: np.ndarray
     """Frechet distance between Gaussians fitted to two sample sets [N1, ...] and [N2, ...] (same D)."""
     statistics_1, statistics_2 = gaussian_statistics(samples_1), gaussian_statistics(samples_2)
     if statistics_1[0].shape != statistics_2[0].shape:
-        raise ValueError(f"samples hold {statistics_1[0].shape[0]} and {statistics_2[0].shape[0]} values each; "
-                         f"they must match")
+        raise ValueError(
+            f"samples hold {statistics_1[0].shape[0]} and {statistics_2[0].shape[0]} values each; they must match"
+        )
     return frechet_distance_from_statistics(*statistics_1, *statistics_2)
 
 
@@ -96,8 +101,9 @@ def per_sample_mse(samples: np.ndarray | torch.Tensor, reference: np.ndarray | t
     """[N] mean squared error of each sample to the reference sample of the same index (same noise)."""
     samples, reference = as_flat_float64(samples), as_flat_float64(reference)
     if samples.shape != reference.shape:
-        raise ValueError(f"paired samples must have the same shape, got {tuple(samples.shape)} and "
-                         f"{tuple(reference.shape)}")
+        raise ValueError(
+            f"paired samples must have the same shape, got {tuple(samples.shape)} and {tuple(reference.shape)}"
+        )
     return (samples - reference).square().mean(1).numpy()
 
 
@@ -121,14 +127,16 @@ def time_call(fn: Callable[[], Any], repeats: int = 1) -> tuple[Any, float]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.description = ("Compare sample files with a reference file: Frechet distance (FD) in pixel space, "
-                          "and the mean per-sample MSE when the files pair up (same N and shape, i.e. the same "
-                          "noises in the same order). Accepts .npy files of N samples, [N, ...] with N >= 2 "
-                          "(e.g. [N, C, H, W] images, or `dsno gen-traj`'s shard-*.noise.npy), and [N, M, C, H, W] "
-                          "trajectories (`dsno sample`'s trajectory.npy, a shard's .traj.npy), which are compared "
-                          "by their last time point. The FD fits a D-dimensional Gaussian (D values per "
-                          "sample): it needs N > D samples to be meaningful, and more (10x) to be stable; fewer "
-                          "gives a warning.")
+    parser.description = (
+        "Compare sample files with a reference file: Frechet distance (FD) in pixel space, "
+        "and the mean per-sample MSE when the files pair up (same N and shape, i.e. the same "
+        "noises in the same order). Accepts .npy files of N samples, [N, ...] with N >= 2 "
+        "(e.g. [N, C, H, W] images, or `dsno gen-traj`'s shard-*.noise.npy), and [N, M, C, H, W] "
+        "trajectories (`dsno sample`'s trajectory.npy, a shard's .traj.npy), which are compared "
+        "by their last time point. The FD fits a D-dimensional Gaussian (D values per "
+        "sample): it needs N > D samples to be meaningful, and more (10x) to be stable; fewer "
+        "gives a warning."
+    )
     parser.add_argument("samples", nargs="+", help="sample files to evaluate (.npy)")
     parser.add_argument("--reference", required=True, help="reference samples (.npy)")
     parser.add_argument("--json", dest="json_out", metavar="FILE", help="also write the results as JSON (atomically)")
@@ -140,11 +148,14 @@ def _load_samples(path: str) -> np.ndarray:
     except FileNotFoundError:
         raise
     except (ValueError, OSError, EOFError) as error:
-        raise ValueError(f"{path}: not a readable .npy array ({' '.join(str(error).split())}); "
-                         f"give .npy files of samples [N, ...]") from None
+        raise ValueError(
+            f"{path}: not a readable .npy array ({' '.join(str(error).split())}); give .npy files of samples [N, ...]"
+        ) from None
     if not isinstance(array, np.ndarray) or array.ndim < 2 or array.dtype.kind not in "fiu":
-        raise ValueError(f"{path}: holds {getattr(array, 'dtype', type(array))} of shape "
-                         f"{getattr(array, 'shape', '?')}; expected numbers of shape [N, ...] (N samples)")
+        raise ValueError(
+            f"{path}: holds {getattr(array, 'dtype', type(array))} of shape "
+            f"{getattr(array, 'shape', '?')}; expected numbers of shape [N, ...] (N samples)"
+        )
     array = array[:, -1] if array.ndim == 5 else array
     if array.shape[0] < 2:
         raise ValueError(f"{path}: {array.shape[0]} sample; a Frechet distance needs at least 2")
@@ -154,9 +165,12 @@ def _load_samples(path: str) -> np.ndarray:
 def _warn_if_few(path: str, samples: np.ndarray) -> None:
     count, dim = samples.shape[0], int(np.prod(samples.shape[1:]))
     if count <= dim:
-        print(f"dsno eval: warning: {path} has N={count} samples of D={dim} values: the covariance of fewer "
-              f"than D+1 samples is singular, so its FD is mostly estimation bias; use N > D (10x D for a "
-              f"stable value)", file=sys.stderr)
+        print(
+            f"dsno eval: warning: {path} has N={count} samples of D={dim} values: the covariance of fewer "
+            f"than D+1 samples is singular, so its FD is mostly estimation bias; use N > D (10x D for a "
+            f"stable value)",
+            file=sys.stderr,
+        )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -170,11 +184,15 @@ def main(args: argparse.Namespace) -> int:
     for path in args.samples:
         samples = _load_samples(path)
         if samples.shape[1:] != reference.shape[1:]:
-            raise ValueError(f"{path}: samples of shape {list(samples.shape[1:])}, the reference's are "
-                             f"{list(reference.shape[1:])}; compare files of the same data")
+            raise ValueError(
+                f"{path}: samples of shape {list(samples.shape[1:])}, the reference's are "
+                f"{list(reference.shape[1:])}; compare files of the same data"
+            )
         _warn_if_few(path, samples)
-        entry: dict[str, Any] = {"num_samples": int(samples.shape[0]),
-                                 "frechet_distance": frechet_distance(samples, reference)}
+        entry: dict[str, Any] = {
+            "num_samples": int(samples.shape[0]),
+            "frechet_distance": frechet_distance(samples, reference),
+        }
         if samples.shape == reference.shape:
             entry["mse"] = float(per_sample_mse(samples, reference).mean())
         results[path] = entry

@@ -36,7 +36,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Mapping, Optional, Union
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -77,7 +78,7 @@ def _check_positive_int(name: str, value) -> None:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
-def _attention_heads(channels: int, num_heads: Optional[int], head_dim: Optional[int]) -> int:
+def _attention_heads(channels: int, num_heads: int | None, head_dim: int | None) -> int:
     if head_dim is not None:
         if channels % head_dim:
             raise ValueError(f"head_dim={head_dim} does not divide the {channels} channels of an attention block")
@@ -93,13 +94,13 @@ class DSNOConfig:
 
     image_size: int = 32  # H = W of the images; attention placement is decided from it
     in_channels: int = 3
-    out_channels: Optional[int] = None  # None: same as in_channels
+    out_channels: int | None = None  # None: same as in_channels
     nf: int = 256  # channels at the first level
     ch_mult: tuple[int, ...] = (1, 1, 1)  # channels per level = nf * ch_mult[level]
     num_res_blocks: int = 3  # residual blocks per level in the encoder (the decoder has one more)
     attn_resolutions: tuple[int, ...] = (16, 8)
-    num_heads: Optional[int] = 1  # give exactly one of num_heads and head_dim
-    head_dim: Optional[int] = None
+    num_heads: int | None = 1  # give exactly one of num_heads and head_dim
+    head_dim: int | None = None
     dropout: float = 0.2
     temb_dim: int = 1024  # width of the logSNR (+ class) embedding
     num_classes: int = 0  # 0: unconditional
@@ -207,7 +208,7 @@ PRESETS: dict[str, DSNOConfig] = {
 }
 
 
-def make_config(name_or_config: Union[str, Mapping[str, Any], DSNOConfig], **overrides) -> DSNOConfig:
+def make_config(name_or_config: str | Mapping[str, Any] | DSNOConfig, **overrides) -> DSNOConfig:
     """A DSNOConfig from a preset name, a dict of fields (e.g. from YAML) or a config, with overrides."""
     if isinstance(name_or_config, DSNOConfig):
         base = name_or_config
@@ -219,9 +220,7 @@ def make_config(name_or_config: Union[str, Mapping[str, Any], DSNOConfig], **ove
         overrides = {**name_or_config, **overrides}
         base = DSNOConfig()
     else:
-        raise TypeError(
-            f"expected a preset name, a dict or a DSNOConfig, got {type(name_or_config).__name__}"
-        )
+        raise TypeError(f"expected a preset name, a dict or a DSNOConfig, got {type(name_or_config).__name__}")
     known = {field.name for field in dataclasses.fields(DSNOConfig)}
     unknown = sorted(set(overrides) - known)
     if unknown:
@@ -229,12 +228,12 @@ def make_config(name_or_config: Union[str, Mapping[str, Any], DSNOConfig], **ove
     return dataclasses.replace(base, **overrides)
 
 
-def build_model(name_or_config: Union[str, Mapping[str, Any], DSNOConfig] = "cifar10", **overrides) -> "DSNO":
+def build_model(name_or_config: str | Mapping[str, Any] | DSNOConfig = "cifar10", **overrides) -> DSNO:
     """The DSNO network of a preset ("cifar10", "imagenet64", "tiny"), a dict or a DSNOConfig."""
     return DSNO(make_config(name_or_config, **overrides))
 
 
-def build_backbone(name_or_config: Union[str, Mapping[str, Any], DSNOConfig] = "cifar10", **overrides) -> "UNet":
+def build_backbone(name_or_config: str | Mapping[str, Any] | DSNOConfig = "cifar10", **overrides) -> UNet:
     """The same U-Net without temporal layers: a diffusion backbone (x_t, logsnr [N]) -> [N, C, H, W]."""
     return UNet(make_config(name_or_config, **overrides))
 
@@ -250,7 +249,7 @@ def import_factory(spec: str):
         raise ValueError(f"cannot import {spec!r} (expected 'package.module:function'): {error}") from error
 
 
-def build_from_spec(name: str, overrides: Optional[Mapping[str, Any]], preset_builder) -> nn.Module:
+def build_from_spec(name: str, overrides: Mapping[str, Any] | None, preset_builder) -> nn.Module:
     """preset_builder(name, **overrides) for a preset name, or the "package.module:function" it names."""
     overrides = dict(overrides or {})
     if ":" in name:
@@ -334,7 +333,7 @@ class ResnetBlock(nn.Module):
     with (scale, shift) = Linear(swish(emb)). `resample` ("down"/"up") average-pools / nearest-upsamples
     both paths after norm1, BigGAN-style (use Downsample / Upsample)."""
 
-    def __init__(self, in_ch: int, out_ch: int, temb_dim: int, dropout: float, resample: Optional[str] = None):
+    def __init__(self, in_ch: int, out_ch: int, temb_dim: int, dropout: float, resample: str | None = None):
         super().__init__()
         if resample not in (None, "down", "up"):
             raise ValueError(f"resample must be None, 'down' or 'up', got {resample!r}")
@@ -452,9 +451,7 @@ class UNetLayer(nn.Module):
         if attention:
             self.attn = AttnBlock(out_ch, _attention_heads(out_ch, config.num_heads, config.head_dim))
         self.temporal = (
-            TemporalLayer(out_ch, config.num_modes, config.negative_slope, backend=config.backend)
-            if temporal
-            else None
+            TemporalLayer(out_ch, config.num_modes, config.negative_slope, backend=config.backend) if temporal else None
         )
 
     def forward(self, h: torch.Tensor, emb: torch.Tensor, num_time_points: int) -> torch.Tensor:
@@ -547,7 +544,7 @@ class UNet(nn.Module):
                 h = block(torch.cat([h, skips.pop()], dim=1), emb, num_time_points)
         return self.conv_out(F.silu(self.norm_out(h)))
 
-    def _check_inputs(self, x: torch.Tensor, y: Optional[torch.Tensor]) -> None:
+    def _check_inputs(self, x: torch.Tensor, y: torch.Tensor | None) -> None:
         c = self.config
         expected = (c.in_channels, c.image_size, c.image_size)
         if x.dim() != 4 or tuple(x.shape[1:]) != expected:
@@ -559,7 +556,7 @@ class UNet(nn.Module):
         if y.shape != (x.shape[0],) or y.dtype not in _LABEL_DTYPES:
             raise ValueError(f"y must be integer class labels of shape [{x.shape[0]}], got {y.dtype} {tuple(y.shape)}")
 
-    def forward(self, x: torch.Tensor, logsnr: torch.Tensor, y: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, logsnr: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         self._check_inputs(x, y)
         if logsnr.shape != (x.shape[0],):
             raise ValueError(f"logsnr must have shape [N] = [{x.shape[0]}] (one per image), got {tuple(logsnr.shape)}")
@@ -576,7 +573,7 @@ class DSNO(UNet):
     def __init__(self, config: DSNOConfig):
         super().__init__(config, temporal=True)
 
-    def forward(self, x: torch.Tensor, logsnr: torch.Tensor, y: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, logsnr: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         self._check_inputs(x, y)
         if logsnr.dim() != 1 or logsnr.shape[0] < 1:
             raise ValueError(
@@ -630,9 +627,7 @@ def _temporal_names(model: nn.Module) -> set[str]:
     return names
 
 
-def load_backbone_weights(
-    model: nn.Module, backbone_state: Union[Mapping[str, torch.Tensor], nn.Module]
-) -> list[str]:
+def load_backbone_weights(model: nn.Module, backbone_state: Mapping[str, torch.Tensor] | nn.Module) -> list[str]:
     """Copy a backbone's weights (a `UNet` state dict, or the module) into a DSNO model, as DSNO
     initialises training from its teacher. Every non-temporal tensor of `model` must be in the state
     dict with the same shape, and the state dict must hold nothing else; the temporal layers keep

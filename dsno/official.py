@@ -31,8 +31,9 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping, Union
+from typing import Any
 
 import torch
 from torch import nn
@@ -57,8 +58,13 @@ OFFICIAL_PREFIX = "all_modules"
 
 # Per block kind: (DSNO's sub-module name, this package's), for the tensors that only change name.
 _RENAMES = {
-    "res": (("GroupNorm_0", "norm1"), ("Conv_0", "conv1"), ("Dense_0", "temb_proj"), ("GroupNorm_1", "norm2"),
-            ("Conv_1", "conv2")),
+    "res": (
+        ("GroupNorm_0", "norm1"),
+        ("Conv_0", "conv1"),
+        ("Dense_0", "temb_proj"),
+        ("GroupNorm_1", "norm2"),
+        ("Conv_1", "conv2"),
+    ),
     "attn": (("GroupNorm_0", "norm"),),
 }
 # Per block kind: (DSNO's NIN name, this package's 1x1 conv), the layers whose weight is transposed.
@@ -93,7 +99,7 @@ def official_layout(model: DSNO) -> list[tuple[str, str]]:
     return layout
 
 
-def _model_for(model_or_config: Union[DSNO, DSNOConfig, str, Mapping[str, Any]]) -> DSNO:
+def _model_for(model_or_config: DSNO | DSNOConfig | str | Mapping[str, Any]) -> DSNO:
     if isinstance(model_or_config, DSNO):
         return model_or_config
     with torch.device("meta"):  # the structure only: no memory, no initialisation cost
@@ -135,8 +141,9 @@ def _key_pairs(model: DSNO) -> list[tuple[str, str, str, str]]:
                 if f"{name}.{mine}.weight" not in ours:  # no shortcut when the channel count is kept
                     continue
                 qkv = mine == "qkv"
-                pairs.append((f"{official}.{theirs}.W", f"{name}.{mine}.weight", name,
-                              "qkv_weight" if qkv else "nin_weight"))
+                pairs.append(
+                    (f"{official}.{theirs}.W", f"{name}.{mine}.weight", name, "qkv_weight" if qkv else "nin_weight")
+                )
                 pairs.append((f"{official}.{theirs}.b", f"{name}.{mine}.bias", name, "qkv_bias" if qkv else "same"))
     return pairs
 
@@ -148,19 +155,22 @@ def _check_keys(given: Mapping[str, Any], expected: list[str], what: str) -> Non
         hint = ""
         if any(key.endswith((".nin.W", ".nin.b")) for key in unexpected):
             hint = " (DSNO's with_nin temporal layers are not supported)"
-        raise KeyError(f"{what} does not match the model: {len(missing)} missing, e.g. {missing[:5]}; "
-                       f"{len(unexpected)} unexpected, e.g. {unexpected[:5]}{hint}")
+        raise KeyError(
+            f"{what} does not match the model: {len(missing)} missing, e.g. {missing[:5]}; "
+            f"{len(unexpected)} unexpected, e.g. {unexpected[:5]}{hint}"
+        )
 
 
 def _strip_module_prefix(state_dict: Mapping[str, torch.Tensor]) -> Mapping[str, torch.Tensor]:
     # a state_dict saved from a DistributedDataParallel wrapper
     if state_dict and all(key.startswith("module.") for key in state_dict):
-        return {key[len("module."):]: value for key, value in state_dict.items()}
+        return {key[len("module.") :]: value for key, value in state_dict.items()}
     return state_dict
 
 
-def from_official_state_dict(state_dict: Mapping[str, torch.Tensor],
-                             model_or_config: Union[DSNO, DSNOConfig, str, Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+def from_official_state_dict(
+    state_dict: Mapping[str, torch.Tensor], model_or_config: DSNO | DSNOConfig | str | Mapping[str, Any]
+) -> dict[str, torch.Tensor]:
     """A DSNO (TDDPMm) state_dict -> this package's `DSNO` state_dict for the same architecture (a model,
     a DSNOConfig, a preset name or a dict of DSNOConfig fields). Raises KeyError / ValueError naming the
     tensors when the state_dict is not of that architecture."""
@@ -177,16 +187,19 @@ def from_official_state_dict(state_dict: Mapping[str, torch.Tensor],
                 raise ValueError(f"{official}: expected a NIN weight [in, out], got shape {tuple(tensor.shape)}")
             tensor = tensor.t()[:, :, None, None]
         if tensor.shape != target[mine].shape:
-            raise ValueError(f"{official}: shape {tuple(tensor.shape)} does not fit {mine} "
-                             f"{tuple(target[mine].shape)} (is it the same configuration?)")
+            raise ValueError(
+                f"{official}: shape {tuple(tensor.shape)} does not fit {mine} "
+                f"{tuple(target[mine].shape)} (is it the same configuration?)"
+            )
         if conversion.startswith("qkv"):
             tensor = _qkv_to_ours(tensor, _heads(model, name))
         result[mine] = tensor.contiguous()
     return result
 
 
-def to_official_state_dict(state_dict: Mapping[str, torch.Tensor],
-                           model_or_config: Union[DSNO, DSNOConfig, str, Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+def to_official_state_dict(
+    state_dict: Mapping[str, torch.Tensor], model_or_config: DSNO | DSNOConfig | str | Mapping[str, Any]
+) -> dict[str, torch.Tensor]:
     """This package's `DSNO` state_dict -> DSNO's (TDDPMm) layout: the inverse of from_official_state_dict."""
     model = _model_for(model_or_config)
     pairs = _key_pairs(model)
@@ -219,7 +232,7 @@ def official_globals():
     return torch.serialization.safe_globals([argparse.Namespace])
 
 
-def load_official_checkpoint(path: Union[str, os.PathLike], *, map_location: Union[str, torch.device] = "cpu") -> dict[str, Any]:
+def load_official_checkpoint(path: str | os.PathLike, *, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """A DSNO checkpoint file, loaded with weights_only=True (argparse.Namespace is the one class allowed
     besides tensors and plain data); one-line ValueError / FileNotFoundError for a bad file."""
     from .checkpoint import load_tensor_file
@@ -261,22 +274,34 @@ def from_official_checkpoint(state: Mapping[str, Any], config: Mapping[str, Any]
     with torch.device("meta"):
         model = build_model_from_config(config["model"])
     if not isinstance(model, DSNO):
-        raise ValueError(f"model.name={config['model']['name']!r} does not build a dsno.model.DSNO, "
-                         f"which is what DSNO's checkpoints hold")
+        raise ValueError(
+            f"model.name={config['model']['name']!r} does not build a dsno.model.DSNO, "
+            f"which is what DSNO's checkpoints hold"
+        )
     ema = from_official_state_dict(state["ema"], model)
     raw = from_official_state_dict(state["model"], model) if isinstance(state.get("model"), Mapping) else ema
     t, logsnr = official_time_points(config["schedule"])
     num_classes = config["data"]["num_classes"] or None
     if (num_classes or 0) != model.config.num_classes:
-        raise ValueError(f"data.num_classes={config['data']['num_classes']} but the model has "
-                         f"{model.config.num_classes} classes")
-    return {"version": CHECKPOINT_VERSION, "step": _official_step(state), "model": raw, "ema": ema,
-            "config": dict(config), "logsnr": logsnr.tolist(), "t": t.tolist(),
-            "noise_shape": list(config["data"]["shape"]), "num_classes": num_classes}
+        raise ValueError(
+            f"data.num_classes={config['data']['num_classes']} but the model has {model.config.num_classes} classes"
+        )
+    return {
+        "version": CHECKPOINT_VERSION,
+        "step": _official_step(state),
+        "model": raw,
+        "ema": ema,
+        "config": dict(config),
+        "logsnr": logsnr.tolist(),
+        "t": t.tolist(),
+        "noise_shape": list(config["data"]["shape"]),
+        "num_classes": num_classes,
+    }
 
 
-def convert_official_checkpoint(path: Union[str, os.PathLike], config: Mapping[str, Any],
-                                out: Union[str, os.PathLike]) -> dict[str, Any]:
+def convert_official_checkpoint(
+    path: str | os.PathLike, config: Mapping[str, Any], out: str | os.PathLike
+) -> dict[str, Any]:
     """Read DSNO's checkpoint at `path`, write this package's checkpoint to `out` (atomically; an
     existing `out` is refused), for the resolved `config` of its preset. Returns the written dict."""
     from .checkpoint import save_checkpoint

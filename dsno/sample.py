@@ -35,29 +35,54 @@ import struct
 import tempfile
 import zipfile
 import zlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from . import distributed
-from .checkpoint import (CHECKPOINT, AtomicOutputs, atomic_write_bytes, check_output_dir, checked_checkpoint,
-                         load_model_state, load_tensor_file, remove_stale_temporaries)
+from .checkpoint import (
+    CHECKPOINT,
+    AtomicOutputs,
+    atomic_write_bytes,
+    check_output_dir,
+    checked_checkpoint,
+    load_model_state,
+    load_tensor_file,
+    remove_stale_temporaries,
+)
 from .config import validate_config
 from .model import build_model_from_config, set_temporal_precision
 from .trajectories import sample_noise
 
-__all__ = ["sample", "load_sampler", "to_uint8_images", "dsno_noise", "image_grid", "png_bytes", "write_png",
-           "write_png_zip", "write_image_folder", "UINT8_RULES", "NOISE_STREAMS"]
+__all__ = [
+    "sample",
+    "load_sampler",
+    "to_uint8_images",
+    "dsno_noise",
+    "image_grid",
+    "png_bytes",
+    "write_png",
+    "write_png_zip",
+    "write_image_folder",
+    "UINT8_RULES",
+    "NOISE_STREAMS",
+]
 
 _OUTPUTS = ("trajectory.npy", "noise.npy", "labels.npy", "samples.png", "trajectory.png", "images.zip", "samples.npz")
 
 
-def load_sampler(checkpoint: str | Path, *, use_ema: bool = True, device: str | torch.device = "cpu",
-                 model_factory: Callable[[], nn.Module] | None = None,
-                 config: dict[str, Any] | None = None) -> tuple[nn.Module, dict[str, Any]]:
+def load_sampler(
+    checkpoint: str | Path,
+    *,
+    use_ema: bool = True,
+    device: str | torch.device = "cpu",
+    model_factory: Callable[[], nn.Module] | None = None,
+    config: dict[str, Any] | None = None,
+) -> tuple[nn.Module, dict[str, Any]]:
     """(model in eval mode on device, checkpoint metadata: logsnr, t, noise_shape, num_classes, config).
 
     A checkpoint of DSNO's own code (dsno.official) is recognised and converted on the fly; its
@@ -68,8 +93,10 @@ def load_sampler(checkpoint: str | Path, *, use_ema: bool = True, device: str | 
         state = load_tensor_file(checkpoint, "checkpoint")
     if is_official_checkpoint(state):
         if config is None:
-            raise ValueError(f"{checkpoint} is a checkpoint of DSNO's own code: give the config of its preset "
-                             f"(e.g. -c cifar10) to build the model")
+            raise ValueError(
+                f"{checkpoint} is a checkpoint of DSNO's own code: give the config of its preset "
+                f"(e.g. -c cifar10) to build the model"
+            )
         state = from_official_checkpoint(state, config)
     else:
         state = checked_checkpoint(state, checkpoint)
@@ -100,8 +127,9 @@ def to_uint8_images(x: np.ndarray | torch.Tensor, rule: str = "truncate") -> np.
     return levels.to(torch.uint8).movedim(-3, -1).cpu().numpy()
 
 
-def dsno_noise(count: int, batch_size: int, shape, seed: int, num_classes: int | None = None,
-               device: str | torch.device = "cpu"):
+def dsno_noise(
+    count: int, batch_size: int, shape, seed: int, num_classes: int | None = None, device: str | torch.device = "cpu"
+):
     """DSNO's sampling noise, batch by batch: yields (noise [b, *shape] float32, labels [b] int64 or
     None) on `device`, from one generator seeded with `seed` (as DSNO's torch.manual_seed(seed)): per
     batch, class labels randint(0, num_classes) first (generate_imagenet.py), then randn (both
@@ -109,17 +137,19 @@ def dsno_noise(count: int, batch_size: int, shape, seed: int, num_classes: int |
     generator = torch.Generator(device=device).manual_seed(int(seed))
     for start in range(0, count, batch_size):
         size = min(batch_size, count - start)
-        labels = (torch.randint(0, num_classes, (size,), generator=generator, device=device)
-                  if num_classes else None)
+        labels = torch.randint(0, num_classes, (size,), generator=generator, device=device) if num_classes else None
         yield torch.randn((size, *shape), generator=generator, device=device), labels
 
 
-def _seeded_noise(count: int, batch_size: int, shape, seed: int, num_classes: int | None = None,
-                  device: str | torch.device = "cpu"):
+def _seeded_noise(
+    count: int, batch_size: int, shape, seed: int, num_classes: int | None = None, device: str | torch.device = "cpu"
+):
     noise, labels = sample_noise(range(count), shape, seed, num_classes)
     for start in range(0, count, batch_size):
-        yield (noise[start:start + batch_size].to(device),
-               None if labels is None else labels[start:start + batch_size].to(device))
+        yield (
+            noise[start : start + batch_size].to(device),
+            None if labels is None else labels[start : start + batch_size].to(device),
+        )
 
 
 def write_png_zip(handle, images: np.ndarray) -> None:
@@ -163,7 +193,7 @@ def image_grid(images: np.ndarray, columns: int, pad: int = 2, scale: int = 1) -
     grid = np.full((rows * (height + pad) + pad, columns * (width + pad) + pad, 3), 255, dtype=np.uint8)
     for i, image in enumerate(images):
         top, left = pad + (i // columns) * (height + pad), pad + (i % columns) * (width + pad)
-        grid[top:top + height, left:left + width] = image
+        grid[top : top + height, left : left + width] = image
     return grid
 
 
@@ -177,8 +207,12 @@ def png_bytes(image: np.ndarray) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows.tobytes(), 6))
-            + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(rows.tobytes(), 6))
+        + chunk(b"IEND", b"")
+    )
 
 
 def write_png(path: str | Path, image: np.ndarray) -> None:
@@ -187,8 +221,9 @@ def write_png(path: str | Path, image: np.ndarray) -> None:
 
 
 @torch.no_grad()
-def sample(config: dict[str, Any], *, model_factory: Callable[[], nn.Module] | None = None,
-           progress: bool = True) -> dict[str, Any]:
+def sample(
+    config: dict[str, Any], *, model_factory: Callable[[], nn.Module] | None = None, progress: bool = True
+) -> dict[str, Any]:
     """Sample per config["sample"]; returns {"trajectory": path, "samples_png": path, ...}."""
     from tqdm import tqdm
 
@@ -198,16 +233,19 @@ def sample(config: dict[str, Any], *, model_factory: Callable[[], nn.Module] | N
     check_output_dir(out, "sample.out")
     device = distributed.resolve_device(cfg["device"], int(os.environ.get("LOCAL_RANK", 0)))
     checkpoint = cfg["checkpoint"] or str(Path(config["train"]["out"]) / CHECKPOINT)
-    model, meta = load_sampler(checkpoint, use_ema=cfg["use_ema"], device=device, model_factory=model_factory,
-                               config=config)
+    model, meta = load_sampler(
+        checkpoint, use_ema=cfg["use_ema"], device=device, model_factory=model_factory, config=config
+    )
     set_temporal_precision(model, config["model"]["temporal_precision"])
     dtype = next(model.parameters()).dtype
     logsnr = torch.as_tensor(meta["logsnr"]).to(device, dtype)
     count, batch_size = cfg["num_samples"], cfg["batch_size"]
     num_classes = meta["num_classes"]
     if cfg["class_label"] is not None and not num_classes:
-        raise ValueError(f"sample.class_label={cfg['class_label']} was given but {checkpoint} is not "
-                         f"class-conditional; leave it null")
+        raise ValueError(
+            f"sample.class_label={cfg['class_label']} was given but {checkpoint} is not "
+            f"class-conditional; leave it null"
+        )
     if cfg["class_label"] is not None and cfg["class_label"] >= num_classes:
         raise ValueError(f"sample.class_label={cfg['class_label']}: {checkpoint} has classes 0..{num_classes - 1}")
 
@@ -215,8 +253,9 @@ def sample(config: dict[str, Any], *, model_factory: Callable[[], nn.Module] | N
     batches = stream(count, batch_size, meta["noise_shape"], cfg["seed"], num_classes, device)
     keep = bool(cfg["save_trajectory"])
     trajectories, noises, labels, finals, shown = [], [], [], [], []
-    for z, y in tqdm(batches, total=math.ceil(count / batch_size), desc="sample", disable=not progress,
-                     dynamic_ncols=True):
+    for z, y in tqdm(
+        batches, total=math.ceil(count / batch_size), desc="sample", disable=not progress, dynamic_ncols=True
+    ):
         if y is not None and cfg["class_label"] is not None:
             y = torch.full_like(y, int(cfg["class_label"]))  # the noise stays that of random labels
         states = model(z.to(dtype), logsnr) if y is None else model(z.to(dtype), logsnr, y)
@@ -239,7 +278,7 @@ def sample(config: dict[str, Any], *, model_factory: Callable[[], nn.Module] | N
 
     scale = cfg["png_scale"]
     grid = finals[:256]
-    rows = np.concatenate([shown_noise[:, None], shown_trajectory], axis=1)   # [shown, 1 + M, C, H, W]
+    rows = np.concatenate([shown_noise[:, None], shown_trajectory], axis=1)  # [shown, 1 + M, C, H, W]
     for name in _OUTPUTS:  # temporaries left by a killed earlier run
         remove_stale_temporaries(out, f".{name}.*.tmp")
     written = {}
@@ -251,8 +290,11 @@ def sample(config: dict[str, Any], *, model_factory: Callable[[], nn.Module] | N
             outputs.write("labels.npy", lambda handle: np.save(handle, labels))
         samples_png = png_bytes(image_grid(grid, columns=math.ceil(math.sqrt(len(grid))), scale=scale))
         outputs.write("samples.png", lambda handle: handle.write(samples_png))
-        trajectory_png = png_bytes(image_grid(to_uint8_images(rows, cfg["uint8"]).reshape(-1, *finals.shape[1:]),
-                                              columns=rows.shape[1], scale=scale))
+        trajectory_png = png_bytes(
+            image_grid(
+                to_uint8_images(rows, cfg["uint8"]).reshape(-1, *finals.shape[1:]), columns=rows.shape[1], scale=scale
+            )
+        )
         outputs.write("trajectory.png", lambda handle: handle.write(trajectory_png))
         if cfg["images"] == "zip":
             written["images"] = outputs.write("images.zip", lambda handle: write_png_zip(handle, finals))
@@ -262,5 +304,10 @@ def sample(config: dict[str, Any], *, model_factory: Callable[[], nn.Module] | N
             write_image_folder(out / "images", finals)
             written["images"] = out / "images"
     written = {key: str(path) for key, path in written.items()}
-    return {**written, "samples_png": str(out / "samples.png"), "trajectory_png": str(out / "trajectory.png"),
-            "checkpoint": checkpoint, "step": meta["step"]}
+    return {
+        **written,
+        "samples_png": str(out / "samples.png"),
+        "trajectory_png": str(out / "trajectory.png"),
+        "checkpoint": checkpoint,
+        "step": meta["step"],
+    }

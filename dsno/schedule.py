@@ -99,8 +99,9 @@ def select_time_indices(num_steps: int, num_points: int, spacing: str = "quadrat
     if spacing == "uniform":
         indices = [round(num_steps * k / num_points) for k in range(1, num_points + 1)]
     else:
-        indices = [num_steps - round(num_steps * ((num_points - k) / num_points) ** 2)
-                   for k in range(1, num_points + 1)]
+        indices = [
+            num_steps - round(num_steps * ((num_points - k) / num_points) ** 2) for k in range(1, num_points + 1)
+        ]
     if len(set(indices)) != num_points or min(indices) < 1:
         raise ValueError(f"{num_points} {spacing} points do not fit a {num_steps}-step grid: {indices}")
     return indices
@@ -115,8 +116,13 @@ class TimePoints:
     logsnr: torch.Tensor
 
 
-def output_time_points(num_steps: int = 512, num_points: int = 4, spacing: str = "quadratic",
-                       t_min: float = T_MIN, schedule: LogSNRSchedule | None = None) -> TimePoints:
+def output_time_points(
+    num_steps: int = 512,
+    num_points: int = 4,
+    spacing: str = "quadratic",
+    t_min: float = T_MIN,
+    schedule: LogSNRSchedule | None = None,
+) -> TimePoints:
     schedule = schedule or LogSNRSchedule()
     indices = select_time_indices(num_steps, num_points, spacing)
     t = time_grid(num_steps, t_min)[indices]

@@ -19,8 +19,9 @@ and over a grid lambda_0 < ... < lambda_N (step s -> t):
         x' = x_s + (theta_t - theta_s) v_s,   x_t = x_s + (theta_t - theta_s) (v_s + v_hat(x', theta_t)) / 2
 
 Every quantity above is O(1) from lambda = -20 to 20 and nothing is divided by alpha (4.5e-5 at
-lambda = -20), which is what lets the solvers run in float32 (within 1e-5 of float64 in the tests). Heun in EDM's variable rho = sigma / alpha would take a first step
-from rho = 22026 to about 2N/pi on this grid and is badly wrong on coarse grids; in theta it is not.
+lambda = -20), which is what lets the solvers run in float32 (within 1e-5 of float64 in the tests).
+Heun in EDM's variable rho = sigma / alpha would take a first step from rho = 22026 to about 2N/pi on this
+grid and is badly wrong on coarse grids; in theta it is not.
 The state recorded at grid index i is x_i itself ("xt") or the teacher's prediction D(x_i, lambda_i)
 ("x0", what DSNO trains on: its CIFAR-10 data are the DDIM x0-predictions at the chosen steps).
 
@@ -38,7 +39,8 @@ is constant along the flow (`GaussianMixtureTeacher.exact_flow`).
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Protocol, Sequence, runtime_checkable
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
@@ -60,8 +62,7 @@ PREDICTIONS = ("x0", "eps", "v")
 
 @runtime_checkable
 class Teacher(Protocol):
-    def predict_x0(self, x_t: torch.Tensor, logsnr: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        ...
+    def predict_x0(self, x_t: torch.Tensor, logsnr: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor: ...
 
 
 def _per_sample(logsnr: torch.Tensor | float, n: int, like: torch.Tensor) -> torch.Tensor:
@@ -76,8 +77,9 @@ def _per_sample(logsnr: torch.Tensor | float, n: int, like: torch.Tensor) -> tor
 class GaussianMixtureTeacher:
     """Exact posterior mean of a Gaussian mixture with full covariances, over samples of `shape`."""
 
-    def __init__(self, weights: torch.Tensor, means: torch.Tensor, covariances: torch.Tensor,
-                 shape: Sequence[int] | None = None):
+    def __init__(
+        self, weights: torch.Tensor, means: torch.Tensor, covariances: torch.Tensor, shape: Sequence[int] | None = None
+    ):
         weights, means, covariances = (torch.as_tensor(v, dtype=torch.float64) for v in (weights, means, covariances))
         if means.ndim != 2:
             raise ValueError(f"means must be [K, D], got {tuple(means.shape)}")
@@ -97,11 +99,11 @@ class GaussianMixtureTeacher:
         self.weights = weights / weights.sum()
         self.means = means
         self.covariances = covariances
-        self.eigenvalues = eigenvalues.clamp_min(0.0)       # [K, D]
-        self.eigenvectors = eigenvectors                    # [K, D, D], columns are eigenvectors
-        self.rotated_means = torch.matmul(means[:, None, :], eigenvectors)[:, 0]     # [K, D]
+        self.eigenvalues = eigenvalues.clamp_min(0.0)  # [K, D]
+        self.eigenvectors = eigenvectors  # [K, D, D], columns are eigenvectors
+        self.rotated_means = torch.matmul(means[:, None, :], eigenvectors)[:, 0]  # [K, D]
 
-    def to(self, device: str | torch.device) -> "GaussianMixtureTeacher":
+    def to(self, device: str | torch.device) -> GaussianMixtureTeacher:
         """Move the mixture's tensors (kept in float64) to device, in place; returns self."""
         for name in ("weights", "means", "covariances", "eigenvalues", "eigenvectors", "rotated_means"):
             setattr(self, name, getattr(self, name).to(device))
@@ -116,8 +118,17 @@ class GaussianMixtureTeacher:
         return self.means.shape[1]
 
     @classmethod
-    def random(cls, shape: Sequence[int], num_components: int = 4, *, seed: int = 0, mean_scale: float = 0.6,
-               cov_rank: int = 4, cov_scale: float = 0.15, noise_scale: float = 0.02) -> "GaussianMixtureTeacher":
+    def random(
+        cls,
+        shape: Sequence[int],
+        num_components: int = 4,
+        *,
+        seed: int = 0,
+        mean_scale: float = 0.6,
+        cov_rank: int = 4,
+        cov_scale: float = 0.15,
+        noise_scale: float = 0.02,
+    ) -> GaussianMixtureTeacher:
         """A reproducible random mixture in [-1, 1]-ish data range: means 0.6 tanh(N(0, 1)), covariances
         low rank (cov_rank directions of scale cov_scale) plus noise_scale^2 I."""
         generator = torch.Generator().manual_seed(seed)
@@ -130,7 +141,7 @@ class GaussianMixtureTeacher:
         return cls(weights, means, covariances, shape)
 
     @classmethod
-    def load(cls, path: str, shape: Sequence[int] | None = None) -> "GaussianMixtureTeacher":
+    def load(cls, path: str, shape: Sequence[int] | None = None) -> GaussianMixtureTeacher:
         """From an .npz with arrays `weights` [K], `means` [K, D], `covariances` [K, D, D] (and optional `shape`)."""
         import numpy as np
 
@@ -142,8 +153,13 @@ class GaussianMixtureTeacher:
     def save(self, path: str) -> None:
         import numpy as np
 
-        np.savez(path, weights=self.weights.numpy(), means=self.means.numpy(),
-                 covariances=self.covariances.numpy(), shape=np.asarray(self.shape))
+        np.savez(
+            path,
+            weights=self.weights.numpy(),
+            means=self.means.numpy(),
+            covariances=self.covariances.numpy(),
+            shape=np.asarray(self.shape),
+        )
 
     def _marginal(self, x_t: torch.Tensor, logsnr: torch.Tensor):
         """Rotated residuals z [N, K, D], per-direction variances of x_t [N, K, D] and alpha [N, 1, 1]."""
@@ -151,17 +167,17 @@ class GaussianMixtureTeacher:
         x = x_t.reshape(n, self.dim).to(torch.float64)
         alpha, sigma = alpha_sigma(_per_sample(logsnr, n, x))
         alpha, sigma = alpha[:, None, None], sigma[:, None, None]
-        rotated = torch.matmul(x, self.eigenvectors).transpose(0, 1)            # [N, K, D]
+        rotated = torch.matmul(x, self.eigenvectors).transpose(0, 1)  # [N, K, D]
         z = rotated - alpha * self.rotated_means
         variance = alpha**2 * self.eigenvalues + sigma**2
         return z, variance, alpha
 
     def predict_x0(self, x_t: torch.Tensor, logsnr: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         z, variance, alpha = self._marginal(x_t, logsnr)
-        log_likelihood = -0.5 * (z**2 / variance + variance.log()).sum(-1)        # [N, K], up to a constant
+        log_likelihood = -0.5 * (z**2 / variance + variance.log()).sum(-1)  # [N, K], up to a constant
         responsibilities = torch.softmax(self.weights.log() + log_likelihood, dim=-1)
         rotated_x0 = self.rotated_means + (alpha * self.eigenvalues / variance) * z
-        weighted = (responsibilities[..., None] * rotated_x0).transpose(0, 1)   # [K, N, D]
+        weighted = (responsibilities[..., None] * rotated_x0).transpose(0, 1)  # [K, N, D]
         x0 = torch.matmul(weighted, self.eigenvectors.transpose(1, 2)).sum(0)
         return x0.reshape(x_t.shape).to(x_t.dtype)
 
@@ -196,8 +212,9 @@ class NetworkTeacher:
     it is given. `autocast_dtype` (e.g. torch.bfloat16) runs fn under autocast; the solver arithmetic
     stays in x_t's dtype."""
 
-    def __init__(self, fn: Callable[..., torch.Tensor], prediction: str = "x0",
-                 autocast_dtype: torch.dtype | None = None):
+    def __init__(
+        self, fn: Callable[..., torch.Tensor], prediction: str = "x0", autocast_dtype: torch.dtype | None = None
+    ):
         if prediction not in PREDICTIONS:
             raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
         self.fn = fn
@@ -207,8 +224,9 @@ class NetworkTeacher:
     def predict_x0(self, x_t: torch.Tensor, logsnr: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         logsnr = _per_sample(logsnr, x_t.shape[0], x_t)
         args = (x_t, logsnr) if y is None else (x_t, logsnr, y)
-        with torch.autocast(x_t.device.type, dtype=self.autocast_dtype or torch.bfloat16,
-                            enabled=self.autocast_dtype is not None):
+        with torch.autocast(
+            x_t.device.type, dtype=self.autocast_dtype or torch.bfloat16, enabled=self.autocast_dtype is not None
+        ):
             out = self.fn(*args)
         out = out.to(x_t.dtype)
         if self.prediction == "x0":
@@ -242,8 +260,10 @@ def build_teacher(config: dict[str, Any], device: str | torch.device = "cpu") ->
     if cfg["kind"] != "backbone":
         raise ValueError(f"teacher.kind must be 'gmm' or 'backbone', got {cfg['kind']!r}")
     if not cfg["backbone"] or not cfg["weights"]:
-        raise ValueError("teacher.kind=backbone needs teacher.backbone (a preset or 'module:function') "
-                         "and teacher.weights (the teacher's state_dict file)")
+        raise ValueError(
+            "teacher.kind=backbone needs teacher.backbone (a preset or 'module:function') "
+            "and teacher.weights (the teacher's state_dict file)"
+        )
     from .checkpoint import load_model_state, load_tensor_file
     from .model import build_backbone, build_from_spec
 
@@ -253,14 +273,28 @@ def build_teacher(config: dict[str, Any], device: str | torch.device = "cpu") ->
     load_model_state(network, weights, cfg["weights"], {"backbone": cfg["backbone"], "overrides": overrides})
     network.to(device).eval().requires_grad_(False)
     teacher = NetworkTeacher(network, cfg["prediction"], torch.bfloat16 if cfg["bf16"] else None)
-    info = {"kind": "backbone", "backbone": cfg["backbone"], "overrides": overrides, "weights": str(cfg["weights"]),
-            "prediction": cfg["prediction"], "bf16": bool(cfg["bf16"])}
+    info = {
+        "kind": "backbone",
+        "backbone": cfg["backbone"],
+        "overrides": overrides,
+        "weights": str(cfg["weights"]),
+        "prediction": cfg["prediction"],
+        "bf16": bool(cfg["bf16"]),
+    }
     return teacher, info
 
 
 @torch.no_grad()
-def solve(teacher: Teacher, noise: torch.Tensor, logsnr_grid: torch.Tensor, record_indices: Sequence[int], *,
-          solver: str = "heun", record: str = "x0", y: torch.Tensor | None = None) -> torch.Tensor:
+def solve(
+    teacher: Teacher,
+    noise: torch.Tensor,
+    logsnr_grid: torch.Tensor,
+    record_indices: Sequence[int],
+    *,
+    solver: str = "heun",
+    record: str = "x0",
+    y: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Integrate the probability-flow ODE from `noise` (the state at logsnr_grid[0]) over the grid and
     return the recorded states [B, len(record_indices), *shape] in noise's dtype.
 

@@ -31,17 +31,29 @@ import inspect
 import json
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from . import distributed
-from .checkpoint import (CHECKPOINT, CHECKPOINT_VERSION, METRICS, atomic_write_text, check_output_dir,
-                         load_checkpoint, load_model_state, load_tensor_file, remove_stale_temporaries, rng_state,
-                         save_checkpoint, set_rng_state)
+from .checkpoint import (
+    CHECKPOINT,
+    CHECKPOINT_VERSION,
+    METRICS,
+    atomic_write_text,
+    check_output_dir,
+    load_checkpoint,
+    load_model_state,
+    load_tensor_file,
+    remove_stale_temporaries,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from .config import dump_config, validate_config
 from .losses import VGGPerceptualLoss, snr_weights, trajectory_loss
 from .model import build_model_from_config, set_temporal_precision
@@ -78,7 +90,7 @@ class ResumableDistributedSampler(DistributedSampler):
 
     def __iter__(self):
         indices = list(super().__iter__())
-        return iter(indices[self.start:])
+        return iter(indices[self.start :])
 
     def __len__(self) -> int:
         return super().__len__() - self.start
@@ -87,25 +99,42 @@ class ResumableDistributedSampler(DistributedSampler):
 class _Batches:
     """Endless batches for one rank, starting at micro-batch `position` of the (seed, epoch) order."""
 
-    def __init__(self, dataset, *, batch_size: int, info: distributed.DistInfo, seed: int, num_workers: int,
-                 pin_memory: bool, position: int):
+    def __init__(
+        self,
+        dataset,
+        *,
+        batch_size: int,
+        info: distributed.DistInfo,
+        seed: int,
+        num_workers: int,
+        pin_memory: bool,
+        position: int,
+    ):
         self.dataset, self.batch_size, self.seed = dataset, batch_size, seed
         self.num_workers, self.pin_memory = num_workers, pin_memory
-        self.sampler = ResumableDistributedSampler(dataset, num_replicas=info.world_size, rank=info.rank,
-                                                   shuffle=True, seed=seed, drop_last=True)
+        self.sampler = ResumableDistributedSampler(
+            dataset, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=seed, drop_last=True
+        )
         self.per_epoch = DistributedSampler.__len__(self.sampler) // batch_size
         if self.per_epoch == 0:
-            raise ValueError(f"{len(dataset)} samples cannot fill one batch of {batch_size} on each of "
-                             f"{info.world_size} processes")
+            raise ValueError(
+                f"{len(dataset)} samples cannot fill one batch of {batch_size} on each of {info.world_size} processes"
+            )
         self.epoch, self.index = divmod(position, self.per_epoch)
 
     def __iter__(self):
         while True:
             self.sampler.set_epoch(self.epoch)
             self.sampler.start = self.index * self.batch_size
-            loader = DataLoader(self.dataset, batch_size=self.batch_size, sampler=self.sampler, drop_last=True,
-                                num_workers=self.num_workers, pin_memory=self.pin_memory,
-                                generator=torch.Generator().manual_seed(self.seed + self.epoch))
+            loader = DataLoader(
+                self.dataset,
+                batch_size=self.batch_size,
+                sampler=self.sampler,
+                drop_last=True,
+                num_workers=self.num_workers,
+                pin_memory=self.pin_memory,
+                generator=torch.Generator().manual_seed(self.seed + self.epoch),
+            )
             for batch in loader:
                 self.index += 1
                 yield batch
@@ -127,9 +156,11 @@ def _time_point_indices(selected: list[int] | None, available: int) -> list[int]
 
 # Buffers are identical on every rank (same seed, never updated by forward), so DDP need not sync them
 # each forward; newer torch spells that forward_sync_buffers and deprecates broadcast_buffers.
-_NO_BUFFER_SYNC = ({"forward_sync_buffers": False}
-                   if "forward_sync_buffers" in inspect.signature(nn.parallel.DistributedDataParallel).parameters
-                   else {"broadcast_buffers": False})
+_NO_BUFFER_SYNC = (
+    {"forward_sync_buffers": False}
+    if "forward_sync_buffers" in inspect.signature(nn.parallel.DistributedDataParallel).parameters
+    else {"broadcast_buffers": False}
+)
 
 
 @torch.no_grad()
@@ -157,8 +188,9 @@ def _trim_metrics(path: Path, last_step: int) -> None:
     atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
-def train(config: dict[str, Any], *, model_factory: Callable[[], nn.Module] | None = None,
-          progress: bool = True) -> dict[str, Any]:
+def train(
+    config: dict[str, Any], *, model_factory: Callable[[], nn.Module] | None = None, progress: bool = True
+) -> dict[str, Any]:
     """Train per `config` (a resolved dsno config); returns {"step", "start_step", "loss", "out"}.
 
     model_factory replaces building the model from config["model"] (tests and custom code)."""
@@ -181,7 +213,9 @@ def train(config: dict[str, Any], *, model_factory: Callable[[], nn.Module] | No
         from .model import load_backbone_weights
 
         try:
-            load_backbone_weights(model, load_tensor_file(cfg["init_backbone"], "backbone weights (train.init_backbone)"))
+            load_backbone_weights(
+                model, load_tensor_file(cfg["init_backbone"], "backbone weights (train.init_backbone)")
+            )
         except KeyError as error:  # the state dict's tensors are not the model's
             raise ValueError(f"{cfg['init_backbone']}: {error.args[0]}") from error
     model.to(device)
@@ -193,10 +227,12 @@ def train(config: dict[str, Any], *, model_factory: Callable[[], nn.Module] | No
     weights = weights.to(device, loss_dtype)
     perceptual = VGGPerceptualLoss(cfg["vgg_weights"]).to(device) if cfg["loss"] == "vgg" else None
 
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg["lr"], betas=tuple(cfg["betas"]), eps=cfg["eps"],
-                                 weight_decay=cfg["weight_decay"])
+    optimizer = torch.optim.Adam(
+        model.parameters(), lr=cfg["lr"], betas=tuple(cfg["betas"]), eps=cfg["eps"], weight_decay=cfg["weight_decay"]
+    )
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, WarmupMultiStep(cfg["warmup"], cfg["warmup_start_factor"], cfg["milestones"], cfg["gamma"]))
+        optimizer, WarmupMultiStep(cfg["warmup"], cfg["warmup_start_factor"], cfg["milestones"], cfg["gamma"])
+    )
 
     start_step, loss_value = 0, math.nan
     total_steps = cfg["steps"]
@@ -205,9 +241,11 @@ def train(config: dict[str, Any], *, model_factory: Callable[[], nn.Module] | No
     if cfg["resume"] and checkpoint_path.is_file():
         state = load_checkpoint(checkpoint_path, map_location=device)
         if state["step"] > total_steps:
-            raise ValueError(f"{checkpoint_path} is at step {state['step']}, past train.steps={total_steps} (the "
-                             f"total to train to, not steps to add): set train.steps >= {state['step']}, or "
-                             f"another train.out")
+            raise ValueError(
+                f"{checkpoint_path} is at step {state['step']}, past train.steps={total_steps} (the "
+                f"total to train to, not steps to add): set train.steps >= {state['step']}, or "
+                f"another train.out"
+            )
         load_model_state(model, state["model"], checkpoint_path, config["model"])
         ema.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])
@@ -216,8 +254,10 @@ def train(config: dict[str, Any], *, model_factory: Callable[[], nn.Module] | No
         if state["world_size"] == info.world_size:
             set_rng_state(state["rng"][info.rank])
         elif info.is_main:
-            print(f"resuming a {state['world_size']}-process run on {info.world_size}: "
-                  f"random streams and data order restart (not an exact continuation)")
+            print(
+                f"resuming a {state['world_size']}-process run on {info.world_size}: "
+                f"random streams and data order restart (not an exact continuation)"
+            )
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(out)
@@ -227,33 +267,63 @@ def train(config: dict[str, Any], *, model_factory: Callable[[], nn.Module] | No
     ddp_model: nn.Module = model
     if info.distributed:
         ddp_model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None, **_NO_BUFFER_SYNC)
+            model, device_ids=[device.index] if device.type == "cuda" else None, **_NO_BUFFER_SYNC
+        )
     grad_accum = cfg["grad_accum"]
-    batches = iter(_Batches(dataset, batch_size=cfg["batch_size"], info=info, seed=cfg["seed"],
-                            num_workers=cfg["num_workers"], pin_memory=device.type == "cuda",
-                            position=start_step * grad_accum))
+    batches = iter(
+        _Batches(
+            dataset,
+            batch_size=cfg["batch_size"],
+            info=info,
+            seed=cfg["seed"],
+            num_workers=cfg["num_workers"],
+            pin_memory=device.type == "cuda",
+            position=start_step * grad_accum,
+        )
+    )
 
     def save(step: int) -> None:
         rng = distributed.all_gather_object(rng_state())
         if not info.is_main:
             return
-        state = {"version": CHECKPOINT_VERSION, "step": step, "model": model.state_dict(), "ema": ema.state_dict(),
-                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng,
-                 "world_size": info.world_size, "config": config, "logsnr": data_logsnr.tolist(),
-                 "t": data_t.tolist(), "noise_shape": dataset.spec.shape, "num_classes": dataset.num_classes,
-                 "loss": loss_value}
+        state = {
+            "version": CHECKPOINT_VERSION,
+            "step": step,
+            "model": model.state_dict(),
+            "ema": ema.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "rng": rng,
+            "world_size": info.world_size,
+            "config": config,
+            "logsnr": data_logsnr.tolist(),
+            "t": data_t.tolist(),
+            "noise_shape": dataset.spec.shape,
+            "num_classes": dataset.num_classes,
+            "loss": loss_value,
+        }
         save_checkpoint(state, checkpoint_path)
         if cfg["keep_every"] and step % cfg["keep_every"] == 0:
             save_checkpoint(state, out / f"checkpoint-{step:08d}.pt")
 
     if info.is_main:
         parameters = sum(p.numel() for p in model.parameters())
-        print(f"dsno train: {parameters:,} parameters, {len(dataset):,} trajectories, {info.world_size} process(es), "
-              f"global batch {cfg['batch_size'] * info.world_size * grad_accum}, steps {start_step} -> {total_steps}")
+        print(
+            f"dsno train: {parameters:,} parameters, {len(dataset):,} trajectories, {info.world_size} process(es), "
+            f"global batch {cfg['batch_size'] * info.world_size * grad_accum}, steps {start_step} -> {total_steps}"
+        )
     metrics_file = open(out / METRICS, "a") if info.is_main else contextlib.nullcontext()
     model.train()
-    with metrics_file as metrics, tqdm(total=total_steps, initial=start_step, disable=not progress or not info.is_main,
-                                       desc="train", dynamic_ncols=True) as bar:
+    with (
+        metrics_file as metrics,
+        tqdm(
+            total=total_steps,
+            initial=start_step,
+            disable=not progress or not info.is_main,
+            desc="train",
+            dynamic_ncols=True,
+        ) as bar,
+    ):
         started = time.perf_counter()
         for step in range(start_step, total_steps):
             optimizer.zero_grad(set_to_none=True)
@@ -282,9 +352,14 @@ def train(config: dict[str, Any], *, model_factory: Callable[[], nn.Module] | No
                 point_losses = _mean_over_ranks(point_losses)
                 loss_value = float((point_losses * weights).mean())
                 if info.is_main:
-                    record = {"step": done, "loss": loss_value, "loss_per_point": point_losses.tolist(),
-                              "lr": lr, "grad_norm": None if grad_norm is None else float(grad_norm),
-                              "elapsed_seconds": time.perf_counter() - started}
+                    record = {
+                        "step": done,
+                        "loss": loss_value,
+                        "loss_per_point": point_losses.tolist(),
+                        "lr": lr,
+                        "grad_norm": None if grad_norm is None else float(grad_norm),
+                        "elapsed_seconds": time.perf_counter() - started,
+                    }
                     metrics.write(json.dumps(record) + "\n")
                     metrics.flush()
                     bar.set_postfix(loss=f"{loss_value:.4g}")

@@ -33,9 +33,10 @@ import errno
 import json
 import os
 import zlib
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -103,15 +104,17 @@ class TrajectorySpec:
         return start, min(self.num_samples, start + self.shard_size)
 
     def time_points(self):
-        return output_time_points(self.num_steps, self.num_points, self.spacing, self.t_min,
-                                  LogSNRSchedule(self.logsnr_min, self.logsnr_max))
+        return output_time_points(
+            self.num_steps, self.num_points, self.spacing, self.t_min, LogSNRSchedule(self.logsnr_min, self.logsnr_max)
+        )
 
     def logsnr_grid(self) -> torch.Tensor:
         return LogSNRSchedule(self.logsnr_min, self.logsnr_max).logsnr(time_grid(self.num_steps, self.t_min))
 
 
-def sample_noise(indices: Sequence[int], shape: Sequence[int], seed: int,
-                 num_classes: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+def sample_noise(
+    indices: Sequence[int], shape: Sequence[int], seed: int, num_classes: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The float32 noise [n, *shape] (and int64 labels [n]) of samples `indices`, each drawn from its
     own generator seeded by SeedSequence([seed, index]), so they do not depend on batching or rank."""
     noise = torch.empty(len(indices), *shape)
@@ -147,7 +150,7 @@ def _manifest_for(spec: TrajectorySpec, batch_size: int) -> dict[str, Any]:
         "num_shards": spec.num_shards,
         "batch_size": batch_size,
         "seeding": "sample i: torch.Generator seeded with SeedSequence([seed, i]).generate_state(2, uint32) "
-                   "as one 64-bit int; randn(shape) then randint(num_classes)",
+        "as one 64-bit int; randn(shape) then randint(num_classes)",
         "complete": False,
         "shards": [],
     }
@@ -156,23 +159,31 @@ def _manifest_for(spec: TrajectorySpec, batch_size: int) -> dict[str, Any]:
 def read_manifest(root: str | os.PathLike) -> dict[str, Any]:
     path = Path(root) / MANIFEST
     if not path.is_file():
-        raise FileNotFoundError(errno.ENOENT, f"no {MANIFEST}: not a trajectory dataset (make one with "
-                                              f"`dsno gen-traj`, or point to the folder that holds it)", str(root))
+        raise FileNotFoundError(
+            errno.ENOENT,
+            f"no {MANIFEST}: not a trajectory dataset (make one with "
+            f"`dsno gen-traj`, or point to the folder that holds it)",
+            str(root),
+        )
     try:
         return json.loads(path.read_text())
     except ValueError as error:
-        raise ValueError(f"{path} is not valid JSON ({error}): the dataset's manifest is damaged; regenerate it "
-                         f"with `dsno gen-traj` into a new folder") from None
+        raise ValueError(
+            f"{path} is not valid JSON ({error}): the dataset's manifest is damaged; regenerate it "
+            f"with `dsno gen-traj` into a new folder"
+        ) from None
 
 
 def _check_same_spec(existing: dict[str, Any], spec: TrajectorySpec, root: Path) -> None:
     wanted = json.loads(json.dumps(asdict(spec)))  # normalise tuples/ints the way JSON stores them
-    differences = {key: (existing["spec"].get(key), value) for key, value in wanted.items()
-                   if existing["spec"].get(key) != value}
+    differences = {
+        key: (existing["spec"].get(key), value) for key, value in wanted.items() if existing["spec"].get(key) != value
+    }
     if differences:
         listed = ", ".join(f"{k}: on disk {a!r}, now {b!r}" for k, (a, b) in differences.items())
-        raise ValueError(f"{root} holds a different dataset ({listed}); resume with the same settings or "
-                         f"write to another folder")
+        raise ValueError(
+            f"{root} holds a different dataset ({listed}); resume with the same settings or write to another folder"
+        )
 
 
 def _completed_shards(root: Path, spec: TrajectorySpec) -> set[int]:
@@ -247,8 +258,17 @@ def _preallocate(path: Path) -> None:
             raise OSError(error.errno, error.strerror, str(path)) from None
 
 
-def _write_shard(root: Path, shard: int, spec: TrajectorySpec, teacher: Teacher, *, batch_size: int,
-                 device: torch.device, compute_dtype: torch.dtype, progress) -> None:
+def _write_shard(
+    root: Path,
+    shard: int,
+    spec: TrajectorySpec,
+    teacher: Teacher,
+    *,
+    batch_size: int,
+    device: torch.device,
+    compute_dtype: torch.dtype,
+    progress,
+) -> None:
     start, stop = spec.shard_range(shard)
     count = stop - start
     points = spec.time_points()
@@ -266,8 +286,15 @@ def _write_shard(root: Path, shard: int, spec: TrajectorySpec, teacher: Teacher,
     for batch_start in range(start, stop, batch_size):
         indices = range(batch_start, min(stop, batch_start + batch_size))
         noise, labels = sample_noise(indices, spec.shape, spec.seed, spec.num_classes)
-        states = solve(teacher, noise.to(device, compute_dtype), grid, points.indices, solver=spec.solver,
-                       record=spec.record, y=None if labels is None else labels.to(device))
+        states = solve(
+            teacher,
+            noise.to(device, compute_dtype),
+            grid,
+            points.indices,
+            solver=spec.solver,
+            record=spec.record,
+            y=None if labels is None else labels.to(device),
+        )
         rows = slice(batch_start - start, batch_start - start + len(indices))
         maps["noise"][rows] = noise.numpy()
         maps["traj"][rows] = states.float().cpu().numpy()
@@ -282,16 +309,30 @@ def _write_shard(root: Path, shard: int, spec: TrajectorySpec, teacher: Teacher,
             os.fsync(handle.fileno())
         os.replace(temporary[key], final[key])
     fsync_directory(root)
-    marker = {"shard": shard, "start": start, "count": count, "files": {k: p.name for k, p in final.items()},
-              "bytes": {k: p.stat().st_size for k, p in final.items()},
-              "crc32": {k: _checksum(p) for k, p in final.items()}}
+    marker = {
+        "shard": shard,
+        "start": start,
+        "count": count,
+        "files": {k: p.name for k, p in final.items()},
+        "bytes": {k: p.stat().st_size for k, p in final.items()},
+        "crc32": {k: _checksum(p) for k, p in final.items()},
+    }
     atomic_write_text(_marker_path(root, shard), json.dumps(marker, indent=1))
 
 
-def generate(teacher: Teacher, spec: TrajectorySpec, out_dir: str | os.PathLike, *, batch_size: int = 500,
-             device: str | torch.device = "cpu", compute_dtype: torch.dtype = torch.float32,
-             progress: bool = True, max_new_shards: int | None = None,
-             rank: int | None = None, world_size: int | None = None) -> dict[str, Any]:
+def generate(
+    teacher: Teacher,
+    spec: TrajectorySpec,
+    out_dir: str | os.PathLike,
+    *,
+    batch_size: int = 500,
+    device: str | torch.device = "cpu",
+    compute_dtype: torch.dtype = torch.float32,
+    progress: bool = True,
+    max_new_shards: int | None = None,
+    rank: int | None = None,
+    world_size: int | None = None,
+) -> dict[str, Any]:
     """Generate (or resume generating) the dataset `spec` into out_dir; returns the manifest.
 
     rank/world_size default to the torch.distributed process group (1 process without one). Each rank
@@ -328,12 +369,21 @@ def generate(teacher: Teacher, spec: TrajectorySpec, out_dir: str | os.PathLike,
     if max_new_shards is not None:
         mine = mine[:max_new_shards]
     total = sum(spec.shard_range(s)[1] - spec.shard_range(s)[0] for s in mine)
-    with tqdm(total=total, unit="sample", desc=f"gen-traj rank {rank}", disable=not progress or rank != 0,
-              dynamic_ncols=True) as bar:
+    with tqdm(
+        total=total, unit="sample", desc=f"gen-traj rank {rank}", disable=not progress or rank != 0, dynamic_ncols=True
+    ) as bar:
         for shard in mine:
             try:
-                _write_shard(root, shard, spec, teacher, batch_size=batch_size, device=device,
-                             compute_dtype=compute_dtype, progress=bar)
+                _write_shard(
+                    root,
+                    shard,
+                    spec,
+                    teacher,
+                    batch_size=batch_size,
+                    device=device,
+                    compute_dtype=compute_dtype,
+                    progress=bar,
+                )
             except OSError as error:  # e.g. disk full: free the space the unfinished shard took, name it
                 remove_stale_temporaries(root, f"{_shard_name(shard)}.*.tmp")
                 if error.filename is None:
@@ -361,11 +411,22 @@ def finalize_manifest(root: str | os.PathLike) -> dict[str, Any]:
 def spec_from_config(config: dict[str, Any], teacher_info: dict[str, Any]) -> TrajectorySpec:
     schedule, traj = config["schedule"], config["traj"]
     return TrajectorySpec(
-        shape=config["data"]["shape"], num_samples=traj["num_samples"], shard_size=traj["shard_size"],
-        seed=traj["seed"], solver=traj["solver"], num_steps=schedule["num_steps"], num_points=schedule["num_points"],
-        spacing=schedule["spacing"], t_min=schedule["t_min"], logsnr_min=schedule["logsnr_min"],
-        logsnr_max=schedule["logsnr_max"], record=traj["record"], num_classes=config["data"]["num_classes"],
-        dtype=traj["dtype"], teacher=teacher_info)
+        shape=config["data"]["shape"],
+        num_samples=traj["num_samples"],
+        shard_size=traj["shard_size"],
+        seed=traj["seed"],
+        solver=traj["solver"],
+        num_steps=schedule["num_steps"],
+        num_points=schedule["num_points"],
+        spacing=schedule["spacing"],
+        t_min=schedule["t_min"],
+        logsnr_min=schedule["logsnr_min"],
+        logsnr_max=schedule["logsnr_max"],
+        record=traj["record"],
+        num_classes=config["data"]["num_classes"],
+        dtype=traj["dtype"],
+        teacher=teacher_info,
+    )
 
 
 def generate_from_config(config: dict[str, Any], *, progress: bool = True) -> dict[str, Any]:
@@ -375,8 +436,15 @@ def generate_from_config(config: dict[str, Any], *, progress: bool = True) -> di
     _, device = distributed.setup(config["traj"]["device"])
     teacher, teacher_info = build_teacher(config, device)
     spec = spec_from_config(config, teacher_info)
-    return generate(teacher, spec, config["traj"]["out"], batch_size=config["traj"]["batch_size"], device=device,
-                    progress=progress, max_new_shards=config["traj"]["max_new_shards"])
+    return generate(
+        teacher,
+        spec,
+        config["traj"]["out"],
+        batch_size=config["traj"]["batch_size"],
+        device=device,
+        progress=progress,
+        max_new_shards=config["traj"]["max_new_shards"],
+    )
 
 
 class TrajectoryDataset(torch.utils.data.Dataset):
@@ -391,8 +459,10 @@ class TrajectoryDataset(torch.utils.data.Dataset):
         self.spec = TrajectorySpec(**self.manifest["spec"])
         if not self.manifest["complete"] and not allow_incomplete:
             finished = len(_completed_shards(self.root, self.spec))
-            raise ValueError(f"{root} is incomplete ({finished} of {self.spec.num_shards} shards finished): "
-                             f"finish it by rerunning `dsno gen-traj` with the same settings")
+            raise ValueError(
+                f"{root} is incomplete ({finished} of {self.spec.num_shards} shards finished): "
+                f"finish it by rerunning `dsno gen-traj` with the same settings"
+            )
         self.shards = sorted(self.manifest["shards"], key=lambda s: s["start"])
         for shard in self.shards:
             problem = _shard_problem(self.root, shard)
@@ -422,8 +492,10 @@ class TrajectoryDataset(torch.utils.data.Dataset):
         position = bisect.bisect_right(self.offsets, index) - 1
         row = index - self.offsets[position]
         arrays = self._shard_arrays(position)
-        item = {"noise": torch.from_numpy(np.array(arrays["noise"][row], dtype=np.float32)),
-                "trajectory": torch.from_numpy(np.array(arrays["traj"][row], dtype=np.float32))}
+        item = {
+            "noise": torch.from_numpy(np.array(arrays["noise"][row], dtype=np.float32)),
+            "trajectory": torch.from_numpy(np.array(arrays["traj"][row], dtype=np.float32)),
+        }
         if "labels" in arrays:
             item["label"] = torch.tensor(int(arrays["labels"][row]))
         return item

@@ -34,7 +34,7 @@ torch.autograd.Function, which costs a fraction of the dispatcher's Python autog
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

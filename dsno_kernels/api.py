@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import torch
 
@@ -44,9 +44,9 @@ class Backend:
     spectral_time_conv: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     time_conv: Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
     # Why the backend cannot run in this process (None when it can), e.g. "Triton is not installed".
-    unavailable_reason: Callable[[], Optional[str]] = lambda: None
+    unavailable_reason: Callable[[], str | None] = lambda: None
     # Largest T the backend handles; "auto" passes larger inputs on to the next backend.
-    max_time_points: Optional[int] = None
+    max_time_points: int | None = None
     # The torch.library ops behind it, by role: "spectral_time_conv", "time_conv" and their
     # "_backward"s (for opcheck and introspection; empty for the pure-PyTorch reference).
     ops: dict = dataclasses.field(default_factory=dict)
@@ -55,7 +55,7 @@ class Backend:
     auto_priority: dict = dataclasses.field(default_factory=dict)
     # The device type the benchmark suites time it on; None for backends that are not fused kernels
     # (the reference is benchmarked as the torch_fft baseline).
-    benchmark_device: Optional[str] = None
+    benchmark_device: str | None = None
     # Runs in an interpreter here (Triton under TRITON_INTERPRET=1): ~500x slower, tests keep it small.
     interpreted: bool = False
     # fp32 on CUDA tensors goes through tf32 tensor cores unless DSNO_KERNELS_FP32=ieee.
@@ -125,7 +125,7 @@ def available_backends(device: str | torch.device | None = None) -> list[str]:
     return names
 
 
-def _why_not(backend: Backend, x: torch.Tensor) -> Optional[str]:
+def _why_not(backend: Backend, x: torch.Tensor) -> str | None:
     reason = backend.unavailable_reason()
     if reason is not None:
         return reason

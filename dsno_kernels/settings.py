@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-from typing import Optional
 
 __all__ = ["Variable", "VARIABLES", "get", "in_force", "cuda_archs"]
 
@@ -24,10 +23,10 @@ class Variable:
     name: str
     default: str
     # The allowed values; None when `pattern` (a regular expression) or a caller checks them instead.
-    choices: Optional[tuple[str, ...]]
+    choices: tuple[str, ...] | None
     used_by: str
     meaning: str
-    pattern: Optional[str] = None
+    pattern: str | None = None
 
 
 BACKEND = "DSNO_KERNELS_BACKEND"
@@ -84,7 +83,7 @@ _ENCODED_NAMES = {name: os.fsencode(name) for name in VARIABLES}
 _VALIDATED: dict = {}  # (name, raw value, choices) -> the validated value
 
 
-def get(name: str, choices: Optional[tuple[str, ...]] = None) -> str:
+def get(name: str, choices: tuple[str, ...] | None = None) -> str:
     """The value of the variable `name` (its default when unset or empty), validated: a ValueError
     names the variable, the value and what is allowed. `choices` replaces the declared allowed values
     where they are only known at run time (the registered backends for DSNO_KERNELS_BACKEND)."""
@@ -101,7 +100,7 @@ def get(name: str, choices: Optional[tuple[str, ...]] = None) -> str:
     return value
 
 
-def _validated(name: str, raw: str, choices: Optional[tuple[str, ...]]) -> str:
+def _validated(name: str, raw: str, choices: tuple[str, ...] | None) -> str:
     variable = VARIABLES[name]
     value = raw.strip() or variable.default
     allowed = choices if choices is not None else variable.choices

@@ -6,4 +6,3 @@ import torch
 # any @triton.jit function is defined, i.e. before dsno_kernels is imported.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
-

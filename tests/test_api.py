@@ -103,7 +103,9 @@ def registered():
 
 
 def test_shape_limit_passes_input_to_next_backend(registered):
-    registered(dataclasses.replace(dsno_kernels.get_backend("cpu"), name="limited", max_time_points=2, auto_priority={}))
+    registered(
+        dataclasses.replace(dsno_kernels.get_backend("cpu"), name="limited", max_time_points=2, auto_priority={})
+    )
     assert resolve_backend("limited", torch.randn(1, 2, 3)).name == "limited"
     assert resolve_backend("limited", torch.randn(1, 3, 3)).name == "cpu"
 
@@ -121,7 +123,10 @@ def test_registry_accessors(registered):
     assert dsno_kernels.get_backend("cpu").benchmark_device == "cpu"
     assert {dsno_kernels.get_backend(n).benchmark_device for n in ("cuda", "triton")} == {"cuda"}
     assert dsno_kernels.get_backend("reference").benchmark_device is None
-    assert dsno_kernels.get_backend("triton").fp32_via_tf32_on_cuda and not dsno_kernels.get_backend("cpu").fp32_via_tf32_on_cuda
+    assert (
+        dsno_kernels.get_backend("triton").fp32_via_tf32_on_cuda
+        and not dsno_kernels.get_backend("cpu").fp32_via_tf32_on_cuda
+    )
     # A new backend with a higher priority is what "auto" picks; removing it restores the old choice.
     fast = registered(dataclasses.replace(dsno_kernels.get_backend("cpu"), name="faster", auto_priority={"cpu": 99}))
     assert resolve_backend("auto", X) is fast

@@ -40,8 +40,18 @@ def run_cli(*argv):
     return cli.main([str(a) for a in argv])
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["gen-traj", "--help"], ["train", "--help"], ["sample", "--help"],
-                                  ["config", "--help"], ["eval", "--help"], ["demo", "--help"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--help"],
+        ["gen-traj", "--help"],
+        ["train", "--help"],
+        ["sample", "--help"],
+        ["config", "--help"],
+        ["eval", "--help"],
+        ["demo", "--help"],
+    ],
+)
 def test_help(argv, capsys):
     with pytest.raises(SystemExit) as exit_info:
         run_cli(*argv)
@@ -58,20 +68,26 @@ def test_help(argv, capsys):
 def test_config_overrides_and_flags(capsys):
     assert run_cli("config", "-c", "cifar10", "--set", "train.lr=1e-4", "--set", "model.overrides.dropout=0.1") == 0
     config = yaml.safe_load(capsys.readouterr().out)
-    assert config["train"]["lr"] == 1e-4 and config["model"] == {"name": "cifar10", "overrides": {"dropout": 0.1},
-                                                                  "temporal_precision": "fp32"}
+    assert config["train"]["lr"] == 1e-4 and config["model"] == {
+        "name": "cifar10",
+        "overrides": {"dropout": 0.1},
+        "temporal_precision": "fp32",
+    }
     assert config["schedule"]["num_steps"] == 512 and config["schedule"]["spacing"] == "quadratic"
     args = cli.build_parser().parse_args(["train", "-c", "tiny", "--set", "train.lr=0.5", "--lr", "0.25", "--bf16"])
     resolved = cli._resolve(args)
     assert resolved["train"]["lr"] == 0.25 and resolved["train"]["bf16"] is True
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["config", "-c", "tiny", "--set", "train.lrr=1"], "unknown key 'lrr'"),
-    (["config", "-c", "tiny", "--set", "nosection.x=1"], "section"),
-    (["config", "-c", "no-such-preset"], "presets are"),
-    (["config", "-c", "tiny", "--set", "train.lr"], "section.key=value"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["config", "-c", "tiny", "--set", "train.lrr=1"], "unknown key 'lrr'"),
+        (["config", "-c", "tiny", "--set", "nosection.x=1"], "section"),
+        (["config", "-c", "no-such-preset"], "presets are"),
+        (["config", "-c", "tiny", "--set", "train.lr"], "section.key=value"),
+    ],
+)
 def test_config_errors_are_reported_not_raised(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
         run_cli(*argv)
@@ -107,12 +123,38 @@ def test_extension_hooks(monkeypatch):
 
 
 def tiny_overrides(tmp_path, model_name):
-    return ["--set", f"model.name={model_name}", "--set", "data.shape=[3, 8, 8]", "--set", "schedule.num_steps=16",
-            "--set", f"traj.out={tmp_path / 'traj'}", "--set", f"train.out={tmp_path / 'train'}",
-            "--set", "train.data=null", "--set", f"sample.out={tmp_path / 'samples'}",
-            "--set", "sample.checkpoint=null", "--set", "train.log_every=5", "--set", "train.save_every=10",
-            "--set", "train.warmup=0", "--set", "traj.device=cpu", "--set", "train.device=cpu",
-            "--set", "sample.device=cpu", "--set", "sample.png_scale=2"]
+    return [
+        "--set",
+        f"model.name={model_name}",
+        "--set",
+        "data.shape=[3, 8, 8]",
+        "--set",
+        "schedule.num_steps=16",
+        "--set",
+        f"traj.out={tmp_path / 'traj'}",
+        "--set",
+        f"train.out={tmp_path / 'train'}",
+        "--set",
+        "train.data=null",
+        "--set",
+        f"sample.out={tmp_path / 'samples'}",
+        "--set",
+        "sample.checkpoint=null",
+        "--set",
+        "train.log_every=5",
+        "--set",
+        "train.save_every=10",
+        "--set",
+        "train.warmup=0",
+        "--set",
+        "traj.device=cpu",
+        "--set",
+        "train.device=cpu",
+        "--set",
+        "sample.device=cpu",
+        "--set",
+        "sample.png_scale=2",
+    ]
 
 
 def check_png(path, height, width):
@@ -144,8 +186,22 @@ def test_gen_traj_train_sample_end_to_end(tmp_path):
     lines = run_pipeline(tmp_path, "test_cli:StandInModel", train_steps=40)
     assert lines[-1]["loss"] < lines[0]["loss"]
     # the same commands again: nothing left to generate, training already at its last step
-    assert run_cli("gen-traj", "-c", "tiny", "--no-progress", *tiny_overrides(tmp_path, "test_cli:StandInModel"),
-                   "--num-samples", 48, "--shard-size", 16, "--batch-size", 16) == 0
+    assert (
+        run_cli(
+            "gen-traj",
+            "-c",
+            "tiny",
+            "--no-progress",
+            *tiny_overrides(tmp_path, "test_cli:StandInModel"),
+            "--num-samples",
+            48,
+            "--shard-size",
+            16,
+            "--batch-size",
+            16,
+        )
+        == 0
+    )
 
 
 def test_end_to_end_with_the_tiny_dsno_model(tmp_path):
@@ -157,11 +213,30 @@ def test_end_to_end_with_the_tiny_dsno_model(tmp_path):
 
 def test_gen_traj_under_torchrun_splits_shards_over_two_ranks(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "dsno", "gen-traj", "-c", "tiny", "--no-progress", *tiny_overrides(tmp_path, "tiny"),
-               "--num-samples", 40, "--shard-size", 10, "--batch-size", 10]
-    result = subprocess.run([str(a) for a in command], cwd=tmp_path, env=env, capture_output=True, text=True,
-                            timeout=120)
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "dsno",
+        "gen-traj",
+        "-c",
+        "tiny",
+        "--no-progress",
+        *tiny_overrides(tmp_path, "tiny"),
+        "--num-samples",
+        40,
+        "--shard-size",
+        10,
+        "--batch-size",
+        10,
+    ]
+    result = subprocess.run(
+        [str(a) for a in command], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     manifest = json.loads((tmp_path / "traj" / "manifest.json").read_text())
     assert manifest["complete"] and [s["shard"] for s in manifest["shards"]] == [0, 1, 2, 3]

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from common import TF32_TOLERANCE, TOLERANCE, assert_close_to_reference
+
 from dsno_kernels.backends import cpp as cpp_backend
 from dsno_kernels.backends.reference import spectral_time_conv_reference, time_conv_reference
 

@@ -37,8 +37,15 @@ def demo(tmp_path_factory):
 
 
 def test_writes_every_file_with_the_promised_shapes(demo):
-    for name in ("metrics.json", "noise.npy", "samples.png", "loss.png", "teacher_gmm.npz", "train/checkpoint.pt",
-                 "kd/checkpoint.pt"):
+    for name in (
+        "metrics.json",
+        "noise.npy",
+        "samples.png",
+        "loss.png",
+        "teacher_gmm.npz",
+        "train/checkpoint.pt",
+        "kd/checkpoint.pt",
+    ):
         assert (demo / name).is_file(), name
     for png in ("samples.png", "loss.png"):
         data = (demo / png).read_bytes()
@@ -50,7 +57,7 @@ def test_writes_every_file_with_the_promised_shapes(demo):
         assert samples.shape == (QUICK.eval_samples, 1, 8, 8) and samples.dtype == np.float32, name
         assert QUICK.eval_samples >= 512
         assert samples.min() >= -1.0 and samples.max() <= 1.0 and np.isfinite(samples).all(), name
-        assert samples.std(0).mean() > 0.05 or name == "ddim1", name   # distinct samples, not one image
+        assert samples.std(0).mean() > 0.05 or name == "ddim1", name  # distinct samples, not one image
     metrics = json.loads((demo / "metrics.json").read_text())
     assert set(metrics["samplers"]) == set(SAMPLERS)
     assert metrics["settings"]["teacher_steps"] >= 256
@@ -129,7 +136,7 @@ def test_digits_and_their_gaussian_mixture():
         sample_covariance = torch.cov(members.T)
         expected = 0.9 * sample_covariance + 0.1 * torch.diag(sample_covariance.diagonal()) + 1e-3 * torch.eye(64)
         torch.testing.assert_close(teacher.covariances[digit], expected.double())
-    assert float(teacher.eigenvalues.min()) >= 1e-3 - 1e-12   # the floor keeps every component well conditioned
+    assert float(teacher.eigenvalues.min()) >= 1e-3 - 1e-12  # the floor keeps every component well conditioned
 
 
 def test_a_rerun_reuses_or_replaces_the_trajectories(demo, tmp_path):
@@ -139,7 +146,7 @@ def test_a_rerun_reuses_or_replaces_the_trajectories(demo, tmp_path):
     from dsno.demo import _pipeline_config, _remove_stale_trajectories
 
     _remove_stale_trajectories(_pipeline_config(QUICK, demo, "cpu"), log=lambda message: None)
-    assert (demo / "traj" / "manifest.json").is_file()      # same settings: kept (generation then finds it done)
+    assert (demo / "traj" / "manifest.json").is_file()  # same settings: kept (generation then finds it done)
     shutil.copytree(demo / "traj", tmp_path / "traj")
     shutil.copy(demo / "teacher_gmm.npz", tmp_path / "teacher_gmm.npz")
     other = dataclasses.replace(QUICK, overrides=QUICK.overrides + ("traj.num_samples=1025",))
@@ -169,7 +176,7 @@ def test_kd_is_one_output_point_trained_on_the_endpoint_only_with_dsno_s_data_an
     assert records and all(len(record["loss_per_point"]) == 1 for record in records)
     model_weights = kd["ema"]
     temporal = [key for key in model_weights if key.endswith("temporal.weight")]
-    assert temporal and all(model_weights[key].shape[2] == 1 for key in temporal)   # K = 1
+    assert temporal and all(model_weights[key].shape[2] == 1 for key in temporal)  # K = 1
 
 
 def test_dsno_versus_kd_and_the_machine_load_are_reported(demo):
@@ -200,8 +207,10 @@ def test_the_ablation_trains_every_m_and_k_on_the_matching_points(tmp_path):
 
     threads = torch.get_num_threads()
     try:
-        assert cli.main(["demo", "--quick", "--ablation", "--train-steps", "4", "--out", str(tmp_path),
-                         "--no-progress"]) == 0
+        assert (
+            cli.main(["demo", "--quick", "--ablation", "--train-steps", "4", "--out", str(tmp_path), "--no-progress"])
+            == 0
+        )
     finally:
         torch.set_num_threads(threads)
     ablation = json.loads((tmp_path / "ablation.json").read_text())
@@ -217,7 +226,7 @@ def test_the_ablation_trains_every_m_and_k_on_the_matching_points(tmp_path):
             assert np.isfinite(row[key]), (row, key)
     assert ablation["machine"]["before"]["loadavg_1_5_15_min"] is not None
     assert (tmp_path / "ablation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert not (tmp_path / "train").exists()     # the ablation trains only its own variants
+    assert not (tmp_path / "train").exists()  # the ablation trains only its own variants
 
 
 def test_bad_time_points_are_an_error_naming_the_setting(demo, tmp_path):
@@ -245,7 +254,7 @@ def test_the_digits_preset_is_what_the_demo_runs(demo):
     for section in quick:
         for key, value in quick[section].items():
             if key in ("out", "data", "gmm_path", "checkpoint", "device"):
-                continue   # paths under --out, and --device
+                continue  # paths under --out, and --device
             assert ran[section][key] == value, (section, key)
 
 

@@ -28,14 +28,30 @@ REPO = Path(__file__).resolve().parents[1]
 
 def settings(root: Path) -> list[str]:
     """A tiny gen-traj -> train -> sample pipeline (tiny DSNO model, 16 trajectories of 3x8x8) under root."""
-    values = {"traj.out": root / "traj", "train.out": root / "train", "train.data": "null",
-              "sample.out": root / "samples", "sample.checkpoint": "null", "schedule.num_steps": 16,
-              "traj.num_samples": 16, "traj.shard_size": 8, "traj.batch_size": 8, "train.batch_size": 4,
-              "train.steps": 2, "train.warmup": 0, "train.log_every": 1, "train.save_every": 1,
-              "sample.num_samples": 4, "sample.batch_size": 4, "traj.device": "cpu", "train.device": "cpu",
-              "sample.device": "cpu"}
-    return ["-c", "tiny", "--no-progress"] + [arg for key, value in values.items()
-                                                 for arg in ("--set", f"{key}={value}")]
+    values = {
+        "traj.out": root / "traj",
+        "train.out": root / "train",
+        "train.data": "null",
+        "sample.out": root / "samples",
+        "sample.checkpoint": "null",
+        "schedule.num_steps": 16,
+        "traj.num_samples": 16,
+        "traj.shard_size": 8,
+        "traj.batch_size": 8,
+        "train.batch_size": 4,
+        "train.steps": 2,
+        "train.warmup": 0,
+        "train.log_every": 1,
+        "train.save_every": 1,
+        "sample.num_samples": 4,
+        "sample.batch_size": 4,
+        "traj.device": "cpu",
+        "train.device": "cpu",
+        "sample.device": "cpu",
+    }
+    return ["-c", "tiny", "--no-progress"] + [
+        arg for key, value in values.items() for arg in ("--set", f"{key}={value}")
+    ]
 
 
 def run(capsys, *argv):
@@ -80,6 +96,7 @@ def copy_of(pipeline, tmp_path):
         for name in names:
             shutil.copytree(pipeline / name, tmp_path / name)
         return tmp_path
+
     return copy
 
 
@@ -155,8 +172,12 @@ def test_ctrl_c_is_one_line(tmp_path, capsys, monkeypatch):
 
     monkeypatch.setattr(train, "train", interrupted)
     status, _, err = run(capsys, "train", *settings(tmp_path))
-    assert status == 130 and "Traceback" not in err and err.strip() == (
-        "dsno train: interrupted (finished shards and checkpoints are kept; the same command resumes)")
+    assert (
+        status == 130
+        and "Traceback" not in err
+        and err.strip()
+        == ("dsno train: interrupted (finished shards and checkpoints are kept; the same command resumes)")
+    )
 
 
 def test_steps_below_the_checkpoint_are_refused(copy_of, capsys):
@@ -182,8 +203,10 @@ def test_missing_dataset(tmp_path, capsys):
 
 
 def test_incomplete_dataset_counts_the_finished_shards(tmp_path, capsys):
-    assert cli.main(["gen-traj", *settings(tmp_path), "--set", "traj.num_samples=24",
-                     "--set", "traj.max_new_shards=2"]) == 0
+    assert (
+        cli.main(["gen-traj", *settings(tmp_path), "--set", "traj.num_samples=24", "--set", "traj.max_new_shards=2"])
+        == 0
+    )
     capsys.readouterr()
     # as a run killed before it updated the manifest: the shard markers are the record
     manifest_path = tmp_path / "traj" / "manifest.json"
@@ -195,8 +218,7 @@ def test_incomplete_dataset_counts_the_finished_shards(tmp_path, capsys):
     assert_one_line_error(err, "train", "incomplete (2 of 3 shards finished)", "dsno gen-traj")
 
 
-@pytest.mark.parametrize("command, key", [("gen-traj", "traj.out"), ("train", "train.out"),
-                                          ("sample", "sample.out")])
+@pytest.mark.parametrize("command, key", [("gen-traj", "traj.out"), ("train", "train.out"), ("sample", "sample.out")])
 def test_output_folder_that_is_a_file(copy_of, capsys, command, key):
     root = copy_of("traj", "train")
     blocker = root / "blocker"
@@ -342,10 +364,15 @@ def test_files_are_created_0644(pipeline):
     os.umask(old)
     if old != 0o022:
         pytest.skip(f"umask is {old:o}")
-    for path in [pipeline / "train" / "checkpoint.pt", pipeline / "train" / "config.yaml",
-                 pipeline / "traj" / "manifest.json", pipeline / "traj" / "shard-00000.json",
-                 pipeline / "traj" / "shard-00000.traj.npy", pipeline / "samples" / "trajectory.npy",
-                 pipeline / "samples" / "samples.png"]:
+    for path in [
+        pipeline / "train" / "checkpoint.pt",
+        pipeline / "train" / "config.yaml",
+        pipeline / "traj" / "manifest.json",
+        pipeline / "traj" / "shard-00000.json",
+        pipeline / "traj" / "shard-00000.traj.npy",
+        pipeline / "samples" / "trajectory.npy",
+        pipeline / "samples" / "samples.png",
+    ]:
         assert path.stat().st_mode & 0o777 == 0o644, path
 
 
@@ -365,10 +392,12 @@ class Payload:
 
 def _damaged_checkpoints(root: Path) -> dict[str, tuple[Path, str]]:
     good = (root / "train" / "checkpoint.pt").read_bytes()
-    files = {"garbage": (b"\x00garbage" * 100, "corrupt"),
-             "truncated": (good[: len(good) // 2], "truncated or corrupt"),
-             "empty": (b"", "truncated or corrupt"),
-             "text": (b"root:x:0:0:root:/root:/bin/bash\n" * 3, "corrupt")}
+    files = {
+        "garbage": (b"\x00garbage" * 100, "corrupt"),
+        "truncated": (good[: len(good) // 2], "truncated or corrupt"),
+        "empty": (b"", "truncated or corrupt"),
+        "text": (b"root:x:0:0:root:/root:/bin/bash\n" * 3, "corrupt"),
+    }
     made = {}
     for name, (data, message) in files.items():
         (root / f"{name}.pt").write_bytes(data)
@@ -390,8 +419,12 @@ def test_damaged_checkpoint(copy_of, capsys, kind):
 
 def test_every_torch_load_is_weights_only():
     package = REPO / "dsno"
-    calls = [(path.name, line) for path in sorted(package.glob("*.py"))
-             for line in path.read_text().splitlines() if "torch.load(" in line]
+    calls = [
+        (path.name, line)
+        for path in sorted(package.glob("*.py"))
+        for line in path.read_text().splitlines()
+        if "torch.load(" in line
+    ]
     assert calls and all("weights_only=True" in line for _, line in calls), calls
 
 
@@ -427,9 +460,19 @@ def test_teacher_and_backbone_weights_are_checked(copy_of, capsys):
     status, _, err = run(capsys, "train", *settings(root), "--init-backbone", root / "bad.pt")
     assert status == 1
     assert_one_line_error(err, "train", "bad.pt", "train.init_backbone")
-    status, _, err = run(capsys, "gen-traj", *settings(root), "--set", "traj.out=" + str(root / "t2"),
-                         "--set", "teacher.kind=backbone", "--set", "teacher.backbone=tiny",
-                         "--teacher-weights", root / "missing.pt")
+    status, _, err = run(
+        capsys,
+        "gen-traj",
+        *settings(root),
+        "--set",
+        "traj.out=" + str(root / "t2"),
+        "--set",
+        "teacher.kind=backbone",
+        "--set",
+        "teacher.backbone=tiny",
+        "--teacher-weights",
+        root / "missing.pt",
+    )
     assert status == 1
     assert_one_line_error(err, "gen-traj", "missing.pt", "teacher.weights")
 
@@ -439,10 +482,20 @@ def test_teacher_and_backbone_weights_are_checked(copy_of, capsys):
 
 
 def dsno(*argv, env=None):
-    environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-                   "OMP_NUM_THREADS": "1", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "dsno", *map(str, argv)], capture_output=True, text=True,
-                          env=environment, cwd=REPO, timeout=300)
+    environment = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+        "OMP_NUM_THREADS": "1",
+        **(env or {}),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "dsno", *map(str, argv)],
+        capture_output=True,
+        text=True,
+        env=environment,
+        cwd=REPO,
+        timeout=300,
+    )
 
 
 def test_subprocess_errors_are_one_line(copy_of, tmp_path):
@@ -472,10 +525,18 @@ cli.main(sys.argv[1:])
 def test_sigkill_while_writing_samples_keeps_the_earlier_output(copy_of):
     root = copy_of("train", "samples")
     before = snapshot(root / "samples")
-    environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-                   "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, "-c", KILL_WHILE_WRITING, "sample", *settings(root), "--seed", "9"],
-                            env=environment, cwd=REPO, capture_output=True, timeout=300)
+    environment = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+        "OMP_NUM_THREADS": "1",
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", KILL_WHILE_WRITING, "sample", *settings(root), "--seed", "9"],
+        env=environment,
+        cwd=REPO,
+        capture_output=True,
+        timeout=300,
+    )
     assert result.returncode == -signal.SIGKILL
     leftovers = {p.name for p in (root / "samples").iterdir()} - set(before)
     assert leftovers and all(name.endswith(".tmp") for name in leftovers)  # it was killed mid-write

@@ -21,9 +21,7 @@ from benchmarks import kernel_report
 from benchmarks.harness import GPU_SHAPES
 from dsno_kernels.backends import triton as triton_backend
 
-pytestmark = pytest.mark.skipif(
-    triton_backend._TRITON_IMPORT_ERROR is not None, reason="Triton is not installed"
-)
+pytestmark = pytest.mark.skipif(triton_backend._TRITON_IMPORT_ERROR is not None, reason="Triton is not installed")
 ALLOCATIONS = {"aten::empty", "aten::new_empty", "aten::empty_like", "aten::empty_strided"}
 OPS = ["spectral_time_conv", "time_conv"]
 

@@ -22,7 +22,7 @@ def test_l1_l2_per_time_point(kind):
     weights = torch.tensor([1.0, 2.0, 5.0])
     loss, per_point = trajectory_loss(pred, target, weights, kind)
     difference = (pred - target).abs() if kind == "L1" else (pred - target) ** 2
-    expected = difference.mean(dim=[0, 2, 3, 4])   # DSNO's weightedL1 / weightedL2
+    expected = difference.mean(dim=[0, 2, 3, 4])  # DSNO's weightedL1 / weightedL2
     torch.testing.assert_close(per_point, expected)
     torch.testing.assert_close(loss, (expected * weights).mean())
     with pytest.raises(ValueError, match="vgg"):
@@ -44,9 +44,9 @@ def lpips_baseline(x, y, features):
     total = 0
     for index, layer in enumerate(features[:30]):
         hx, hy = layer(hx), layer(hy)
-        if index in (3, 8, 15, 22, 29):   # relu1_2, relu2_2, relu3_3, relu4_3, relu5_3
-            nx = hx / (torch.sqrt(torch.sum(hx ** 2, dim=1, keepdim=True)) + 1e-10)
-            ny = hy / (torch.sqrt(torch.sum(hy ** 2, dim=1, keepdim=True)) + 1e-10)
+        if index in (3, 8, 15, 22, 29):  # relu1_2, relu2_2, relu3_3, relu4_3, relu5_3
+            nx = hx / (torch.sqrt(torch.sum(hx**2, dim=1, keepdim=True)) + 1e-10)
+            ny = hy / (torch.sqrt(torch.sum(hy**2, dim=1, keepdim=True)) + 1e-10)
             total = total + ((nx - ny) ** 2).sum(dim=1, keepdim=True).mean(dim=[2, 3], keepdim=True)
     return total.flatten()
 
@@ -120,16 +120,37 @@ def test_train_with_the_vgg_loss(tmp_path):
     from dsno.train import train
     from dsno.trajectories import TrajectorySpec, generate
 
-    shape = [3, 16, 16]   # VGG16 needs 16x16 at least
-    spec = TrajectorySpec(shape=shape, num_samples=8, shard_size=8, seed=0, solver="ddim", num_steps=4,
-                          num_points=2, teacher={"kind": "gmm", "seed": 0})
+    shape = [3, 16, 16]  # VGG16 needs 16x16 at least
+    spec = TrajectorySpec(
+        shape=shape,
+        num_samples=8,
+        shard_size=8,
+        seed=0,
+        solver="ddim",
+        num_steps=4,
+        num_points=2,
+        teacher={"kind": "gmm", "seed": 0},
+    )
     generate(GaussianMixtureTeacher.random(shape, 2, seed=0), spec, tmp_path / "traj", batch_size=8, progress=False)
     torch.manual_seed(0)
     torch.save(torchvision.models.vgg16(weights=None).state_dict(), tmp_path / "vgg16.pth")
-    settings = dict(data=str(tmp_path / "traj"), out=str(tmp_path / "train"), steps=2, batch_size=4, num_workers=0,
-                    log_every=1, save_every=2, device="cpu", loss="vgg", vgg_weights=str(tmp_path / "vgg16.pth"))
-    config = load_config("tiny", [f"train.{k}={json.dumps(v)}" for k, v in settings.items()]
-                         + ["model.overrides={image_size: 16, attn_resolutions: [8]}", "data.shape=[3, 16, 16]"])
+    settings = dict(
+        data=str(tmp_path / "traj"),
+        out=str(tmp_path / "train"),
+        steps=2,
+        batch_size=4,
+        num_workers=0,
+        log_every=1,
+        save_every=2,
+        device="cpu",
+        loss="vgg",
+        vgg_weights=str(tmp_path / "vgg16.pth"),
+    )
+    config = load_config(
+        "tiny",
+        [f"train.{k}={json.dumps(v)}" for k, v in settings.items()]
+        + ["model.overrides={image_size: 16, attn_resolutions: [8]}", "data.shape=[3, 16, 16]"],
+    )
     result = train(config, progress=False)
     lines = [json.loads(line) for line in (tmp_path / "train" / "metrics.jsonl").read_text().splitlines()]
     assert result["step"] == 2 and len(lines) == 2 and all(line["loss"] > 0 for line in lines)

@@ -108,12 +108,24 @@ def test_eval_command(tmp_path, capsys):
     generator = np.random.default_rng(0)
     reference = generator.standard_normal((64, 1, 2, 2)).astype(np.float32)
     shifted = reference + 0.5
-    trajectory = np.stack([np.zeros_like(reference), reference], axis=1)   # [N, M, C, H, W]: last point is compared
+    trajectory = np.stack([np.zeros_like(reference), reference], axis=1)  # [N, M, C, H, W]: last point is compared
     for name, array in (("reference", reference), ("shifted", shifted), ("trajectory", trajectory)):
         np.save(tmp_path / f"{name}.npy", array)
     out = tmp_path / "eval.json"
-    assert cli.main(["eval", str(tmp_path / "shifted.npy"), str(tmp_path / "trajectory.npy"),
-                     "--reference", str(tmp_path / "reference.npy"), "--json", str(out)]) == 0
+    assert (
+        cli.main(
+            [
+                "eval",
+                str(tmp_path / "shifted.npy"),
+                str(tmp_path / "trajectory.npy"),
+                "--reference",
+                str(tmp_path / "reference.npy"),
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     results = json.loads(out.read_text())["results"]
     shifted_result = results[str(tmp_path / "shifted.npy")]
     trajectory_result = results[str(tmp_path / "trajectory.npy")]

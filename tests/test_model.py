@@ -10,7 +10,6 @@ import pytest
 import torch
 
 import dsno_kernels
-from dsno_kernels import api as kernels_api
 from dsno.model import (
     DSNO,
     PRESETS,
@@ -26,6 +25,7 @@ from dsno.model import (
     sinusoidal_embedding,
     temporal_layers,
 )
+from dsno_kernels import api as kernels_api
 
 CPU_BACKENDS = dsno_kernels.available_backends("cpu")
 FAST_BACKENDS = [name for name in CPU_BACKENDS if name != "reference"]
@@ -205,7 +205,7 @@ def test_temporal_precision_fp32_runs_the_temporal_layers_as_dsno():
     layer.weight.data.normal_(0, 0.1)
     h = torch.randn(2 * 4, 32, 8, 8)
     with torch.no_grad():
-        exact = layer.forward_time_points(h, 4)   # fp32, no autocast
+        exact = layer.forward_time_points(h, 4)  # fp32, no autocast
         with torch.autocast("cpu", dtype=torch.bfloat16):
             fp32 = layer.forward_time_points(h.bfloat16(), 4)
             layer.precision = "autocast"

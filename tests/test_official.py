@@ -21,17 +21,29 @@ import torch.nn.functional as F
 from dsno import cli
 from dsno.config import load_config
 from dsno.model import DSNO, DSNOConfig, build_model, make_config
-from dsno.official import (from_official_state_dict, is_official_checkpoint, load_official_checkpoint,
-                           official_time_points, to_official_state_dict)
+from dsno.official import (
+    from_official_state_dict,
+    is_official_checkpoint,
+    load_official_checkpoint,
+    official_time_points,
+    to_official_state_dict,
+)
 from dsno.sample import dsno_noise, to_uint8_images, write_png_zip
 from dsno_kernels import SpectralTimeConv, TimeConv
 
 # Small architectures in DSNO's layout; widths of 128 so that every GroupNorm has 32 groups, as DSNO's
 # attention and output norms always do.
-SMALL = dict(image_size=8, nf=128, ch_mult=(1, 1), num_res_blocks=1, attn_resolutions=(4,), num_heads=1,
-             temb_dim=128, dropout=0.0)
-SMALL_CONDITIONAL = dict(SMALL, ch_mult=(1, 2), attn_resolutions=(8, 4), num_heads=None, head_dim=32,
-                         num_classes=10)
+SMALL = dict(
+    image_size=8,
+    nf=128,
+    ch_mult=(1, 1),
+    num_res_blocks=1,
+    attn_resolutions=(4,),
+    num_heads=1,
+    temb_dim=128,
+    dropout=0.0,
+)
+SMALL_CONDITIONAL = dict(SMALL, ch_mult=(1, 2), attn_resolutions=(8, 4), num_heads=None, head_dim=32, num_classes=10)
 
 
 def official_shapes(config: DSNOConfig) -> dict[str, tuple[int, ...]]:
@@ -48,17 +60,34 @@ def official_shapes(config: DSNOConfig) -> dict[str, tuple[int, ...]]:
         add("", {"weight": (n_out, n_in), "bias": (n_out,)})
 
     def res(n_in, n_out):
-        tensors = {"GroupNorm_0.weight": (n_in,), "GroupNorm_0.bias": (n_in,), "Conv_0.weight": (n_out, n_in, 3, 3),
-                   "Conv_0.bias": (n_out,), "Dense_0.weight": (2 * n_out, c.temb_dim), "Dense_0.bias": (2 * n_out,),
-                   "GroupNorm_1.weight": (n_out,), "GroupNorm_1.bias": (n_out,),
-                   "Conv_1.weight": (n_out, n_out, 3, 3), "Conv_1.bias": (n_out,)}
+        tensors = {
+            "GroupNorm_0.weight": (n_in,),
+            "GroupNorm_0.bias": (n_in,),
+            "Conv_0.weight": (n_out, n_in, 3, 3),
+            "Conv_0.bias": (n_out,),
+            "Dense_0.weight": (2 * n_out, c.temb_dim),
+            "Dense_0.bias": (2 * n_out,),
+            "GroupNorm_1.weight": (n_out,),
+            "GroupNorm_1.bias": (n_out,),
+            "Conv_1.weight": (n_out, n_out, 3, 3),
+            "Conv_1.bias": (n_out,),
+        }
         if n_in != n_out:
             tensors.update({"NIN_0.W": (n_in, n_out), "NIN_0.b": (n_out,)})
         add("", tensors)
 
     def attn(ch):
-        add("", {"NINs.W": (ch, 3 * ch), "NINs.b": (3 * ch,), "NIN_3.W": (ch, ch), "NIN_3.b": (ch,),
-                 "GroupNorm_0.weight": (ch,), "GroupNorm_0.bias": (ch,)})
+        add(
+            "",
+            {
+                "NINs.W": (ch, 3 * ch),
+                "NINs.b": (3 * ch,),
+                "NIN_3.W": (ch, ch),
+                "NIN_3.b": (ch,),
+                "GroupNorm_0.weight": (ch,),
+                "GroupNorm_0.bias": (ch,),
+            },
+        )
 
     def tconv(ch):
         add("", {"t_conv.weights1": (ch, ch, c.num_modes, 2)})
@@ -151,7 +180,11 @@ def dsno_attention(x, official, prefix, heads):
     q, k, v = h.chunk(3, dim=-1)
     weights = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(C // heads), dim=-1)
     h = (weights @ v).permute(0, 1, 3, 2).reshape(N, C, H, W)
-    return x + torch.einsum("nchw,co->nohw", h, official[f"{prefix}.NIN_3.W"]) + official[f"{prefix}.NIN_3.b"][:, None, None]
+    return (
+        x
+        + torch.einsum("nchw,co->nohw", h, official[f"{prefix}.NIN_3.W"])
+        + official[f"{prefix}.NIN_3.b"][:, None, None]
+    )
 
 
 def test_multihead_attention_channel_order():
@@ -159,9 +192,9 @@ def test_multihead_attention_channel_order():
     official = random_official(config)
     model = DSNO(config).double()
     model.load_state_dict(from_official_state_dict(official, config))
-    block = model.encoder[0].attn   # 128 channels, head_dim 32: 4 heads
+    block = model.encoder[0].attn  # 128 channels, head_dim 32: 4 heads
     assert block.num_heads == 4
-    prefix = "all_modules.5"        # dense0, dense1, class, conv_in, res block, then this attention
+    prefix = "all_modules.5"  # dense0, dense1, class, conv_in, res block, then this attention
     assert f"{prefix}.NINs.W" in official and official[f"{prefix}.NINs.W"].shape == (128, 384)
     x = torch.randn(3, 128, 8, 8, dtype=torch.float64)
     torch.testing.assert_close(block(x), dsno_attention(x, official, prefix, 4), rtol=1e-12, atol=1e-12)
@@ -182,7 +215,7 @@ def test_mapping_refuses_other_architectures():
 def test_time_conv_layers_load_dsno_layer_state_dicts():
     weight = torch.randn(6, 6, 2, 2)
     layer = TimeConv(6, 2)
-    layer.load_state_dict({"t_conv.weights1": weight})   # DSNO's TimeConv(with_nin=False)
+    layer.load_state_dict({"t_conv.weights1": weight})  # DSNO's TimeConv(with_nin=False)
     assert torch.equal(layer.weight, weight)
     spectral = SpectralTimeConv(6, 4, 2)
     spectral.load_state_dict({"weights1": weight[:, :4]})  # DSNO's SpectralConv1d
@@ -191,17 +224,32 @@ def test_time_conv_layers_load_dsno_layer_state_dicts():
     nested.load_state_dict({"temporal.t_conv.weights1": weight})
     assert torch.equal(nested["temporal"].weight, weight)
     x = torch.randn(2, 4, 6, 3, dtype=torch.float64)
-    reference = x + F.leaky_relu(torch.fft.irfft(torch.einsum(
-        "bki...,iok->bko...", torch.fft.rfft(x, dim=1)[:, :2], torch.view_as_complex(weight.double())), n=4, dim=1))
+    reference = x + F.leaky_relu(
+        torch.fft.irfft(
+            torch.einsum("bki...,iok->bko...", torch.fft.rfft(x, dim=1)[:, :2], torch.view_as_complex(weight.double())),
+            n=4,
+            dim=1,
+        )
+    )
     torch.testing.assert_close(layer.double()(x), reference)
 
 
 def write_official_checkpoint(path, config: DSNOConfig, *, with_scheduler=False):
     ema = {key: value.float() for key, value in random_official(config, seed=1).items()}
     raw = {key: value.float() for key, value in random_official(config, seed=2).items()}
-    state = {"model": raw, "ema": ema,
-             "args": argparse.Namespace(config="configs/cifar10-dsno-t4.yaml", ckpt=None, log=False, seed=3,
-                                        num_gpus=1, port="9037", distributed=False)}
+    state = {
+        "model": raw,
+        "ema": ema,
+        "args": argparse.Namespace(
+            config="configs/cifar10-dsno-t4.yaml",
+            ckpt=None,
+            log=False,
+            seed=3,
+            num_gpus=1,
+            port="9037",
+            distributed=False,
+        ),
+    }
     if with_scheduler:
         state["scheduler"] = {"_schedulers": [{"last_epoch": 1234}, {"last_epoch": 1234}]}
     torch.save(state, path)
@@ -224,9 +272,11 @@ def test_official_checkpoint_files_load_weights_only(tmp_path):
 def small_preset(tmp_path, base: str, fields: dict) -> str:
     """A config file: the preset `base` with the architecture shrunk to `fields` (8x8 images)."""
     overrides = {key: list(value) if isinstance(value, tuple) else value for key, value in fields.items()}
-    text = (f"base: {base}\nmodel:\n  overrides: {overrides}\n"
-            f"data:\n  shape: [3, 8, 8]\n  num_classes: {fields.get('num_classes') or None}\n"
-            f"sample:\n  device: cpu\n  num_samples: 5\n  batch_size: 2\n  out: {tmp_path / 'samples'}\n")
+    text = (
+        f"base: {base}\nmodel:\n  overrides: {overrides}\n"
+        f"data:\n  shape: [3, 8, 8]\n  num_classes: {fields.get('num_classes') or None}\n"
+        f"sample:\n  device: cpu\n  num_samples: 5\n  batch_size: 2\n  out: {tmp_path / 'samples'}\n"
+    )
     path = tmp_path / f"{base}-small.yaml"
     path.write_text(text.replace("None", "null"))
     return str(path)
@@ -237,14 +287,23 @@ def test_convert_and_sample_official_checkpoints(tmp_path, capsys, base, fields)
     config = DSNOConfig(**fields)
     written = write_official_checkpoint(tmp_path / "official.pt", config, with_scheduler=True)
     preset = small_preset(tmp_path, base, fields)
-    assert cli.main(["convert", str(tmp_path / "official.pt"), "--preset", preset, "--out", str(tmp_path / "ours.pt")]) == 0
+    assert (
+        cli.main(["convert", str(tmp_path / "official.pt"), "--preset", preset, "--out", str(tmp_path / "ours.pt")])
+        == 0
+    )
     before = (tmp_path / "ours.pt").read_bytes()
     capsys.readouterr()
-    assert cli.main(["convert", str(tmp_path / "official.pt"), "--preset", preset, "--out", str(tmp_path / "ours.pt")]) == 1
-    error = capsys.readouterr().err   # never overwrites; one line naming the file
+    assert (
+        cli.main(["convert", str(tmp_path / "official.pt"), "--preset", preset, "--out", str(tmp_path / "ours.pt")])
+        == 1
+    )
+    error = capsys.readouterr().err  # never overwrites; one line naming the file
     assert error.count("\n") == 1 and "ours.pt exists" in error and (tmp_path / "ours.pt").read_bytes() == before
     # another architecture: one line naming the checkpoint and the tensors that do not fit
-    assert cli.main(["convert", str(tmp_path / "official.pt"), "--preset", "cifar10", "--out", str(tmp_path / "x.pt")]) == 1
+    assert (
+        cli.main(["convert", str(tmp_path / "official.pt"), "--preset", "cifar10", "--out", str(tmp_path / "x.pt")])
+        == 1
+    )
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "official.pt" in error and "all_modules" in error
     assert not (tmp_path / "x.pt").exists()
@@ -252,8 +311,24 @@ def test_convert_and_sample_official_checkpoints(tmp_path, capsys, base, fields)
     outputs = {}
     for name in ("official.pt", "ours.pt"):
         out = tmp_path / name.replace(".pt", "-samples")
-        assert cli.main(["sample", "-c", preset, "--checkpoint", str(tmp_path / name), "--out", str(out),
-                         "--noise", "dsno", "--npz", "--no-progress"]) == 0
+        assert (
+            cli.main(
+                [
+                    "sample",
+                    "-c",
+                    preset,
+                    "--checkpoint",
+                    str(tmp_path / name),
+                    "--out",
+                    str(out),
+                    "--noise",
+                    "dsno",
+                    "--npz",
+                    "--no-progress",
+                ]
+            )
+            == 0
+        )
         outputs[name] = np.load(out / "trajectory.npy")
     np.testing.assert_array_equal(outputs["official.pt"], outputs["ours.pt"])
 
@@ -268,19 +343,21 @@ def test_convert_and_sample_official_checkpoints(tmp_path, capsys, base, fields)
         for z, y in dsno_noise(5, 2, (3, 8, 8), cfg["sample"]["seed"], fields.get("num_classes", 0) or None):
             expected.append(model(z, logsnr, y))
     torch.testing.assert_close(torch.from_numpy(outputs["ours.pt"]), torch.cat(expected), rtol=1e-5, atol=1e-6)
-    from dsno.sample import load_sampler   # use_ema=False: DSNO's raw (non-EMA) weights
+    from dsno.sample import load_sampler  # use_ema=False: DSNO's raw (non-EMA) weights
 
     raw_model, _ = load_sampler(tmp_path / "official.pt", use_ema=False, config=cfg)
     raw = from_official_state_dict(written["model"], config)
     assert all(torch.equal(raw_model.state_dict()[key], raw[key]) for key in raw)
-    converted = torch.load(tmp_path / "ours.pt", weights_only=True)   # plain data only
+    converted = torch.load(tmp_path / "ours.pt", weights_only=True)  # plain data only
     assert converted["step"] == 1234 and converted["config"]["model"]["name"] == base
     assert converted["num_classes"] == fields.get("num_classes", None)
 
 
 def test_time_points_as_dsno_computes_them():
-    for preset, indices, t_expected in (("cifar10", [224, 384, 480, 512], None),
-                                        ("imagenet64", [4, 8, 12, 16], [0.75, 0.5, 0.25, 0.0])):
+    for preset, indices, t_expected in (
+        ("cifar10", [224, 384, 480, 512], None),
+        ("imagenet64", [4, 8, 12, 16], [0.75, 0.5, 0.25, 0.0]),
+    ):
         schedule = load_config(preset)["schedule"]
         t, logsnr = official_time_points(schedule)
         # DSNO: timesteps = torch.linspace(1., epsilon, num_steps + 1)[idxs]; get_logsnr_schedule in float32
@@ -292,7 +369,7 @@ def test_time_points_as_dsno_computes_them():
         a = np.arctan(np.exp(0.5 * 20.0)) - b
         assert logsnr.dtype == torch.float32
         assert torch.equal(logsnr, -2.0 * torch.log(torch.tan(a * grid[indices] + b)))
-        assert logsnr[-1].item() == pytest.approx(20.0, abs=1e-4)   # epsilon 0.0: the last point is logsnr_max
+        assert logsnr[-1].item() == pytest.approx(20.0, abs=1e-4)  # epsilon 0.0: the last point is logsnr_max
 
 
 def test_dsno_noise_stream():
@@ -313,7 +390,7 @@ def test_dsno_noise_stream():
 
 def test_uint8_rules():
     levels = torch.tensor([-1.5, -1.0, -0.2, 0.0, 0.5, 0.99, 1.0, 2.0])
-    x = levels.view(1, 1, 8).expand(3, 1, 8).clone()     # [C, H, W]
+    x = levels.view(1, 1, 8).expand(3, 1, 8).clone()  # [C, H, W]
     truncated = to_uint8_images(x)[..., 0].ravel().tolist()
     rounded = to_uint8_images(x, "round")[..., 0].ravel().tolist()
     # DSNO: (x + 1) * 127.5 -> clamp(0, 255) -> .to(uint8), i.e. truncation
@@ -326,7 +403,7 @@ def test_uint8_rules():
 
 
 def test_fid_outputs_are_readable(tmp_path):
-    from PIL import Image   # what EDM's fid.py, clean-fid and torch-fidelity read images with
+    from PIL import Image  # what EDM's fid.py, clean-fid and torch-fidelity read images with
 
     images = np.random.default_rng(0).integers(0, 256, size=(5, 8, 6, 3), dtype=np.uint8)
     buffer = io.BytesIO()
@@ -335,7 +412,9 @@ def test_fid_outputs_are_readable(tmp_path):
         names = sorted(archive.namelist())
         assert names == [f"{i:06d}.png" for i in range(5)]
         for i, name in enumerate(names):
-            np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(archive.read(name))).convert("RGB")), images[i])
+            np.testing.assert_array_equal(
+                np.asarray(Image.open(io.BytesIO(archive.read(name))).convert("RGB")), images[i]
+            )
 
 
 def test_sample_writes_folder_zip_and_npz(tmp_path):
@@ -346,8 +425,26 @@ def test_sample_writes_folder_zip_and_npz(tmp_path):
 
     for images in ("folder", "zip"):
         out = tmp_path / images
-        assert cli.main(["sample", "-c", preset, "--checkpoint", str(tmp_path / "official.pt"), "--out", str(out),
-                         "--images", images, "--npz", "--no-progress", "--set", "sample.save_trajectory=false"]) == 0
+        assert (
+            cli.main(
+                [
+                    "sample",
+                    "-c",
+                    preset,
+                    "--checkpoint",
+                    str(tmp_path / "official.pt"),
+                    "--out",
+                    str(out),
+                    "--images",
+                    images,
+                    "--npz",
+                    "--no-progress",
+                    "--set",
+                    "sample.save_trajectory=false",
+                ]
+            )
+            == 0
+        )
         arr = np.load(out / "samples.npz")["arr_0"]
         assert arr.shape == (5, 8, 8, 3) and arr.dtype == np.uint8
         assert not (out / "trajectory.npy").exists()
@@ -360,23 +457,47 @@ def test_sample_writes_folder_zip_and_npz(tmp_path):
                 assert len(archive.namelist()) == 5
     # the same samples with the trajectory kept: the final states, truncated, are the npz
     out = tmp_path / "full"
-    assert cli.main(["sample", "-c", preset, "--checkpoint", str(tmp_path / "official.pt"), "--out", str(out),
-                     "--npz", "--no-progress"]) == 0
+    assert (
+        cli.main(
+            [
+                "sample",
+                "-c",
+                preset,
+                "--checkpoint",
+                str(tmp_path / "official.pt"),
+                "--out",
+                str(out),
+                "--npz",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     trajectory = np.load(out / "trajectory.npy")
     np.testing.assert_array_equal(np.load(out / "samples.npz")["arr_0"], to_uint8_images(trajectory[:, -1]))
     np.testing.assert_array_equal(np.load(out / "samples.npz")["arr_0"], arr)
 
 
-@pytest.mark.parametrize("override, key", [("sample.noise=numpy", "sample.noise"), ("sample.uint8=floor", "sample.uint8"),
-                                           ("sample.images=tar", "sample.images"), ("train.loss=lpips", "train.loss"),
-                                           ("model.temporal_precision=bf16", "model.temporal_precision"),
-                                           ("schedule.t_min=-0.1", "schedule.t_min")])
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("sample.noise=numpy", "sample.noise"),
+        ("sample.uint8=floor", "sample.uint8"),
+        ("sample.images=tar", "sample.images"),
+        ("train.loss=lpips", "train.loss"),
+        ("model.temporal_precision=bf16", "model.temporal_precision"),
+        ("schedule.t_min=-0.1", "schedule.t_min"),
+    ],
+)
 def test_new_settings_are_checked(override, key):
     from dsno.config import ConfigError
 
     with pytest.raises(ConfigError, match=key.split(".")[1]):
         load_config("cifar10", [override])
-    assert load_config("tiny", ["schedule.t_min=0.0", "sample.noise=dsno", "sample.images=zip"])["schedule"]["t_min"] == 0.0
+    assert (
+        load_config("tiny", ["schedule.t_min=0.0", "sample.noise=dsno", "sample.images=zip"])["schedule"]["t_min"]
+        == 0.0
+    )
 
 
 def test_convert_refuses_what_is_not_dsnos(tmp_path, capsys):
@@ -389,12 +510,35 @@ def test_convert_refuses_what_is_not_dsnos(tmp_path, capsys):
 def test_presets_follow_dsnos_configs():
     # DSNO's configs/cifar10-dsno-t4.yaml and configs/imagenet64-dsno-t4.yaml (training and optim sections)
     expected = {
-        "cifar10": dict(loss="vgg", loss_weight="snr", lr=2e-4, warmup=10000, milestones=[100000, 200000, 300000],
-                        ema_decay=0.9999, steps=400000, batch_size=32, grad_accum=1, grad_clip=0.0,
-                        betas=[0.9, 0.999], eps=1e-8, warmup_start_factor=0.001, gamma=0.5),
-        "imagenet64": dict(loss="L1", loss_weight="snr", lr=2e-4, warmup=10000,
-                           milestones=[200000, 400000, 600000, 800000], ema_decay=0.9999, steps=480000, batch_size=8,
-                           grad_accum=4, grad_clip=0.0, gamma=0.5),
+        "cifar10": dict(
+            loss="vgg",
+            loss_weight="snr",
+            lr=2e-4,
+            warmup=10000,
+            milestones=[100000, 200000, 300000],
+            ema_decay=0.9999,
+            steps=400000,
+            batch_size=32,
+            grad_accum=1,
+            grad_clip=0.0,
+            betas=[0.9, 0.999],
+            eps=1e-8,
+            warmup_start_factor=0.001,
+            gamma=0.5,
+        ),
+        "imagenet64": dict(
+            loss="L1",
+            loss_weight="snr",
+            lr=2e-4,
+            warmup=10000,
+            milestones=[200000, 400000, 600000, 800000],
+            ema_decay=0.9999,
+            steps=480000,
+            batch_size=8,
+            grad_accum=4,
+            grad_clip=0.0,
+            gamma=0.5,
+        ),
     }
     for preset, train in expected.items():
         config = load_config(preset)

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-import dsno_kernels
 from common import (
     DTYPE_IDS,
     DTYPES,
@@ -19,6 +17,8 @@ from common import (
     sample_inputs,
     tolerance,
 )
+
+import dsno_kernels
 
 OPS = ("spectral_time_conv", "time_conv")
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -85,7 +85,9 @@ def test_backward_matches_reference(backend, device, dtype, op):
         # grad_weight sums over every pixel and time point: scale its tolerance by the sqrt of that count.
         terms = max(1, x.numel() // x.shape[2]) ** 0.5
         assert_close_to_reference(grad_x, ref_grad_x, tol, f"{backend}/{op}/{sample.name}/grad_x")
-        assert_close_to_reference(grad_weight, ref_grad_weight, tol * terms, f"{backend}/{op}/{sample.name}/grad_weight")
+        assert_close_to_reference(
+            grad_weight, ref_grad_weight, tol * terms, f"{backend}/{op}/{sample.name}/grad_weight"
+        )
 
 
 @pytest.mark.parametrize("op", OPS)
@@ -103,7 +105,9 @@ def test_gradcheck_fp64(backend, device, op):
         (x, w), kwargs = sample.args(op)
         fn = getattr(dsno_kernels, op)
         assert torch.autograd.gradcheck(
-            lambda a, b: fn(a, b, backend=backend, **kwargs), (x, w), fast_mode=fast_mode
+            lambda a, b: fn(a, b, backend=backend, **kwargs),  # noqa: B023 (called at once)
+            (x, w),
+            fast_mode=fast_mode,
         ), sample.name
 
 
@@ -117,7 +121,9 @@ def test_gradgradcheck_fp64(backend, device, op):
     for sample in cases:
         (x, w), kwargs = sample.args(op)
         assert torch.autograd.gradgradcheck(
-            lambda a, b: fn(a, b, backend=backend, **kwargs), (x, w), fast_mode=interpreted(backend)
+            lambda a, b: fn(a, b, backend=backend, **kwargs),  # noqa: B023 (called at once)
+            (x, w),
+            fast_mode=interpreted(backend),
         ), sample.name
 
 
@@ -195,7 +201,7 @@ def test_compile_fullgraph_forward_backward(backend, device, op):
         (x, w), kwargs = sample.args(op)
 
         def loss(a, b):
-            return (fn(a, b, backend=backend, **kwargs) ** 2).sum()
+            return (fn(a, b, backend=backend, **kwargs) ** 2).sum()  # noqa: B023 (compiled and run in this iteration)
 
         compiled = torch.compile(loss, fullgraph=True, backend="aot_eager")
         expected = torch.autograd.grad(loss(x, w), (x, w))

@@ -1,6 +1,7 @@
 """Every code block of README.md runs: ```python blocks are executed as they are (in order, one namespace
 per block); in ```bash blocks every `dsno COMMAND` named must exist and each option it uses must be one
-that `dsno COMMAND --help` lists, and the configs they name must resolve; other lines (pip, pytest) are what CI runs itself."""
+that `dsno COMMAND --help` lists, and the configs they name must resolve; other lines (pip, pytest) are what CI
+runs itself."""
 
 import re
 import shlex
@@ -20,7 +21,7 @@ def blocks(language: str) -> list[tuple[int, str]]:
     text = README.read_text()
     found = []
     for match in re.finditer(rf"^```{language}\n(.*?)^```", text, flags=re.S | re.M):
-        found.append((text[:match.start()].count("\n") + 1, match.group(1)))
+        found.append((text[: match.start()].count("\n") + 1, match.group(1)))
     return found
 
 
@@ -50,7 +51,7 @@ def dsno_invocations() -> list[tuple[int, list[str]]]:
             words = shlex.split(text, comments=True)
             for index, word in enumerate(words):
                 if word == "dsno" and (index == 0 or words[index - 1] == "-m"):
-                    found.append((line + 1 + offset, words[index + 1:]))
+                    found.append((line + 1 + offset, words[index + 1 :]))
                     break
     return found
 

@@ -5,8 +5,7 @@ import math
 import pytest
 import torch
 
-from dsno.schedule import (LogSNRSchedule, alpha_sigma, output_time_points, select_time_indices,
-                           time_grid)
+from dsno.schedule import LogSNRSchedule, alpha_sigma, output_time_points, select_time_indices, time_grid
 
 
 def test_schedule_spans_the_logsnr_range_and_decreases():
@@ -58,7 +57,9 @@ def dsno_get_idx(t_idx, t_dim, num_steps, time_step):
     return [num_steps - 2 * i * i for i in reversed(t_idx)]
 
 
-@pytest.mark.parametrize("preset, t_idx, t_dim", [("cifar10", [0, 4, 8, 12, 16], 17), ("imagenet64", [0, 2, 4, 6, 8], 9)])
+@pytest.mark.parametrize(
+    "preset, t_idx, t_dim", [("cifar10", [0, 4, 8, 12, 16], 17), ("imagenet64", [0, 2, 4, 6, 8], 9)]
+)
 def test_presets_use_dsnos_time_points(preset, t_idx, t_dim):
     from dsno.config import load_config
 
@@ -67,11 +68,11 @@ def test_presets_use_dsnos_time_points(preset, t_idx, t_dim):
     assert schedule["t_min"] == 0.0 and (schedule["logsnr_min"], schedule["logsnr_max"]) == (-20.0, 20.0)
     expected = dsno_get_idx(t_idx, t_dim, schedule["num_steps"], "uniform" if preset == "imagenet64" else "quad")
     indices = select_time_indices(schedule["num_steps"], schedule["num_points"], schedule["spacing"])
-    assert indices == expected[-schedule["num_points"]:]     # DSNO drops the noise (index 0)
+    assert indices == expected[-schedule["num_points"] :]  # DSNO drops the noise (index 0)
     points = output_time_points(schedule["num_steps"], schedule["num_points"], schedule["spacing"], schedule["t_min"])
     if preset == "imagenet64":
         assert points.t.tolist() == [0.75, 0.5, 0.25, 0.0]
-    assert points.logsnr[-1].item() == pytest.approx(20.0, abs=1e-9)   # epsilon 0: the last point is logsnr_max
+    assert points.logsnr[-1].item() == pytest.approx(20.0, abs=1e-9)  # epsilon 0: the last point is logsnr_max
 
 
 def test_grid_runs_from_noise_to_t_min():
@@ -80,8 +81,15 @@ def test_grid_runs_from_noise_to_t_min():
     assert grid[0].item() == 1.0 and grid[-1].item() == pytest.approx(1e-3)
 
 
-@pytest.mark.parametrize("call", [lambda: select_time_indices(4, 8), lambda: select_time_indices(512, 4, "cubic"),
-                                  lambda: time_grid(0), lambda: LogSNRSchedule(5.0, -5.0)])
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: select_time_indices(4, 8),
+        lambda: select_time_indices(512, 4, "cubic"),
+        lambda: time_grid(0),
+        lambda: LogSNRSchedule(5.0, -5.0),
+    ],
+)
 def test_bad_arguments_raise(call):
     with pytest.raises(ValueError):
         call()

@@ -31,8 +31,12 @@ def brute_force_posterior_mean(teacher, x_t, logsnr):
 def test_gmm_posterior_mean_matches_dense_formula(logsnr):
     teacher = GaussianMixtureTeacher.random((3,), 3, seed=4, noise_scale=0.1)
     x_t = torch.randn(32, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-    torch.testing.assert_close(teacher.predict_x0(x_t, torch.full((32,), logsnr, dtype=torch.float64)),
-                               brute_force_posterior_mean(teacher, x_t, logsnr), rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(
+        teacher.predict_x0(x_t, torch.full((32,), logsnr, dtype=torch.float64)),
+        brute_force_posterior_mean(teacher, x_t, logsnr),
+        rtol=1e-9,
+        atol=1e-9,
+    )
 
 
 def test_gmm_posterior_mean_matches_monte_carlo():
@@ -65,8 +69,9 @@ def test_exact_flow_carries_one_marginal_to_the_next():
     generator = torch.Generator().manual_seed(0)
     a, b = -4.0, 6.0
     (alpha_a, sigma_a), (alpha_b, sigma_b) = (tuple(float(v) for v in alpha_sigma(torch.tensor(l))) for l in (a, b))
-    x_a = alpha_a * teacher.sample(100_000, generator) + sigma_a * torch.randn(100_000, 3, generator=generator,
-                                                                               dtype=torch.float64)
+    x_a = alpha_a * teacher.sample(100_000, generator) + sigma_a * torch.randn(
+        100_000, 3, generator=generator, dtype=torch.float64
+    )
     x_b = teacher.exact_flow(x_a, a, b)
     cov_b = alpha_b**2 * teacher.covariances[0] + sigma_b**2 * torch.eye(3, dtype=torch.float64)
     torch.testing.assert_close(x_b.mean(0), alpha_b * teacher.means[0], rtol=0, atol=0.01)
@@ -117,8 +122,9 @@ def test_recorded_states_and_predictions():
         logsnr = torch.full((5,), float(grid[index]), dtype=torch.float64)
         torch.testing.assert_close(predictions[:, column], teacher.predict_x0(states[:, column], logsnr))
     # recording more points does not change the path
-    torch.testing.assert_close(solve(teacher, x, grid, [12], solver="heun", record="xt")[:, 0], states[:, 2],
-                               rtol=0, atol=0)
+    torch.testing.assert_close(
+        solve(teacher, x, grid, [12], solver="heun", record="xt")[:, 0], states[:, 2], rtol=0, atol=0
+    )
 
 
 def test_float32_solve_stays_close_to_float64():
@@ -175,8 +181,10 @@ def test_as_teacher_keeps_teachers_and_rejects_non_callables():
 
 
 def test_build_teacher_from_config():
-    config = {"data": {"shape": [1, 2, 2]},
-              "teacher": {"kind": "gmm", "gmm_path": None, "gmm_components": 3, "gmm_seed": 9}}
+    config = {
+        "data": {"shape": [1, 2, 2]},
+        "teacher": {"kind": "gmm", "gmm_path": None, "gmm_components": 3, "gmm_seed": 9},
+    }
     teacher, info = build_teacher(config)
     assert isinstance(teacher, GaussianMixtureTeacher) and teacher.shape == (1, 2, 2)
     assert info == {"kind": "gmm", "components": 3, "seed": 9}
@@ -193,9 +201,17 @@ def test_build_teacher_from_a_backbone_checkpoint(tmp_path):
     torch.manual_seed(0)
     network = build_backbone("tiny")
     torch.save(network.state_dict(), tmp_path / "teacher.pt")
-    config = {"data": {"shape": [3, 8, 8]},
-              "teacher": {"kind": "backbone", "backbone": "tiny", "backbone_overrides": {}, "prediction": "eps",
-                          "weights": str(tmp_path / "teacher.pt"), "bf16": False}}
+    config = {
+        "data": {"shape": [3, 8, 8]},
+        "teacher": {
+            "kind": "backbone",
+            "backbone": "tiny",
+            "backbone_overrides": {},
+            "prediction": "eps",
+            "weights": str(tmp_path / "teacher.pt"),
+            "bf16": False,
+        },
+    }
     teacher, info = build_teacher(config)
     assert info["kind"] == "backbone" and info["prediction"] == "eps"
     x = torch.randn(2, 3, 8, 8)

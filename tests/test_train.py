@@ -54,15 +54,36 @@ def make_standin(dropout=0.0, dtype=torch.float32):
 @pytest.fixture(scope="module")
 def trajectory_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("traj")
-    spec = TrajectorySpec(shape=SHAPE, num_samples=32, shard_size=16, seed=0, solver="ddim", num_steps=8,
-                          num_points=POINTS, teacher={"kind": "gmm", "seed": 0})
+    spec = TrajectorySpec(
+        shape=SHAPE,
+        num_samples=32,
+        shard_size=16,
+        seed=0,
+        solver="ddim",
+        num_steps=8,
+        num_points=POINTS,
+        teacher={"kind": "gmm", "seed": 0},
+    )
     generate(GaussianMixtureTeacher.random(SHAPE, 2, seed=0), spec, root, batch_size=16, progress=False)
     return root
 
 
 def make_config(data, out, **train):
-    settings = dict(data=str(data), out=str(out), steps=6, batch_size=8, num_workers=0, lr=1e-2, warmup=2,
-                    milestones=[4], log_every=1, save_every=3, device="cpu", ema_decay=0.9, seed=5)
+    settings = dict(
+        data=str(data),
+        out=str(out),
+        steps=6,
+        batch_size=8,
+        num_workers=0,
+        lr=1e-2,
+        warmup=2,
+        milestones=[4],
+        log_every=1,
+        save_every=3,
+        device="cpu",
+        ema_decay=0.9,
+        seed=5,
+    )
     settings.update(train)
     return load_config("tiny", [f"train.{k}={json.dumps(v)}" for k, v in settings.items()])
 
@@ -131,8 +152,9 @@ def test_resume_after_a_crash_reproduces_the_uninterrupted_run(trajectory_dir, t
 
 def test_ema_and_gradient_accumulation(trajectory_dir, tmp_path):
     factory = make_standin(dtype=torch.float64)
-    one = train(make_config(trajectory_dir, tmp_path / "one", steps=1, batch_size=8), model_factory=factory,
-                progress=False)
+    one = train(
+        make_config(trajectory_dir, tmp_path / "one", steps=1, batch_size=8), model_factory=factory, progress=False
+    )
     state = load_checkpoint(tmp_path / "one" / "checkpoint.pt")
     torch.manual_seed(5)  # train.seed: the initial weights
     initial = factory().state_dict()
@@ -141,10 +163,12 @@ def test_ema_and_gradient_accumulation(trajectory_dir, tmp_path):
         torch.testing.assert_close(value, expected, rtol=0, atol=1e-15)
     assert one["step"] == 1
 
-    train(make_config(trajectory_dir, tmp_path / "accum", steps=3, batch_size=4, grad_accum=2),
-          model_factory=factory, progress=False)
-    train(make_config(trajectory_dir, tmp_path / "full", steps=3, batch_size=8), model_factory=factory,
-          progress=False)
+    train(
+        make_config(trajectory_dir, tmp_path / "accum", steps=3, batch_size=4, grad_accum=2),
+        model_factory=factory,
+        progress=False,
+    )
+    train(make_config(trajectory_dir, tmp_path / "full", steps=3, batch_size=8), model_factory=factory, progress=False)
     accum, full = (load_checkpoint(tmp_path / name / "checkpoint.pt")["model"] for name in ("accum", "full"))
     for name in full:
         torch.testing.assert_close(accum[name], full[name], rtol=1e-9, atol=1e-12)
@@ -166,8 +190,9 @@ def _ddp_worker(rank, world_size, port, config, record, fail_on_rank=None):
     """One rank of a DDP run of the stand-in model; writes the native threads it had before, during (at each forward)
     and after the run to `record`/threads-RANK.json. fail_on_rank raises in that rank's third forward."""
     torch.set_num_threads(1)
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
-                      WORLD_SIZE=str(world_size))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size)
+    )
     import warnings
 
     from dsno import distributed
@@ -258,9 +283,12 @@ def test_ddp_rank_that_fails_leaves_the_process_group(trajectory_dir, tmp_path):
 def test_lr_schedule_matches_torch_linear_then_multistep():
     reference_model = nn.Linear(1, 1)
     optimizer = torch.optim.Adam(reference_model.parameters(), lr=0.1)
-    chained = torch.optim.lr_scheduler.ChainedScheduler([
-        torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.001, total_iters=5),
-        torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[8, 12], gamma=0.5)])
+    chained = torch.optim.lr_scheduler.ChainedScheduler(
+        [
+            torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.001, total_iters=5),
+            torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[8, 12], gamma=0.5),
+        ]
+    )
     ours = WarmupMultiStep(5, 0.001, [12, 8], 0.5)
     for step in range(20):
         assert 0.1 * ours(step) == pytest.approx(optimizer.param_groups[0]["lr"], rel=1e-12), step
@@ -317,8 +345,25 @@ def test_gradients_come_in_the_parameters_layout():
     model = build_model("tiny")
     mismatched = []
     for name, parameter in model.named_parameters():
-        parameter.register_hook(lambda grad, name=name, parameter=parameter: mismatched.append(name)
-                                if grad.stride() != parameter.stride() else None)
+        parameter.register_hook(
+            lambda grad, name=name, parameter=parameter: (
+                mismatched.append(name) if grad.stride() != parameter.stride() else None
+            )
+        )
     # batch 8: from 4 up, the CPU convolution returns a channels-last weight gradient for a channels-last input
     model(torch.randn(8, 3, 8, 8), torch.linspace(-5, 5, 4)).square().mean().backward()
     assert mismatched == []
+
+
+def test_setup_selects_the_cuda_device_of_its_rank(monkeypatch):
+    """setup() on a CUDA rank sets that rank's device before joining the group (the torchrun path on a GPU
+    machine; the device is simulated here, so no GPU is needed to run the code path)."""
+    from dsno import distributed
+
+    chosen = []
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setattr(distributed, "resolve_device", lambda device, local_rank: torch.device("cuda", local_rank))
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    info, device = distributed.setup("cuda")
+    assert device == torch.device("cuda", 0) and chosen == [torch.device("cuda", 0)]

@@ -8,8 +8,14 @@ import torch
 
 from dsno import trajectories
 from dsno.teachers import GaussianMixtureTeacher, solve
-from dsno.trajectories import (TrajectoryDataset, TrajectorySpec, finalize_manifest, generate, read_manifest,
-                               sample_noise)
+from dsno.trajectories import (
+    TrajectoryDataset,
+    TrajectorySpec,
+    finalize_manifest,
+    generate,
+    read_manifest,
+    sample_noise,
+)
 
 pytestmark = pytest.mark.usefixtures("single_thread")  # conftest.py
 
@@ -22,8 +28,17 @@ def teacher():
 
 
 def make_spec(**changes):
-    fields = dict(shape=SHAPE, num_samples=20, shard_size=6, seed=3, solver="heun", num_steps=8, num_points=3,
-                  spacing="quadratic", teacher={"kind": "gmm", "seed": 0})
+    fields = dict(
+        shape=SHAPE,
+        num_samples=20,
+        shard_size=6,
+        seed=3,
+        solver="heun",
+        num_steps=8,
+        num_points=3,
+        spacing="quadratic",
+        teacher={"kind": "gmm", "seed": 0},
+    )
     fields.update(changes)
     return TrajectorySpec(**fields)
 
@@ -131,6 +146,5 @@ def test_half_precision_storage_and_labels(tmp_path, teacher):
 def test_generate_refuses_bad_sizes_before_writing(tmp_path, keyword):
     spec = TrajectorySpec(shape=[2, 2, 2], num_samples=4, shard_size=2, num_steps=8, num_points=2)
     with pytest.raises(ValueError, match=next(iter(keyword))):
-        generate(GaussianMixtureTeacher.random([2, 2, 2], 2, seed=0), spec, tmp_path / "out", progress=False,
-                 **keyword)
+        generate(GaussianMixtureTeacher.random([2, 2, 2], 2, seed=0), spec, tmp_path / "out", progress=False, **keyword)
     assert not (tmp_path / "out").exists()

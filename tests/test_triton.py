@@ -22,14 +22,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from common import DTYPE_IDS, TOLERANCE, assert_close_to_reference, tolerance
 
 import dsno_kernels
-from dsno_kernels.backends import triton as triton_backend
-from dsno_kernels.api import resolve_backend
-from dsno_kernels.backends.reference import spectral_bases, spectral_time_conv_reference
 from benchmarks import kernel_report
 from benchmarks.harness import OpShape
-from common import DTYPE_IDS, TOLERANCE, assert_close_to_reference, tolerance
+from dsno_kernels.api import resolve_backend
+from dsno_kernels.backends import triton as triton_backend
+from dsno_kernels.backends.reference import spectral_bases, spectral_time_conv_reference
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 TRITON = dsno_kernels.get_backend("triton")
@@ -352,12 +352,15 @@ def test_registration():
 # ------------------------------------------------------------------------------------------------
 # Compiling for real GPUs, without one
 
+
 def _compile_cases() -> list:
     """(name, shape, dtype, pixels last) of the launches compiled for real GPUs: the CIFAR-10 layer in
     all four dtypes, and an odd shape (T=7, K=4, C=19, 37 pixels) with the channels innermost."""
     cifar10 = OpShape("cifar10", 32, 4, 2, 256, (32, 32))
     odd = OpShape("odd", 3, 7, 4, 19, (37,))
-    return [(cifar10, dtype, False) for dtype in ALL_DTYPES] + [(odd, dtype, True) for dtype in LOW_PRECISION[:1] + (torch.float32,)]
+    return [(cifar10, dtype, False) for dtype in ALL_DTYPES] + [
+        (odd, dtype, True) for dtype in LOW_PRECISION[:1] + (torch.float32,)
+    ]
 
 
 def compile_for_gpus(archs=(80, 90)) -> list[dict]:
@@ -366,7 +369,9 @@ def compile_for_gpus(archs=(80, 90)) -> list[dict]:
     results, seen = [], set()
     for arch in archs:
         for shape, dtype, pixels_last in _compile_cases():
-            for direction, launches in kernel_report.shape_launches(shape, dtype, arch, pixels_last=pixels_last).items():
+            for direction, launches in kernel_report.shape_launches(
+                shape, dtype, arch, pixels_last=pixels_last
+            ).items():
                 if direction == "forward" and shape.name == "cifar10" and dtype in (torch.bfloat16, torch.float32):
                     launches = launches + kernel_report.persistent_variants(launches[0], arch)
                 for launch in launches:
@@ -377,7 +382,9 @@ def compile_for_gpus(archs=(80, 90)) -> list[dict]:
                     facts = kernel_report.compile_launch(launch, arch)
                     name = launch.name + ("-persistent" if launch.args.get("PERSISTENT") else "")
                     case = f"{shape.name}-{DTYPE_IDS[dtype]}-{name}"
-                    results.append({"case": case, "arch": arch, "persistent": launch.args.get("PERSISTENT", 0), **facts})
+                    results.append(
+                        {"case": case, "arch": arch, "persistent": launch.args.get("PERSISTENT", 0), **facts}
+                    )
     return results
 
 

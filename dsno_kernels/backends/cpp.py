@@ -87,8 +87,14 @@ else:
 
 register_backend(
     Backend(
-        "cpu", ("cpu",), _spectral_time_conv, _time_conv, _unavailable_cpu, ops=_OPS,
-        auto_priority={"cpu": 10}, benchmark_device="cpu",
+        "cpu",
+        ("cpu",),
+        _spectral_time_conv,
+        _time_conv,
+        _unavailable_cpu,
+        ops=_OPS,
+        auto_priority={"cpu": 10},
+        benchmark_device="cpu",
     )
 )
 # On an H100 (benchmarks/results/2026-11-26-nvidia-h100-80gb-hbm3) the CUDA kernels beat the Triton

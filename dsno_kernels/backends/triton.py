@@ -77,8 +77,8 @@ device and the plans cached per shape and device. The forward's and the mask pas
 tile per program, then up to two in the persistent mode, chosen under a lower register budget: the
 tile loop keeps more registers live) are autotuned per (B, T, K, C_in, C_out, pixels, dtype) unless
 DSNO_KERNELS_TRITON_AUTOTUNE=0, which runs the first one, one tile per program, untimed; the backward
-launch takes the first configuration of each half. benchmarks/kernel_report.py plans with the same functions for an A100's and an H100's
-limits (it replaces _device_limits).
+launch takes the first configuration of each half. benchmarks/kernel_report.py plans with the same functions for
+an A100's and an H100's limits (it replaces _device_limits).
 
 Host path: everything about a call that depends only on the shapes, strides, dtype, device and
 settings (configurations, grids, scalar arguments, the 32-bit offset check) is computed once and
@@ -117,9 +117,8 @@ try:
     import triton
     import triton.language as tl
 
-    _TRITON_IMPORT_ERROR: Optional[ImportError] = None
+    _TRITON_IMPORT_ERROR: ImportError | None = None
 except ImportError as error:  # CPU-only torch builds ship without Triton
-
     _TRITON_IMPORT_ERROR = error
 
     class _MissingTriton:
@@ -371,7 +370,7 @@ def _mix_program(
     dot_dtype: tl.constexpr = w_ptr.dtype.element_ty
     acc_dtype: tl.constexpr = tl.float64 if dot_dtype == tl.float64 else tl.float32
     accs = ()
-    for r in tl.static_range(num_rows(T, K)):
+    for _ in tl.static_range(num_rows(T, K)):
         accs = accs + (tl.zeros((BLOCK_P, BLOCK_OUT), dtype=acc_dtype),)
 
     # Offsets within a block are loop-invariant int32 tiles; the loop advances scalar base pointers.
@@ -384,10 +383,19 @@ def _mix_program(
             in_ptr + in_start * stride_in_c, stride_in_t, in_offsets, mask_p[:, None] & mask_in[None, :], T
         )
         if MASKED_INPUT:
-            bit_offsets, bit_mask, shifts = _mask_bits_offsets(in_start + arange_in, mask_in, offs_p, mask_p, num_words, True)
+            bit_offsets, bit_mask, shifts = _mask_bits_offsets(
+                in_start + arange_in, mask_in, offs_p, mask_p, num_words, True
+            )
             tiles = _masked_time_tiles(
-                tiles, mask_ptr + batch * T * C_IN * num_words, C_IN * num_words, bit_offsets, bit_mask, shifts,
-                negative_slope, T, acc_dtype,
+                tiles,
+                mask_ptr + batch * T * C_IN * num_words,
+                C_IN * num_words,
+                bit_offsets,
+                bit_mask,
+                shifts,
+                negative_slope,
+                T,
+                acc_dtype,
             )
         w_block_ptr = w_ptr + in_start * stride_w_in
         w_mask = mask_in[:, None] & mask_out[None, :]
@@ -475,7 +483,7 @@ def _weight_grad_program(
     dot_dtype: tl.constexpr = x_ptr.dtype.element_ty
     acc_dtype: tl.constexpr = tl.float64 if dot_dtype == tl.float64 else tl.float32
     accs = ()
-    for r in tl.static_range(num_rows(T, K)):
+    for _ in tl.static_range(num_rows(T, K)):
         accs = accs + (tl.zeros((BLOCK_IN, BLOCK_OUT), dtype=acc_dtype),)
 
     # The slice's share of the B * cdiv(P, BLOCK_P) pixel tiles (tiles never straddle batch items).
@@ -505,8 +513,15 @@ def _weight_grad_program(
                 offs_out, mask_out, p_start + arange_p, mask_p, num_words, False
             )
             g_tiles = _masked_time_tiles(
-                g_tiles, mask_ptr + batch * T * C_OUT * num_words, C_OUT * num_words, bit_offsets, bit_mask, shifts,
-                negative_slope, T, acc_dtype,
+                g_tiles,
+                mask_ptr + batch * T * C_OUT * num_words,
+                C_OUT * num_words,
+                bit_offsets,
+                bit_mask,
+                shifts,
+                negative_slope,
+                T,
+                acc_dtype,
             )
         summed = ()
         for k in tl.static_range(K):
@@ -674,6 +689,8 @@ _PERSISTENT_VARIANTS = 2
 # Warps an SM keeps resident at this file's register use (up to 255 per thread, rounded to 256):
 # 65536 registers / (256 * 32).
 _RESIDENT_WARPS = 8
+
+
 class _RegisterBudgets(NamedTuple):
     """Registers per thread the live tiles may take (the estimate in launch_configs), per kernel."""
 
@@ -699,7 +716,7 @@ _REGISTER_BUDGETS = {
 }
 
 
-def _register_budgets(arch: Optional[int]) -> _RegisterBudgets:
+def _register_budgets(arch: int | None) -> _RegisterBudgets:
     """sm_80's budgets for sm_8x (sm_86 and sm_89 hold the same registers per SM), sm_90's for sm_90
     and newer and for the interpreter (arch None)."""
     return _REGISTER_BUDGETS[80 if arch is not None and arch < 90 else 90]
@@ -723,7 +740,7 @@ class DeviceLimits:
     arch: int  # compute capability as 10 * major + minor: 80, 90, ...
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _device_limits(device_index: int) -> DeviceLimits:
     """The limits of CUDA device `device_index`, queried once."""
     props = torch.cuda.get_device_properties(device_index)
@@ -755,7 +772,7 @@ def launch_configs(
     C_out: int,
     pixels: int,
     element_size: int,
-    shared_memory: Optional[int],
+    shared_memory: int | None,
     register_budget: int = _REGISTER_BUDGETS[90].mix,
 ) -> list[tuple[int, int, int, int, int]]:
     """The launch configurations worth timing for one problem, best guess first: the candidates of
@@ -803,13 +820,14 @@ def launch_configs(
     return kept[:_MAX_TIMED_CONFIGS]
 
 
-
-
 # ------------------------------------------------------------------------------------------------
 # Launch plans: everything about a launch that depends only on the problem's shape, computed once per
 # shape and cached, so that a call only builds the kernel's arguments and launches.
 
-_BLOCK_NAMES = {"mix": ("BLOCK_OUT", "BLOCK_IN", "BLOCK_P"), "weight_grad": ("DW_BLOCK_IN", "DW_BLOCK_OUT", "DW_BLOCK_P")}
+_BLOCK_NAMES = {
+    "mix": ("BLOCK_OUT", "BLOCK_IN", "BLOCK_P"),
+    "weight_grad": ("DW_BLOCK_IN", "DW_BLOCK_OUT", "DW_BLOCK_P"),
+}
 _MIX_AUTOTUNE_KEY = ["B", "C_IN", "C_OUT", "P", "T", "K", "has_residual", "STORE_MASK"]
 _SUM_BLOCK = 1024
 # Tensor types launched on directly; any other (fake, functional, user subclasses) goes through the
@@ -830,7 +848,7 @@ def _mix_kwargs(config, persistent: int) -> dict:
     return {**_config_kwargs("mix", config), "PERSISTENT": persistent}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _autotuned_mix(variants: tuple):
     """The mix kernel autotuned over `variants` ((configuration, PERSISTENT) pairs; one autotuner per
     distinct list, so that torch.compile, which times an autotuner's whole list, sees only the pruned
@@ -901,7 +919,7 @@ def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def _device_key(device: torch.device) -> Optional[int]:
+def _device_key(device: torch.device) -> int | None:
     """The CUDA device index, or None for the interpreter's CPU tensors (no resource limits)."""
     return _device_index(device) if device.type == "cuda" else None
 
@@ -914,7 +932,7 @@ def _mix_grid(B: int, P: int, C_out: int, processors: int, config) -> tuple:
     return (tiles,)
 
 
-def _limits(device) -> Optional[DeviceLimits]:
+def _limits(device) -> DeviceLimits | None:
     """The device's limits; None for the interpreter (no shared-memory limit, sm_90's budgets)."""
     return _device_limits(device) if device is not None else None
 
@@ -948,7 +966,7 @@ def _mix_variants(
     return [(c, 0) for c in configs] + [(c, _resident_programs(T, K, c, element_size, limits)) for c in persistent]
 
 
-def _resident_programs(T: int, K: int, config, element_size: int, limits: Optional[DeviceLimits]) -> int:
+def _resident_programs(T: int, K: int, config, element_size: int, limits: DeviceLimits | None) -> int:
     """Programs of a mix configuration one SM keeps resident: by registers (_RESIDENT_WARPS) and by
     the shared memory its pipeline stages take (estimated high: an underestimate of the count)."""
     warps, stages = config[3:]
@@ -959,7 +977,7 @@ def _resident_programs(T: int, K: int, config, element_size: int, limits: Option
     return max(1, min(by_registers, limits.shared_memory_per_sm // pipeline))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _mix_plan(
     B: int, T: int, K: int, C_in: int, C_out: int, P: int, element_size: int, device, autotune: bool,
     mask_pass: bool = False,
@@ -993,10 +1011,10 @@ class _BackwardPlan:
     launch: _Launch  # the dx and weight-gradient programs in one launch
     num_dx_programs: int
     slices: int
-    reduce: Optional[_Launch]  # the deterministic sum of the slices (None for one slice)
+    reduce: _Launch | None  # the deterministic sum of the slices (None for one slice)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _backward_plan(B: int, T: int, K: int, C_in: int, C_out: int, P: int, element_size: int, device) -> _BackwardPlan:
     """The backward's launches: the first configuration of each half (dx: the mix kernel's, with the
     channel roles swapped; dweight: the weight-gradient kernel's), no autotuning."""
@@ -1009,7 +1027,9 @@ def _backward_plan(B: int, T: int, K: int, C_in: int, C_out: int, P: int, elemen
     # One launch, one warp count: the larger (a half given more warps needs fewer registers per thread).
     meta["num_warps"] = max(dx_config[3], dw_config[3])
     # The two halves' pipelines are allocated side by side: fewer stages until both fit.
-    staged = (_staged_elements("mix", T, K, dx_config) + _staged_elements("weight_grad", T, K, dw_config)) * element_size
+    staged = (
+        _staged_elements("mix", T, K, dx_config) + _staged_elements("weight_grad", T, K, dw_config)
+    ) * element_size
     while shared is not None and meta["num_stages"] > 1 and meta["num_stages"] * staged > shared:
         meta["num_stages"] -= 1
     num_dx = _mix_grid(B, P, C_in, 0, meta)[0]  # one program per tile
@@ -1032,7 +1052,7 @@ def _autotuning() -> bool:
 # The ops
 
 
-def _pixel_strides(shape, strides) -> Optional[tuple[int, int, int, int]]:
+def _pixel_strides(shape, strides) -> tuple[int, int, int, int] | None:
     """The strides of a [B, T, C, *S] tensor seen as [B, T, C, P], or None when the trailing dims do not
     merge into one pixel stride."""
     trailing = [(size, stride) for size, stride in zip(shape[3:], strides[3:]) if size != 1]
@@ -1116,7 +1136,7 @@ class _BackwardCall:
     copy_x: bool
     copy_dy: bool
     dx_buffer: bool  # grad_x's trailing dims do not merge: the kernel writes a [B, T, C, P] buffer
-    mask: Optional[tuple]  # time_conv: (the mask's shape, the launch that writes it)
+    mask: tuple | None  # time_conv: (the mask's shape, the launch that writes it)
     slices: int  # of the weight gradient's pixel sums (1: written straight into grad_weight)
     launch: Optional["_BoundLaunch"]  # dx and the weight gradient; None when there is nothing to compute
     reduce: Optional["_BoundLaunch"]  # the slices' sum
@@ -1189,7 +1209,7 @@ def _as_pixels(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(*t.shape[:3], math.prod(t.shape[3:]))
 
 
-def _forward(x: torch.Tensor, weight: torch.Tensor, negative_slope: Optional[float], ctx=None) -> torch.Tensor:
+def _forward(x: torch.Tensor, weight: torch.Tensor, negative_slope: float | None, ctx=None) -> torch.Tensor:
     """spectral_time_conv (negative_slope None) or time_conv: the output's allocation and one launch.
     ctx: the eager autograd's context, which keeps the call for the backward (_backward's forward_call)."""
     traced = type(x) not in _PLAIN_TENSORS
@@ -1213,8 +1233,8 @@ def _backward(
     grad_out: torch.Tensor,
     x: torch.Tensor,
     weight: torch.Tensor,
-    negative_slope: Optional[float],
-    forward_call: Optional[_ForwardCall] = None,
+    negative_slope: float | None,
+    forward_call: _ForwardCall | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(grad_x, grad_weight); negative_slope None for spectral_time_conv, the slope for time_conv.
     time_conv: one launch recomputes the LeakyReLU mask as 1 bit per element; then one launch computes
@@ -1283,7 +1303,7 @@ def _triton_time_conv_backward(
 # Registration
 
 
-def _unavailable_reason() -> Optional[str]:
+def _unavailable_reason() -> str | None:
     if _TRITON_IMPORT_ERROR is not None:
         return f"Triton is not installed ({_TRITON_IMPORT_ERROR})"
     if INTERPRETING:
@@ -1356,7 +1376,7 @@ def _launches_directly(x: torch.Tensor, weight: torch.Tensor) -> bool:
     )
 
 
-def _call(name: str, x: torch.Tensor, weight: torch.Tensor, negative_slope: Optional[float]) -> torch.Tensor:
+def _call(name: str, x: torch.Tensor, weight: torch.Tensor, negative_slope: float | None) -> torch.Tensor:
     if not _launches_directly(x, weight):
         args = (x, weight) if negative_slope is None else (x, weight, negative_slope)
         return _OPS[name](*args)
