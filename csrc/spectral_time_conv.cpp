@@ -14,13 +14,13 @@
 // Y3 = (Wr + Wi)^T (Xr + Xi) give Yr = Y1 - Y2 and Yi = Y3 - Y1 - Y2, so the rows are cos, -sin, cos - sin
 // and the G columns c/T (cos + sin), c/T (sin - cos), -c/T sin. time_conv adds y = x + leaky_relu(s).
 // The backward is the transposed chain of the same factors: g = dy (time_conv: dy * (s > 0 ? 1 : slope),
-// s recomputed), dY = G^T g, dX_q = W_q^T dY_q, dx = F^T dX (+ dy), and dW_q = sum over pixels of
-// dY_q X_q^T, folded back into the weight's layout by the chain rule.
+// s recomputed), dY = G^T g, dX_q = W_q^T dY_q, dx = F^T dX (+ dy), and grad_weight_q = sum over pixels
+// of dY_q X_q^T, folded back into the weight's layout by the chain rule.
 //
 // The CPU kernels work on tiles of pixel columns (across the batch, so shapes without trailing dims
 // still make wide tiles): the tile is read once into fp32 (fp64) buffers, the channel GEMMs go to BLAS,
 // and the results are written once. Nothing but x, dy and the outputs touches memory at full size.
-// dweight is reduced per fixed chunk of tiles and the chunks summed in order, so it is deterministic.
+// grad_weight is reduced per fixed chunk of tiles and the chunks summed in order, so it is deterministic.
 
 #include <Python.h>
 
@@ -165,7 +165,7 @@ constexpr int64_t kBlock = 32;
 // costs as much as a block), and at least kMinTiles tiles, so that small calls (the tiny preset's layers
 // have 128 to 512 columns) still give every thread work. The widest such tile whose count is a multiple
 // of kMinTiles with the last one at least half full (nearly equal shares for 2 or 4 threads), else the
-// widest. The rule does not depend on the thread count, so neither does dweight's summation order.
+// widest. The rule does not depend on the thread count, so neither does grad_weight's summation order.
 constexpr int64_t kMinTiles = 4;
 
 int64_t tile_columns(const Spectral& s, int64_t scale) {
@@ -195,7 +195,7 @@ inline void for_each_run(int64_t P, int64_t n0, int64_t width, int64_t max_len, 
 }
 
 // Zeroes the columns [width, cols) of each of the `rows` rows of a [rows, cols] buffer: the padding of
-// a tile's last columns, which the GEMMs read (and dweight's GEMM sums over).
+// a tile's last columns, which the GEMMs read (and grad_weight's GEMM sums over).
 template <typename acc_t>
 void zero_padding(acc_t* buffer, int64_t rows, int64_t width, int64_t cols) {
   if (width == cols) return;
@@ -454,15 +454,168 @@ at::Tensor forward_cpu(const at::Tensor& x_in, const at::Tensor& weight, bool ti
   return y;
 }
 
+// What one backward call reads and writes, as the tile functions see it.
+template <typename scalar_t, typename acc_t>
+struct BackwardCall {
+  const Spectral& sp;
+  bool time_conv;
+  acc_t slope;
+  const scalar_t* x;
+  const scalar_t* dy;
+  scalar_t* dx;
+  const acc_t* F;        // [R, T]
+  const acc_t* G;        // [T, R]
+  const acc_t* Gt_rows;  // G^T [R, T], row-major: the direct path's adjoint of the inverse DFT
+  const acc_t* Ft_rows;  // F^T [T, R], row-major: the direct path's adjoint of the DFT
+  int64_t cols;          // columns per tile
+};
+
+// Per-thread buffers of the backward beyond the forward's TileBuffers, each with kBlock elements of slack.
+struct BackwardBuffers {
+  at::Tensor g, dY, dX;     // dL/ds [T, C_out, cols], G^T g [R, C_out, cols], [R, C_in, cols]
+  at::Tensor dx, dy;        // GEMM path: dx's tile [T, C_in, cols]; time_conv: dy's [T, C_out, cols]
+  at::Tensor Gt, Ft;        // transposed views of the bases
+  std::vector<at::Tensor> dY_q, dX_q, Wt_q, Xt_q;  // per product: views of dY, dX; W_q^T; X_q^T (of buf.X)
+  BackwardBuffers(const Spectral& sp, const TileBuffers& buf, int64_t cols, at::ScalarType acc, bool time_conv) {
+    g = TileBuffers::tile_buffer(sp.T, sp.C_out, cols, acc);
+    dY = TileBuffers::tile_buffer(sp.R, sp.C_out, cols, acc);
+    dX = TileBuffers::tile_buffer(sp.R, sp.C_in, cols, acc);
+    dx = at::empty({sp.T, sp.C_in * cols}, at::TensorOptions().dtype(acc));
+    if (time_conv) dy = at::empty({sp.T, sp.C_out * cols}, at::TensorOptions().dtype(acc));
+    Gt = sp.G.t();
+    Ft = sp.F.t();
+    dY_q = TileBuffers::products(sp, dY, sp.C_out, cols);
+    dX_q = TileBuffers::products(sp, dX, sp.C_in, cols);
+    for (size_t q = 0; q < sp.products.size(); ++q) {
+      Wt_q.push_back(sp.W[q].t());
+      Xt_q.push_back(buf.X_q[q].t());
+    }
+  }
+};
+
+// The mixing's backward on the tile: dX_q = W_q^T dY_q, and grad_weight_q = dY_q X_q^T, set on a chunk's
+// first tile and accumulated on the others.
+void mix_products_backward(const Spectral& sp, BackwardBuffers& bwd, std::vector<at::Tensor>& grad_weight_q,
+                           bool first_tile) {
+  for (size_t q = 0; q < sp.products.size(); ++q) {
+    at::mm_out(bwd.dX_q[q], bwd.Wt_q[q], bwd.dY_q[q]);
+    if (first_tile) {
+      at::mm_out(grad_weight_q[q], bwd.dY_q[q], bwd.Xt_q[q]);
+    } else {
+      at::addmm_out(grad_weight_q[q], grad_weight_q[q], bwd.dY_q[q], bwd.Xt_q[q]);
+    }
+  }
+}
+
+// Direct path: X = F x folded into the tile load, dY = G^T g into the load of dy (time_conv: with the
+// LeakyReLU mask from s recomputed out of Y), dx = F^T dX (+ dy) into the store.
+template <typename scalar_t, typename acc_t>
+void tile_backward_direct(const BackwardCall<scalar_t, acc_t>& call, TileBuffers& buf, BackwardBuffers& bwd,
+                          std::vector<at::Tensor>& grad_weight_q, int64_t n0, int64_t width, bool first_tile) {
+  const Spectral& sp = call.sp;
+  const int64_t cols = call.cols;
+  acc_t* dY = bwd.dY.mutable_data_ptr<acc_t>();
+  load_transform(call.x, call.F, sp.R, buf.X.mutable_data_ptr<acc_t>(), sp.T, sp.C_in, sp.P, n0, width, cols);
+  if (call.time_conv) {
+    mix_products(sp, buf);  // recompute Y (hence s) for the LeakyReLU mask
+    masked_adjoint_transform(buf.Y.const_data_ptr<acc_t>(), call.G, sp.R, call.dy, call.slope, dY, sp.T, sp.C_out,
+                             sp.P, n0, width, cols);
+  } else {
+    load_transform(call.dy, call.Gt_rows, sp.R, dY, sp.T, sp.C_out, sp.P, n0, width, cols);
+  }
+  mix_products_backward(sp, bwd, grad_weight_q, first_tile);
+  const acc_t* dX = bwd.dX.const_data_ptr<acc_t>();
+  if (call.time_conv) {  // the residual's gradient is dy itself
+    store_transform(dX, call.Ft_rows, sp.R, call.dx, sp.T, sp.C_in, sp.P, n0, width, cols,
+                    [&](int64_t offset, acc_t v) { return v + static_cast<acc_t>(call.dy[offset]); });
+  } else {
+    store_transform(dX, call.Ft_rows, sp.R, call.dx, sp.T, sp.C_in, sp.P, n0, width, cols,
+                    [](int64_t, acc_t v) { return v; });
+  }
+}
+
+// GEMM path: the tile of x (and of dy) gathered, then X = F x, dY = G^T g, the mixing's backward and
+// dx = F^T dX (+ dy) as GEMMs, and dx scattered.
+template <typename scalar_t, typename acc_t>
+void tile_backward_gemm(const BackwardCall<scalar_t, acc_t>& call, TileBuffers& buf, BackwardBuffers& bwd,
+                        std::vector<at::Tensor>& grad_weight_q, int64_t n0, int64_t width, bool first_tile) {
+  const Spectral& sp = call.sp;
+  const int64_t cols = call.cols;
+  gather_columns(call.x, buf.x.mutable_data_ptr<acc_t>(), sp.T, sp.C_in, sp.P, n0, width, cols);
+  acc_t* g = bwd.g.mutable_data_ptr<acc_t>();
+  if (call.time_conv) {
+    acc_t* dy = bwd.dy.mutable_data_ptr<acc_t>();
+    gather_columns(call.dy, dy, sp.T, sp.C_out, sp.P, n0, width, cols);
+    tile_forward(sp, buf);  // recompute s for the LeakyReLU mask
+    const acc_t* s = buf.s.const_data_ptr<acc_t>();
+    const int64_t n = sp.T * sp.C_out * cols;
+    for (int64_t i = 0; i < n; ++i) g[i] = apply_epilogue(kLeakyGrad, s[i], dy[i], call.slope);
+  } else {
+    gather_columns(call.dy, g, sp.T, sp.C_out, sp.P, n0, width, cols);
+    at::mm_out(buf.X, sp.F, buf.x);
+  }
+  at::mm_out(bwd.dY, bwd.Gt, bwd.g);
+  mix_products_backward(sp, bwd, grad_weight_q, first_tile);
+  at::mm_out(bwd.dx, bwd.Ft, bwd.dX);
+  acc_t* dx = bwd.dx.mutable_data_ptr<acc_t>();
+  if (call.time_conv) {  // the residual's gradient is dy itself
+    const acc_t* dy = bwd.dy.const_data_ptr<acc_t>();
+    const int64_t n = sp.T * sp.C_in * cols;
+    for (int64_t i = 0; i < n; ++i) dx[i] += dy[i];
+  }
+  scatter_columns(dx, call.dx, sp.T, sp.C_in, sp.P, n0, width, cols);
+}
+
+// Sums the chunks' per-product weight gradients in order (into chunk 0's), then folds the products back
+// into grad_weight's layout [C_in, C_out, K, 2] (contiguous; it stays zero where nothing is written: the
+// real modes' imaginary parts).
+template <typename scalar_t, typename acc_t>
+void fold_grad_weight(const Spectral& sp, std::vector<std::vector<at::Tensor>>& chunk_grad_weight_q,
+                      at::Tensor& grad_weight) {
+  std::vector<at::Tensor>& total_q = chunk_grad_weight_q[0];
+  for (size_t q = 0; q < sp.products.size(); ++q) {
+    acc_t* total = total_q[q].mutable_data_ptr<acc_t>();
+    const int64_t n = total_q[q].numel();
+    for (size_t chunk = 1; chunk < chunk_grad_weight_q.size(); ++chunk) {
+      const acc_t* part = chunk_grad_weight_q[chunk][q].const_data_ptr<acc_t>();
+      for (int64_t e = 0; e < n; ++e) total[e] += part[e];
+    }
+  }
+  scalar_t* gw = grad_weight.mutable_data_ptr<scalar_t>();
+  const int64_t Co = sp.C_out, Ci = sp.C_in;
+  for (int64_t k = 0; k < sp.K; ++k) {
+    const int64_t first = sp.first_product[k];
+    const acc_t* d = total_q[first].const_data_ptr<acc_t>();
+    const bool complex = !mode_is_real(k, sp.T);
+    const acc_t* d_wi = complex && sp.gauss ? total_q[first + 1].const_data_ptr<acc_t>() : nullptr;
+    const acc_t* d_sum = complex && sp.gauss ? total_q[first + 2].const_data_ptr<acc_t>() : nullptr;
+    for (int64_t i = 0; i < Ci; ++i) {
+      for (int64_t o = 0; o < Co; ++o) {
+        scalar_t* out = gw + ((i * Co + o) * sp.K + k) * 2;
+        if (!complex) {
+          out[0] = static_cast<scalar_t>(d[o * Ci + i]);
+        } else if (sp.gauss) {  // W_1 = Wr, W_2 = Wi, W_3 = Wr + Wi
+          out[0] = static_cast<scalar_t>(d[o * Ci + i] + d_sum[o * Ci + i]);
+          out[1] = static_cast<scalar_t>(d_wi[o * Ci + i] + d_sum[o * Ci + i]);
+        } else {  // dM = [[dA, dB], [dC, dD]]: grad Wr = dA + dD, grad Wi = dC - dB
+          const int64_t pitch = 2 * Ci;
+          out[0] = static_cast<scalar_t>(d[o * pitch + i] + d[(Co + o) * pitch + Ci + i]);
+          out[1] = static_cast<scalar_t>(d[(Co + o) * pitch + i] - d[o * pitch + Ci + i]);
+        }
+      }
+    }
+  }
+}
+
 std::tuple<at::Tensor, at::Tensor> backward_cpu(const at::Tensor& grad_out_in, const at::Tensor& x_in,
                                                 const at::Tensor& weight, bool time_conv, double slope) {
   check_inputs(x_in, weight, time_conv);
   check_grad_out(grad_out_in, x_in, weight);
   at::Tensor grad_x = at::empty(x_in.sizes(), x_in.options().memory_format(at::MemoryFormat::Contiguous));
-  at::Tensor grad_w = at::zeros(weight.sizes(), weight.options());
+  at::Tensor grad_weight = at::zeros(weight.sizes(), weight.options());
   if (grad_out_in.numel() == 0) {
     grad_x.zero_();
-    return {grad_x, grad_w};
+    return {grad_x, grad_weight};
   }
   const at::Tensor x = x_in.contiguous();
   const at::Tensor dy = grad_out_in.to(x.scalar_type()).contiguous();
@@ -470,139 +623,49 @@ std::tuple<at::Tensor, at::Tensor> backward_cpu(const at::Tensor& grad_out_in, c
     using acc_t = at::opmath_type<scalar_t>;
     const at::ScalarType acc_type = c10::CppTypeToScalarType<acc_t>::value;
     const Spectral sp = make_spectral<scalar_t, acc_t>(x, weight);
-    // Twice the forward's tile: dweight's GEMM reduces over the tile's columns, and longer is faster.
+    // Twice the forward's tile: the weight gradient's GEMM reduces over the tile's columns, and longer is
+    // faster.
     const int64_t cols = tile_columns(sp, 2);
     const int64_t columns = sp.B * sp.P;
     const int64_t tiles = (columns + cols - 1) / cols;
-    // A fixed number of chunks (not threads) keeps the dweight sum order, hence its value, reproducible.
+    // A fixed number of chunks (not threads) keeps the grad_weight sum order, hence its value, reproducible.
     const int64_t chunks = std::min<int64_t>(tiles, 16);
-    const auto opt = at::TensorOptions().dtype(acc_type);
-    std::vector<std::vector<at::Tensor>> dW(chunks);  // per chunk: the dW_q
-    for (auto& chunk_dW : dW) {
-      for (const at::Tensor& W : sp.W) chunk_dW.push_back(at::empty_like(W));
+    std::vector<std::vector<at::Tensor>> chunk_grad_weight_q(chunks);  // per chunk, per product
+    for (auto& grad_weight_q : chunk_grad_weight_q) {
+      for (const at::Tensor& W : sp.W) grad_weight_q.push_back(at::empty_like(W));
     }
-    const scalar_t* xp = x.const_data_ptr<scalar_t>();
-    const scalar_t* dyp = dy.const_data_ptr<scalar_t>();
-    scalar_t* dxp = grad_x.mutable_data_ptr<scalar_t>();
-    const acc_t neg = static_cast<acc_t>(slope);
-    // Row-major copies of the bases for the direct path: F [Q, T], G [T, Q], G^T [Q, T], F^T [T, Q].
-    const at::Tensor Gt_contig = sp.G.t().contiguous(), Ft_contig = sp.F.t().contiguous();
-    const acc_t* F = sp.F.const_data_ptr<acc_t>();
-    const acc_t* G = sp.G.const_data_ptr<acc_t>();
-    const acc_t* Gt_rows = Gt_contig.const_data_ptr<acc_t>();
-    const acc_t* Ft_rows = Ft_contig.const_data_ptr<acc_t>();
+    const at::Tensor Gt_rows = sp.G.t().contiguous(), Ft_rows = sp.F.t().contiguous();
+    const BackwardCall<scalar_t, acc_t> call{sp,
+                                             time_conv,
+                                             static_cast<acc_t>(slope),
+                                             x.const_data_ptr<scalar_t>(),
+                                             dy.const_data_ptr<scalar_t>(),
+                                             grad_x.mutable_data_ptr<scalar_t>(),
+                                             sp.F.const_data_ptr<acc_t>(),
+                                             sp.G.const_data_ptr<acc_t>(),
+                                             Gt_rows.const_data_ptr<acc_t>(),
+                                             Ft_rows.const_data_ptr<acc_t>(),
+                                             cols};
+    const bool direct = use_direct_path(sp);
     at::parallel_for(0, chunks, 1, [&](int64_t chunk_begin, int64_t chunk_end) {
       TileBuffers buf(sp, cols, acc_type);
-      at::Tensor g = TileBuffers::tile_buffer(sp.T, sp.C_out, cols, acc_type);  // dL/ds
-      at::Tensor dY = TileBuffers::tile_buffer(sp.R, sp.C_out, cols, acc_type);
-      at::Tensor dX = TileBuffers::tile_buffer(sp.R, sp.C_in, cols, acc_type);
-      at::Tensor dxb = at::empty({sp.T, sp.C_in * cols}, opt);
-      at::Tensor dy_tile = time_conv ? at::empty({sp.T, sp.C_out * cols}, opt) : at::Tensor();
-      const at::Tensor Gt = sp.G.t(), Ft = sp.F.t();
-      std::vector<at::Tensor> dY_q = TileBuffers::products(sp, dY, sp.C_out, cols);
-      std::vector<at::Tensor> dX_q = TileBuffers::products(sp, dX, sp.C_in, cols);
-      std::vector<at::Tensor> Wt_q, Xt_q;  // W_q^T, X_q^T
-      for (size_t q = 0; q < sp.products.size(); ++q) {
-        Wt_q.push_back(sp.W[q].t());
-        Xt_q.push_back(buf.X_q[q].t());
-      }
+      BackwardBuffers bwd(sp, buf, cols, acc_type, time_conv);
       for (int64_t chunk = chunk_begin; chunk < chunk_end; ++chunk) {
-        std::vector<at::Tensor>& dW_q = dW[chunk];
         const int64_t first_tile = chunk * tiles / chunks;
         for (int64_t tile = first_tile; tile < (chunk + 1) * tiles / chunks; ++tile) {
           const int64_t n0 = tile * cols, width = std::min(cols, columns - n0);
-          const bool direct = use_direct_path(sp);
+          auto& grad_weight_q = chunk_grad_weight_q[chunk];
           if (direct) {
-            load_transform(xp, F, sp.R, buf.X.mutable_data_ptr<acc_t>(), sp.T, sp.C_in, sp.P, n0, width, cols);
-            if (time_conv) {
-              mix_products(sp, buf);  // recompute Y (hence s) for the LeakyReLU mask
-              masked_adjoint_transform(buf.Y.const_data_ptr<acc_t>(), G, sp.R, dyp, neg, dY.mutable_data_ptr<acc_t>(),
-                                       sp.T, sp.C_out, sp.P, n0, width, cols);
-            } else {
-              load_transform(dyp, Gt_rows, sp.R, dY.mutable_data_ptr<acc_t>(), sp.T, sp.C_out, sp.P, n0, width, cols);
-            }
+            tile_backward_direct(call, buf, bwd, grad_weight_q, n0, width, tile == first_tile);
           } else {
-            gather_columns(xp, buf.x.mutable_data_ptr<acc_t>(), sp.T, sp.C_in, sp.P, n0, width, cols);
-            acc_t* gb = g.mutable_data_ptr<acc_t>();
-            if (time_conv) {
-              acc_t* dyb = dy_tile.mutable_data_ptr<acc_t>();
-              gather_columns(dyp, dyb, sp.T, sp.C_out, sp.P, n0, width, cols);
-              tile_forward(sp, buf);  // recompute s for the LeakyReLU mask
-              const acc_t* sb = buf.s.const_data_ptr<acc_t>();
-              const int64_t n = sp.T * sp.C_out * cols;
-              for (int64_t i = 0; i < n; ++i) gb[i] = apply_epilogue(kLeakyGrad, sb[i], dyb[i], neg);
-            } else {
-              gather_columns(dyp, gb, sp.T, sp.C_out, sp.P, n0, width, cols);
-              at::mm_out(buf.X, sp.F, buf.x);
-            }
-            at::mm_out(dY, Gt, g);
+            tile_backward_gemm(call, buf, bwd, grad_weight_q, n0, width, tile == first_tile);
           }
-          for (size_t q = 0; q < sp.products.size(); ++q) {
-            at::mm_out(dX_q[q], Wt_q[q], dY_q[q]);
-            if (tile == first_tile) {
-              at::mm_out(dW_q[q], dY_q[q], Xt_q[q]);
-            } else {
-              at::addmm_out(dW_q[q], dW_q[q], dY_q[q], Xt_q[q]);
-            }
-          }
-          if (direct) {
-            const acc_t* dXb = dX.const_data_ptr<acc_t>();
-            if (time_conv) {  // the residual's gradient is dy itself
-              store_transform(dXb, Ft_rows, sp.R, dxp, sp.T, sp.C_in, sp.P, n0, width, cols,
-                              [&](int64_t offset, acc_t v) { return v + static_cast<acc_t>(dyp[offset]); });
-            } else {
-              store_transform(dXb, Ft_rows, sp.R, dxp, sp.T, sp.C_in, sp.P, n0, width, cols,
-                              [](int64_t, acc_t v) { return v; });
-            }
-            continue;
-          }
-          at::mm_out(dxb, Ft, dX);
-          acc_t* dxbp = dxb.mutable_data_ptr<acc_t>();
-          if (time_conv) {  // the residual's gradient is dy itself
-            const acc_t* dyb = dy_tile.const_data_ptr<acc_t>();
-            const int64_t n = sp.T * sp.C_in * cols;
-            for (int64_t i = 0; i < n; ++i) dxbp[i] += dyb[i];
-          }
-          scatter_columns(dxbp, dxp, sp.T, sp.C_in, sp.P, n0, width, cols);
         }
       }
     });
-    // Sum the chunks in order (into chunk 0's), then fold the products back into the weight's layout
-    // (grad_w stays zero where nothing is written: the real modes' Wi).
-    for (size_t q = 0; q < sp.products.size(); ++q) {
-      acc_t* total = dW[0][q].mutable_data_ptr<acc_t>();
-      const int64_t n = dW[0][q].numel();
-      for (int64_t chunk = 1; chunk < chunks; ++chunk) {
-        const acc_t* part = dW[chunk][q].const_data_ptr<acc_t>();
-        for (int64_t e = 0; e < n; ++e) total[e] += part[e];
-      }
-    }
-    scalar_t* gw = grad_w.mutable_data_ptr<scalar_t>();  // [C_in, C_out, K, 2], contiguous
-    const int64_t Co = sp.C_out, Ci = sp.C_in;
-    for (int64_t k = 0; k < sp.K; ++k) {
-      const int64_t first = sp.first_product[k];
-      const acc_t* d = dW[0][first].const_data_ptr<acc_t>();
-      const bool complex = !mode_is_real(k, sp.T);
-      const acc_t* d_wi = complex && sp.gauss ? dW[0][first + 1].const_data_ptr<acc_t>() : nullptr;
-      const acc_t* d_sum = complex && sp.gauss ? dW[0][first + 2].const_data_ptr<acc_t>() : nullptr;
-      for (int64_t i = 0; i < Ci; ++i) {
-        for (int64_t o = 0; o < Co; ++o) {
-          scalar_t* out = gw + ((i * Co + o) * sp.K + k) * 2;
-          if (!complex) {
-            out[0] = static_cast<scalar_t>(d[o * Ci + i]);
-          } else if (sp.gauss) {  // W_1 = Wr, W_2 = Wi, W_3 = Wr + Wi
-            out[0] = static_cast<scalar_t>(d[o * Ci + i] + d_sum[o * Ci + i]);
-            out[1] = static_cast<scalar_t>(d_wi[o * Ci + i] + d_sum[o * Ci + i]);
-          } else {  // dM = [[dA, dB], [dC, dD]]: dWr = dA + dD, dWi = dC - dB
-            const int64_t pitch = 2 * Ci;
-            out[0] = static_cast<scalar_t>(d[o * pitch + i] + d[(Co + o) * pitch + Ci + i]);
-            out[1] = static_cast<scalar_t>(d[(Co + o) * pitch + i] - d[o * pitch + Ci + i]);
-          }
-        }
-      }
-    }
+    fold_grad_weight<scalar_t, acc_t>(sp, chunk_grad_weight_q, grad_weight);
   });
-  return {grad_x, grad_w};
+  return {grad_x, grad_weight};
 }
 
 }  // namespace
