@@ -85,12 +85,17 @@ GPU_SHAPES = _shapes(
     OpShape("fno1d", 64, 256, 32, 64),
 )
 # Sized for a 2-core machine: issue 2's measurement shape, a wide-image and a channel-heavy one
-# (the CIFAR-10 32x32 and 8x8 levels scaled down), and a small FNO-1D layer.
+# (the CIFAR-10 32x32 and 8x8 levels scaled down), and FNO-1D layers from T = 64 to 1024, K = 8 to 64,
+# C = 32 to 128, powers of two and not ("fno1d-t256": the FNO-1D layer B16 C64 T256 K16).
 CPU_SHAPES = _shapes(
     OpShape("cpu-c128-16", 8, 4, 2, 128, (16, 16)),
     OpShape("cpu-c64-32", 4, 4, 2, 64, (32, 32)),
     OpShape("cpu-c256-8", 8, 4, 2, 256, (8, 8)),
     OpShape("cpu-fno1d", 16, 64, 8, 32),
+    OpShape("cpu-fno1d-t256", 16, 256, 16, 64),
+    OpShape("cpu-fno1d-t200", 16, 200, 24, 48),
+    OpShape("cpu-fno1d-t1000", 8, 1000, 40, 96),
+    OpShape("cpu-fno1d-t1024", 4, 1024, 64, 128),
 )
 # For CI (`pytest benchmarks/ --benchmark-disable`): every code path, in milliseconds.
 SMOKE_SHAPES = _shapes(
@@ -358,7 +363,9 @@ def make_timed_call(
     backward = direction == "fwd+bwd"
     scale = 1.0 / (shape.C * shape.C)  # DSNO's initialisation of the Fourier weights
     weight = scale * torch.rand(shape.C, shape.C, shape.K, 2, device=device)
-    layer = baselines.make_layer(provider, op, weight, shape.T, torch_dtype, requires_grad=backward)
+    layer = baselines.make_layer(
+        provider, op, weight, shape.T, torch_dtype, requires_grad=backward, spatial=bool(shape.spatial)
+    )
     first_x = layer.to_layout(torch.randn(shape.x_shape, device=device, dtype=torch_dtype))
     with torch.no_grad():
         out = layer.forward(first_x)

@@ -17,22 +17,33 @@
 // s recomputed), dY = G^T g, dX_q = W_q^T dY_q, dx = F^T dX (+ dy), and grad_weight_q = sum over pixels
 // of dY_q X_q^T, folded back into the weight's layout by the chain rule.
 //
-// The CPU kernels work on tiles of pixel columns (across the batch, so shapes without trailing dims
-// still make wide tiles): the tile is read once into fp32 (fp64) buffers, the channel GEMMs go to BLAS,
-// and the results are written once. Nothing but x, dy and the outputs touches memory at full size.
-// grad_weight is reduced per fixed chunk of tiles and the chunks summed in order, so it is deterministic.
+// Three paths, chosen per shape (`cpu_path` names the one a call takes):
+//   direct   T <= 16 and P >= 16 (DSNO's layers): tiles of pixel columns, the DFTs folded into the tile's
+//            load and store as register-blocked FMAs, the channel GEMMs to BLAS;
+//   gemm     other shapes with trailing dims: tiles of pixel columns (across the batch) read once into
+//            fp32 (fp64) buffers, every factor a BLAS GEMM on the tile, the results written once;
+//   batched  no trailing dims and T > 16 (FNO-1D layers, x [B, T, C]): whole-tensor batched GEMMs, no
+//            tiles (see forward_batched); in bf16 on CPUs with bf16 dot-product instructions.
+// In the tiled paths nothing but x, dy and the outputs touches memory at full size, and grad_weight is
+// reduced per fixed chunk of tiles and the chunks summed in order, so it is deterministic.
 
 #include <Python.h>
 
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
+#include <ATen/TensorOperators.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/addmm.h>
+#include <ATen/ops/bmm.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
+#include <ATen/ops/leaky_relu.h>
+#include <ATen/ops/matmul.h>
 #include <ATen/ops/mm.h>
+#include <ATen/ops/where.h>
 #include <ATen/ops/zeros.h>
+#include <ATen/ops/zeros_like.h>
 #include <torch/library.h>
 
 #include "common.h"
@@ -40,6 +51,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <string>
 #include <vector>
 
 // GCC turns the block copies below into calls to memmove, which at 32 floats cost more than the copy.
@@ -75,11 +87,12 @@ bool use_gauss(const Dims& d) { return d.C_in * d.C_out >= 8 * d.T * (d.C_in + d
 
 // Built in acc_t directly (the bases computed in fp64 and rounded once), without temporary tensors: at
 // small shapes this per-call work is a visible part of the op.
+// `products`: also the products' matrices W (the batched path builds its own from the weight, without Gauss).
 template <typename scalar_t, typename acc_t>
-Spectral make_spectral(const at::Tensor& x, const at::Tensor& weight) {
+Spectral make_spectral(const at::Tensor& x, const at::Tensor& weight, bool products = true) {
   Spectral s;
   static_cast<Dims&>(s) = describe_dims(x, weight);
-  s.gauss = use_gauss(s);
+  s.gauss = products && use_gauss(s);
   s.R = 0;
   for (int64_t k = 0; k < s.K; ++k) {
     s.first_product.push_back(static_cast<int64_t>(s.products.size()));
@@ -97,14 +110,20 @@ Spectral make_spectral(const at::Tensor& x, const at::Tensor& weight) {
   s.G = at::empty({s.T, s.R}, options);
   acc_t* f = s.F.mutable_data_ptr<acc_t>();  // [R, T]
   acc_t* g = s.G.mutable_data_ptr<acc_t>();  // [T, R]
+  // cos and sin of 2 pi j / T: every angle k t is one of these once reduced mod T (exact for large T, and
+  // T evaluations instead of K T)
+  std::vector<double> cos_table(s.T), sin_table(s.T);
+  for (int64_t j = 0; j < s.T; ++j) {
+    const double angle = 2.0 * kPi * static_cast<double>(j) / static_cast<double>(s.T);
+    cos_table[j] = std::cos(angle);
+    sin_table[j] = std::sin(angle);
+  }
   for (int64_t k = 0; k < s.K; ++k) {
     const int64_t r = s.products[s.first_product[k]].row;
     const bool real = mode_is_real(k, s.T);
     const double c = (real ? 1.0 : 2.0) / static_cast<double>(s.T);
     for (int64_t t = 0; t < s.T; ++t) {
-      // reduce k*t mod T first so the angle stays exact for large T
-      const double angle = 2.0 * kPi * static_cast<double>((k * t) % s.T) / static_cast<double>(s.T);
-      const double cs = std::cos(angle), sn = std::sin(angle);
+      const double cs = cos_table[(k * t) % s.T], sn = sin_table[(k * t) % s.T];
       acc_t* g_t = g + t * s.R + r;
       f[r * s.T + t] = static_cast<acc_t>(cs);
       if (real) {
@@ -123,6 +142,7 @@ Spectral make_spectral(const at::Tensor& x, const at::Tensor& weight) {
       g_t[2] = static_cast<acc_t>(-c * sn);
     }
   }
+  if (!products) return s;
   // The products' matrices from weight[i, o, k] (Wr + Wi summed in acc_t, as the GEMM sees it).
   const at::Tensor w_contig = weight.contiguous();
   const scalar_t* w = w_contig.const_data_ptr<scalar_t>();  // [C_in, C_out, K, 2]
@@ -236,7 +256,7 @@ void scatter_columns(const acc_t* src, scalar_t* dst, int64_t T, int64_t C, int6
 constexpr int64_t kDirectMaxT = 16;
 constexpr int64_t kDirectMinP = 16;
 
-bool use_direct_path(const Spectral& sp) { return sp.T <= kDirectMaxT && sp.P >= kDirectMinP; }
+bool use_direct_path(const Dims& d) { return d.T <= kDirectMaxT && d.P >= kDirectMinP; }
 
 // A block as a few vector registers (the GCC / Clang vector extension: 64-byte vectors, two 32-byte
 // ones on CPUs without AVX-512), so that a sum over rows stays in registers.
@@ -406,13 +426,211 @@ void tile_forward(const Spectral& sp, TileBuffers& buf) {
   at::mm_out(buf.s, sp.G, buf.Y);
 }
 
+// Batched path (no trailing dims, T beyond the direct path's: FNO-1D layers, x [B, T, C]): each batch
+// item's [T, C] is already a matrix, so the chain runs as whole-tensor GEMMs with no tiles to gather:
+//   X = F x[b]                       [R, C_in] per item, one batched GEMM
+//   [Yr Yi] = [Xr Xi] [[Wr, Wi], [-Wi, Wr]]   per complex mode, over the batch (M = B), one batched GEMM;
+//                                    Y = X Wr for DC and Nyquist
+//   s = G Y[b]                       [T, C_out] per item, written once
+// The rows of X and Y are (DC, the complex modes' (cos, -sin) pairs, Nyquist), so the complex modes'
+// pairs are one strided [K_c, B, 2 C] operand. In bf16, where the CPU has bf16 dot-product instructions
+// (avx512_bf16, AMX), the GEMMs run in bf16 with fp32 accumulation (oneDNN through at::matmul): one
+// rounding of X and of Y to bf16 each. Without them oneDNN has no fast bf16 GEMM and the path computes in
+// fp32, as the other paths do.
+constexpr int64_t kBatchedMaxP = 1;
+
+bool use_batched_path(const Dims& d) { return d.P <= kBatchedMaxP && d.T > kDirectMaxT; }
+
+bool cpu_has_bf16_dot() {
+  static const bool has = __builtin_cpu_supports("avx512bf16") || __builtin_cpu_supports("amx-bf16");
+  return has;
+}
+
+// The dtype the batched path computes in for inputs of `dtype`.
+at::ScalarType batched_compute_type(at::ScalarType dtype) {
+  if (dtype == at::kDouble) return at::kDouble;
+  if (dtype == at::kBFloat16 && cpu_has_bf16_dot()) return at::kBFloat16;
+  return at::kFloat;
+}
+
+// The batched path's factors, in its compute dtype.
+struct BatchedFactors {
+  int64_t B, T, C_in, C_out, K;
+  int64_t complex_modes;  // K_c: modes 1 .. K_c are complex (rows 1 .. 2 K_c)
+  bool nyquist;           // the last mode is the (real) Nyquist mode, row 2 K_c + 1
+  at::Tensor F, G;        // [R, T], [T, R]
+  at::Tensor M;           // [K_c, 2 C_in, 2 C_out]: [[Wr, Wi], [-Wi, Wr]] per complex mode
+  at::Tensor dc, ny;      // [C_in, C_out]: Wr of DC; of Nyquist (when there is one)
+};
+
+template <typename scalar_t, typename acc_t>
+BatchedFactors make_batched_factors(const at::Tensor& x, const at::Tensor& weight) {
+  const Spectral sp = make_spectral<scalar_t, acc_t>(x, weight, /*products=*/false);
+  const at::ScalarType compute = batched_compute_type(x.scalar_type());
+  BatchedFactors f{sp.B, sp.T, sp.C_in, sp.C_out, sp.K, 0, false, {}, {}, {}, {}, {}};
+  f.nyquist = sp.K > 1 && mode_is_real(sp.K - 1, sp.T);
+  f.complex_modes = sp.K - 1 - (f.nyquist ? 1 : 0);
+  f.F = sp.F.to(compute);
+  f.G = sp.G.to(compute);
+  // Wr of the real modes and the complex modes' [[Wr, Wi], [-Wi, Wr]], built in acc_t in one pass over the
+  // weight (then cast to the compute dtype).
+  const int64_t Ci = sp.C_in, Co = sp.C_out, Kc = f.complex_modes;
+  const auto options = at::TensorOptions().dtype(c10::CppTypeToScalarType<acc_t>::value);
+  at::Tensor dc = at::empty({Ci, Co}, options), ny = at::empty({f.nyquist ? Ci : 0, Co}, options);
+  at::Tensor M = at::empty({Kc, 2 * Ci, 2 * Co}, options);
+  const at::Tensor w_contig = weight.contiguous();
+  const scalar_t* w = w_contig.const_data_ptr<scalar_t>();  // [Ci, Co, K, 2]
+  acc_t *dc_p = dc.mutable_data_ptr<acc_t>(), *ny_p = ny.mutable_data_ptr<acc_t>(), *m = M.mutable_data_ptr<acc_t>();
+  for (int64_t i = 0; i < Ci; ++i) {
+    for (int64_t o = 0; o < Co; ++o) {
+      dc_p[i * Co + o] = static_cast<acc_t>(w[(i * Co + o) * sp.K * 2]);
+      if (f.nyquist) ny_p[i * Co + o] = static_cast<acc_t>(w[((i * Co + o) * sp.K + sp.K - 1) * 2]);
+    }
+  }
+  for (int64_t k = 0; k < Kc; ++k) {
+    acc_t* m_k = m + k * 4 * Ci * Co;  // [2 Ci, 2 Co]
+    for (int64_t i = 0; i < Ci; ++i) {
+      for (int64_t o = 0; o < Co; ++o) {
+        const scalar_t* w_iok = w + ((i * Co + o) * sp.K + k + 1) * 2;
+        const acc_t wr = static_cast<acc_t>(w_iok[0]), wi = static_cast<acc_t>(w_iok[1]);
+        m_k[i * 2 * Co + o] = wr;
+        m_k[i * 2 * Co + Co + o] = wi;
+        m_k[(Ci + i) * 2 * Co + o] = -wi;
+        m_k[(Ci + i) * 2 * Co + Co + o] = wr;
+      }
+    }
+  }
+  f.dc = dc.to(compute);
+  f.ny = ny.to(compute);
+  f.M = M.to(compute);
+  return f;
+}
+
+// The rows of Z [B, R, C] as the mixing's operands: the complex modes' pairs [K_c, B, 2 C], DC's and
+// Nyquist's rows [B, C].
+struct ModeRows {
+  at::Tensor pairs, dc, ny;
+  ModeRows(const BatchedFactors& f, const at::Tensor& Z) {
+    const int64_t B = Z.size(0), C = Z.size(2);
+    dc = Z.select(1, 0);
+    if (f.complex_modes > 0) pairs = Z.narrow(1, 1, 2 * f.complex_modes).view({B, f.complex_modes, 2 * C}).transpose(0, 1);
+    if (f.nyquist) ny = Z.select(1, 2 * f.complex_modes + 1);
+  }
+};
+
+// Y = the mixing of X, both [B, R, C] (C_in, C_out).
+at::Tensor batched_mix(const BatchedFactors& f, const at::Tensor& X) {
+  at::Tensor Y = at::empty({f.B, X.size(1), f.C_out}, X.options());
+  const ModeRows x_rows(f, X);
+  ModeRows y_rows(f, Y);
+  at::mm_out(y_rows.dc, x_rows.dc, f.dc);
+  if (f.complex_modes > 0) at::bmm_out(y_rows.pairs, x_rows.pairs, f.M);
+  if (f.nyquist) at::mm_out(y_rows.ny, x_rows.ny, f.ny);
+  return Y;
+}
+
+// s = G M F x in the compute dtype, and X = F x (the weight gradient's operand).
+std::tuple<at::Tensor, at::Tensor> batched_spectral(const BatchedFactors& f, const at::Tensor& xc) {
+  at::Tensor X = at::matmul(f.F, xc);  // [B, R, Ci]
+  return {at::matmul(f.G, batched_mix(f, X)), X};
+}
+
+template <typename scalar_t, typename acc_t>
+at::Tensor forward_batched(const at::Tensor& x, const at::Tensor& weight, bool time_conv, double slope) {
+  const BatchedFactors f = make_batched_factors<scalar_t, acc_t>(x, weight);
+  const at::Tensor xc = x.reshape({f.B, f.T, f.C_in}).to(f.F.scalar_type());
+  at::Tensor s = std::get<0>(batched_spectral(f, xc));
+  if (time_conv) s = at::leaky_relu(s, slope).add_(xc);
+  return s.to(x.scalar_type()).contiguous().view(output_shape(x, weight));
+}
+
+// grad_weight [Ci, Co, K, 2] (contiguous, zero) from the gradients of the batched path's factors: of DC's
+// and Nyquist's Wr [Ci, Co], and of the complex modes' M = [[Wr, Wi], [-Wi, Wr]] [K_c, 2 Ci, 2 Co]
+// (grad Wr = the two diagonal blocks' sum, grad Wi = the upper right block minus the lower left one).
+template <typename acc_t>
+void fold_batched_grad_weight(const BatchedFactors& f, const at::Tensor& grad_dc, const at::Tensor& grad_ny,
+                              const at::Tensor& grad_M, at::Tensor& grad_weight) {
+  const int64_t Ci = f.C_in, Co = f.C_out, K = f.K;
+  acc_t* out = grad_weight.mutable_data_ptr<acc_t>();
+  const acc_t* dc = grad_dc.const_data_ptr<acc_t>();
+  const acc_t* ny = f.nyquist ? grad_ny.const_data_ptr<acc_t>() : nullptr;
+  const acc_t* m = f.complex_modes > 0 ? grad_M.const_data_ptr<acc_t>() : nullptr;
+  for (int64_t i = 0; i < Ci; ++i) {
+    for (int64_t o = 0; o < Co; ++o) {
+      acc_t* out_io = out + (i * Co + o) * K * 2;
+      out_io[0] = dc[i * Co + o];
+      if (ny != nullptr) out_io[(K - 1) * 2] = ny[i * Co + o];
+    }
+  }
+  for (int64_t k = 0; k < f.complex_modes; ++k) {
+    const acc_t* m_k = m + k * 4 * Ci * Co;
+    for (int64_t i = 0; i < Ci; ++i) {
+      const acc_t* top = m_k + i * 2 * Co;            // row i: [grad of Wr | of Wi]
+      const acc_t* bottom = m_k + (Ci + i) * 2 * Co;  // row Ci + i: [of -Wi | of Wr]
+      for (int64_t o = 0; o < Co; ++o) {
+        acc_t* out_iok = out + ((i * Co + o) * K + k + 1) * 2;
+        out_iok[0] = top[o] + bottom[Co + o];
+        out_iok[1] = top[Co + o] - bottom[o];
+      }
+    }
+  }
+}
+
+template <typename scalar_t, typename acc_t>
+std::tuple<at::Tensor, at::Tensor> backward_batched(const at::Tensor& dy_in, const at::Tensor& x, const at::Tensor& weight,
+                                                    bool time_conv, double slope) {
+  const BatchedFactors f = make_batched_factors<scalar_t, acc_t>(x, weight);
+  const at::Tensor xc = x.reshape({f.B, f.T, f.C_in}).to(f.F.scalar_type());
+  const at::Tensor dy = dy_in.reshape({f.B, f.T, f.C_out}).to(f.F.scalar_type());
+  at::Tensor X, g = dy;
+  if (time_conv) {  // g = dy * leaky_relu'(s), s recomputed
+    at::Tensor s;
+    std::tie(s, X) = batched_spectral(f, xc);
+    g = at::where(s > 0, dy, dy * slope);
+  } else {
+    X = at::matmul(f.F, xc);
+  }
+  const at::Tensor dY = at::matmul(f.G.t(), g);  // [B, R, Co]
+  // dX = the mixing's transpose of dY, and the weight gradient summed over the batch.
+  at::Tensor dX = at::empty({f.B, X.size(1), f.C_in}, X.options());
+  const ModeRows x_rows(f, X), dy_rows(f, dY);
+  ModeRows dx_rows(f, dX);
+  at::mm_out(dx_rows.dc, dy_rows.dc, f.dc.t());
+  if (f.complex_modes > 0) at::bmm_out(dx_rows.pairs, dy_rows.pairs, f.M.transpose(1, 2));
+  if (f.nyquist) at::mm_out(dx_rows.ny, dy_rows.ny, f.ny.t());
+  // The weight gradient, summed over the batch by the GEMMs, in acc_t
+  const at::ScalarType acc = c10::CppTypeToScalarType<acc_t>::value;
+  const at::Tensor grad_dc = at::mm(x_rows.dc.t(), dy_rows.dc).to(acc);  // [Ci, Co]
+  const at::Tensor grad_ny = f.nyquist ? at::mm(x_rows.ny.t(), dy_rows.ny).to(acc) : at::Tensor();
+  const at::Tensor grad_M = f.complex_modes > 0 ? at::bmm(x_rows.pairs.transpose(1, 2), dy_rows.pairs).to(acc)
+                                                : at::Tensor();  // [K_c, 2 Ci, 2 Co]
+  at::Tensor grad_weight = at::zeros({f.C_in, f.C_out, f.K, 2}, weight.options().dtype(acc));
+  fold_batched_grad_weight<acc_t>(f, grad_dc, grad_ny, grad_M, grad_weight);
+  at::Tensor grad_x = at::matmul(f.F.t(), dX);  // [B, T, Ci]
+  if (time_conv) grad_x.add_(dy);              // the residual's gradient is dy itself
+  return {grad_x.to(x.scalar_type()).contiguous().view(x.sizes()), grad_weight.to(weight.scalar_type()).contiguous()};
+}
+
+// The path a call with x and weight takes, by name: what tests use to check that their samples reach each one.
+std::string cpu_path(const at::Tensor& x, const at::Tensor& weight) {
+  check_inputs(x, weight, false);
+  const Dims d = describe_dims(x, weight);
+  if (use_batched_path(d)) return "batched";
+  return use_direct_path(d) ? "direct" : "gemm";
+}
+
 at::Tensor forward_cpu(const at::Tensor& x_in, const at::Tensor& weight, bool time_conv, double slope) {
   check_inputs(x_in, weight, time_conv);
   at::Tensor y = at::empty(output_shape(x_in, weight), x_in.options().memory_format(at::MemoryFormat::Contiguous));
   if (y.numel() == 0) return y;
   const at::Tensor x = x_in.contiguous();
+  const bool batched = use_batched_path(describe_dims(x, weight));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "spectral_time_conv_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
+    if (batched) {
+      y = forward_batched<scalar_t, acc_t>(x, weight, time_conv, slope);
+      return;
+    }
     const at::ScalarType acc_type = c10::CppTypeToScalarType<acc_t>::value;
     const Spectral sp = make_spectral<scalar_t, acc_t>(x, weight);
     const int64_t cols = tile_columns(sp, 1), columns = sp.B * sp.P;
@@ -619,8 +837,13 @@ std::tuple<at::Tensor, at::Tensor> backward_cpu(const at::Tensor& grad_out_in, c
   }
   const at::Tensor x = x_in.contiguous();
   const at::Tensor dy = grad_out_in.to(x.scalar_type()).contiguous();
+  const bool batched = use_batched_path(describe_dims(x, weight));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "spectral_time_conv_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
+    if (batched) {
+      std::tie(grad_x, grad_weight) = backward_batched<scalar_t, acc_t>(dy, x, weight, time_conv, slope);
+      return;
+    }
     const at::ScalarType acc_type = c10::CppTypeToScalarType<acc_t>::value;
     const Spectral sp = make_spectral<scalar_t, acc_t>(x, weight);
     // Twice the forward's tile: the weight gradient's GEMM reduces over the tile's columns, and longer is
@@ -675,9 +898,13 @@ TORCH_LIBRARY(dsno_kernels, m) {
   m.def("time_conv(Tensor x, Tensor weight, float negative_slope) -> Tensor");
   m.def("spectral_time_conv_backward(Tensor grad_out, Tensor x, Tensor weight) -> (Tensor, Tensor)");
   m.def("time_conv_backward(Tensor grad_out, Tensor x, Tensor weight, float negative_slope) -> (Tensor, Tensor)");
+  m.def("cpu_path(Tensor x, Tensor weight) -> str");
 }
 
-TORCH_LIBRARY_IMPL(dsno_kernels, CPU, m) { Ops<forward_cpu, backward_cpu>::register_impls(m); }
+TORCH_LIBRARY_IMPL(dsno_kernels, CPU, m) {
+  Ops<forward_cpu, backward_cpu>::register_impls(m);
+  m.impl("cpu_path", &cpu_path);
+}
 
 }  // namespace dsno_kernels
 
