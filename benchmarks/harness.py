@@ -35,6 +35,7 @@ from collections.abc import Callable
 
 import torch
 
+import dsno_kernels
 from benchmarks import baselines
 from dsno_kernels.backends.reference import mode_is_real
 
@@ -392,6 +393,26 @@ def make_timed_call(
         torch.autograd.grad(y, [xs[i], *layer.params], dys[i])
 
     return forward_backward
+
+
+def op_case_skip_reason(provider: str, shape: OpShape, dtype: str, device: str) -> str | None:
+    """Why `provider` has no op case at `shape` and `dtype` on `device` (None when it has one): torch_fft
+    at fp32 is dsno_fft, neuralop is fp32 only, a provider not installed or not runnable here, dense_gemm
+    where its matrix is too large, a backend that refuses the shape."""
+    if provider == "torch_fft" and dtype == "fp32":
+        return "at fp32 torch_fft is dsno_fft (the same kernels)"
+    if provider == "neuralop" and dtype != "fp32":
+        return "neuralop is fp32 only (complex weights)"
+    reason = baselines.provider_unavailable_reason(provider, device)
+    if reason is None and provider == "dense_gemm":
+        reason = baselines.dense_gemm_too_large_reason(shape.T, shape.C, shape.C, DTYPES[dtype])
+    if reason is None and provider in baselines.KERNEL_PROVIDERS:
+        probe = torch.empty(shape.x_shape, device=device, dtype=DTYPES[dtype])
+        try:
+            dsno_kernels.resolve_backend(provider, probe)
+        except RuntimeError as error:  # e.g. T above what the backend handles
+            reason = str(error)
+    return reason
 
 
 def interleaved_medians(calls: dict[str, Callable[[], object]], device: str, *, repeats: int, warmup: int = 3) -> dict:

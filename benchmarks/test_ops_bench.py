@@ -60,23 +60,10 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("op_case", cases, ids=[case.id for case in cases])
 
 
-def _skip_reason(case: OpCase, device: str, x: torch.Tensor) -> str | None:
-    reason = baselines.provider_unavailable_reason(case.provider, device)
-    if reason is None and case.provider == "dense_gemm":
-        reason = baselines.dense_gemm_too_large_reason(case.shape.T, case.shape.C, case.shape.C, x.dtype)
-    if reason is None and case.provider in baselines.KERNEL_PROVIDERS:
-        try:
-            dsno_kernels.resolve_backend(case.provider, x)
-        except RuntimeError as error:  # e.g. T above what the backend handles
-            reason = str(error)
-    return reason
-
-
 def test_op(benchmark, op_case, bench_device, bench_seconds, copy_gbps):
     case = op_case
     benchmark.group = f"{case.op} {case.direction} {case.dtype} {case.shape.name}"
-    probe = torch.empty(case.shape.x_shape, device=bench_device, dtype=harness.DTYPES[case.dtype])
-    reason = _skip_reason(case, bench_device, probe)
+    reason = harness.op_case_skip_reason(case.provider, case.shape, case.dtype, bench_device)
     if reason is not None:
         pytest.skip(reason)
     call = harness.make_timed_call(case.provider, case.op, case.shape, case.dtype, case.direction, bench_device)

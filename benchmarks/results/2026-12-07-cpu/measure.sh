@@ -36,3 +36,19 @@ export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE} PYTHONUNBUFFERED=1
     echo "load at end: $(cat /proc/loadavg)"
     date -u +%Y-%m-%dT%H:%M:%SZ
 } 2>&1 | grep -v -E "Warning|warn\(" | tee "$DIR/measure.log"
+# Keep what the reports read (extra_info and the statistics), compactly.
+python - "$DIR"/ops-*t.json "$DIR"/model-*t.json <<'PY'
+import json, sys
+
+for name in sys.argv[1:]:
+    with open(name) as f:
+        data = json.load(f)
+    data.pop("commit_info", None)
+    for bench in data["benchmarks"]:
+        for key in ("params", "options", "fullname"):
+            bench.pop(key, None)
+        keep = ("min", "max", "mean", "stddev", "median", "q1", "q3", "rounds", "iterations")
+        bench["stats"] = {k: bench["stats"][k] for k in keep if k in bench["stats"]}
+    with open(name, "w") as f:
+        json.dump(data, f, separators=(",", ":"))
+PY
