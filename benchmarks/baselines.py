@@ -16,8 +16,12 @@
                  differentiable), because the weight trains.
     cpu, triton, cuda   the dsno_kernels backends with a `benchmark_device` (KERNEL_PROVIDERS, read from
                  the registry), through the public functions, each on its record's device type.
-    neuralop     neuraloperator's SpectralConv on channels-first [B, C, T] input (fno1d shapes, fp32
-                 only: its weights are complex, and there is no complex bf16; when it is installed).
+    neuralop     neuraloperator's 1-D SpectralConv (2.0; optional: skipped with the reason when it is not
+                 installed) holding the same weight (`neuralop_spectral_conv`). Without trailing dims it is
+                 timed on its own layout [B, C, T] (the transpose is made outside the timed region); with
+                 trailing dims [B, T, C, *S] the timed call pays the layout change a user would: x to
+                 [B * prod(S), C, T] and the result back. fp32 only: its weights are complex, and there is
+                 no complex bf16 FFT on the CPU.
 
 `make_layer` gives one provider's layer as a callable over x, with the tensors its backward
 differentiates; `temporal_layers_on` runs a DSNO model's temporal layers on a provider.
@@ -37,6 +41,9 @@ from dsno_kernels import api as kernels_api
 from dsno_kernels.backends.reference import dense_block_circulant, spectral_time_conv_reference, time_conv_reference
 
 BASELINE_PROVIDERS = ("dsno_fft", "torch_fft", "dense_gemm")
+# dense_gemm's [T*C_out, T*C_in] matrix above this many bytes is not a form anyone would run (at the
+# FNO-1D shapes it reaches gigabytes): the case is skipped with the size as its reason.
+DENSE_GEMM_MAX_BYTES = 64 * 2**20
 # The fused-kernel backends and the device type each is benchmarked on, from their Backend records.
 KERNEL_DEVICE = {
     b.name: b.benchmark_device for b in dsno_kernels.registered_backends() if b.benchmark_device is not None
@@ -106,6 +113,13 @@ def neuralop_unavailable_reason() -> str | None:
     return None
 
 
+def dense_gemm_too_large_reason(T: int, C_in: int, C_out: int, dtype: torch.dtype) -> str | None:
+    nbytes = T * C_in * T * C_out * torch.empty((), dtype=dtype).element_size()
+    if nbytes > DENSE_GEMM_MAX_BYTES:
+        return f"dense_gemm's [T*C_out, T*C_in] matrix would take {nbytes / 2**20:.0f} MiB"
+    return None
+
+
 def provider_unavailable_reason(provider: str, device: str) -> str | None:
     """Why `provider` cannot run on `device` in this process (None when it can)."""
     if provider in BASELINE_PROVIDERS:
@@ -130,9 +144,11 @@ def make_layer(
     *,
     requires_grad: bool,
     negative_slope: float = DSNO_NEGATIVE_SLOPE,
+    spatial: bool = True,
 ) -> Layer:
     """`provider`'s layer for `op` with the fp32 master `weight` [C_in, C_out, K, 2], for inputs of
-    `dtype`. Each provider holds the weight as it would in use: DSNO's in fp32, the others in `dtype`."""
+    `dtype` ([B, T, C, *S], `spatial`: with trailing dims). Each provider holds the weight as it would in
+    use: DSNO's in fp32, the others in `dtype`."""
     if op not in OPS:
         raise ValueError(f"op must be one of {OPS}, got {op!r}")
     spectral = op == "spectral_time_conv"
@@ -160,24 +176,40 @@ def make_layer(
     if provider == "neuralop":
         if dtype != torch.float32:
             raise ValueError(f"neuralop is benchmarked in fp32 only, got {dtype}")
-        return _neuralop_layer(op, weight, requires_grad, negative_slope)
+        return _neuralop_layer(op, weight, requires_grad, negative_slope, spatial)
     raise ValueError(f"unknown provider {provider!r}")
 
 
-def _neuralop_layer(op, weight, requires_grad, negative_slope) -> Layer:
+def neuralop_spectral_conv(weight: torch.Tensor):
+    """neuraloperator's 1-D SpectralConv computing spectral_time_conv with `weight` [C_in, C_out, K, 2]
+    on channels-first input [N, C_in, T]: its complex weight [C_in, C_out, K] is view_as_complex(weight),
+    and it keeps n_modes // 2 + 1 modes of the real FFT, so n_modes = 2 (K - 1). Its rfft/irfft use
+    norm="forward", ours "backward": one 1/T on the path either way."""
     from neuralop.layers.spectral_convolution import SpectralConv
 
     C_in, C_out, K, _ = weight.shape
-    # neuraloperator keeps n_modes // 2 + 1 modes of the last (real-FFT) dimension.
-    conv = SpectralConv(C_in, C_out, n_modes=(2 * (K - 1),), bias=False).to(weight.device)
+    conv = SpectralConv(C_in, C_out, n_modes=(2 * (K - 1),), bias=False, factorization=None).to(weight.device)
+    with torch.no_grad():
+        conv.weight.tensor.copy_(torch.view_as_complex(weight.detach().float().contiguous()))
+    return conv
+
+
+def _neuralop_layer(op, weight, requires_grad, negative_slope, spatial: bool) -> Layer:
+    conv = neuralop_spectral_conv(weight)
     conv.requires_grad_(requires_grad)
 
-    def to_layout(x: torch.Tensor) -> torch.Tensor:  # [B, T, C] -> neuraloperator's [B, C, T]
-        return x.transpose(1, 2).contiguous()
+    def spectral(x: torch.Tensor) -> torch.Tensor:
+        if not spatial:  # already [B, C, T] (to_layout, outside the timed region)
+            return conv(x)
+        B, T, C = x.shape[:3]  # [B, T, C, *S] -> [B * prod(S), C, T] and back: the user's layout change
+        columns = x.reshape(B, T, C, -1).permute(0, 3, 2, 1).reshape(-1, C, T)
+        y = conv(columns)
+        return y.reshape(B, -1, y.shape[1], T).permute(0, 3, 2, 1).reshape(B, T, y.shape[1], *x.shape[3:])
 
-    if op == "spectral_time_conv":
-        return Layer(conv, list(conv.parameters()), to_layout)
-    return Layer(lambda x: x + F.leaky_relu(conv(x), negative_slope), list(conv.parameters()), to_layout)
+    forward = spectral if op == "spectral_time_conv" else (lambda x: x + F.leaky_relu(spectral(x), negative_slope))
+    if spatial:
+        return Layer(forward, list(conv.parameters()))
+    return Layer(forward, list(conv.parameters()), lambda x: x.transpose(1, 2).contiguous())
 
 
 # ------------------------------------------------------------------------------------------------

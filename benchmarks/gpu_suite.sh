@@ -23,7 +23,9 @@
 #                with the kernel launch stubbed -> host.json
 #   interleaved  (CPU only) python -m benchmarks.harness: dsno_fft vs the cpu backend, call by call
 #   report       python -m benchmarks.report over the JSON: report.md (targets with pass/MISS) + plots
-# With no GPU it runs the CPU set (no build: the installed extension), or with SMOKE=1 the smoke set.
+# With no GPU it runs the CPU set (no build: the installed extension; OMP_WAIT_POLICY=PASSIVE unless set),
+# or with SMOKE=1 the smoke set. The committed CPU runs use benchmarks/results/<date>-cpu/measure.sh, which
+# runs the CPU set at 2 and 1 threads.
 #
 # Writes to $OUT when set (the device tool brings $OUT back), else to benchmarks/results/<date>-<device>/
 # (SMOKE=1: a temporary folder, never under benchmarks/results/): suite.log, run.md (card, driver,
@@ -125,6 +127,12 @@ DRIVER=$(nvidia-smi --query-gpu=driver_version --format=csv,noheader 2>/dev/null
 
 if [[ $DEVICE == cpu && -z ${SKIP_BUILD:-} ]]; then
     SKIP_BUILD=1  # no card to build for: keep the extension that is installed
+fi
+if [[ $DEVICE == cpu ]]; then
+    # libgomp's default spin-wait makes a multi-threaded CPU time follow the other jobs' load on a shared
+    # machine (benchmarks/results/2026-12-07-cpu-baselines/): threads sleep at barriers, for every provider
+    export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
+    echo "OMP_WAIT_POLICY=$OMP_WAIT_POLICY"
 fi
 if [[ ${SKIP_BUILD:-0} == 1 ]]; then
     skipped build "SKIP_BUILD=1 or no GPU"

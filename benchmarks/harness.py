@@ -35,6 +35,7 @@ from collections.abc import Callable
 
 import torch
 
+import dsno_kernels
 from benchmarks import baselines
 from dsno_kernels.backends.reference import mode_is_real
 
@@ -85,12 +86,17 @@ GPU_SHAPES = _shapes(
     OpShape("fno1d", 64, 256, 32, 64),
 )
 # Sized for a 2-core machine: issue 2's measurement shape, a wide-image and a channel-heavy one
-# (the CIFAR-10 32x32 and 8x8 levels scaled down), and a small FNO-1D layer.
+# (the CIFAR-10 32x32 and 8x8 levels scaled down), and FNO-1D layers from T = 64 to 1024, K = 8 to 64,
+# C = 32 to 128, powers of two and not ("fno1d-t256": the FNO-1D layer B16 C64 T256 K16).
 CPU_SHAPES = _shapes(
     OpShape("cpu-c128-16", 8, 4, 2, 128, (16, 16)),
     OpShape("cpu-c64-32", 4, 4, 2, 64, (32, 32)),
     OpShape("cpu-c256-8", 8, 4, 2, 256, (8, 8)),
     OpShape("cpu-fno1d", 16, 64, 8, 32),
+    OpShape("cpu-fno1d-t256", 16, 256, 16, 64),
+    OpShape("cpu-fno1d-t200", 16, 200, 24, 48),
+    OpShape("cpu-fno1d-t1000", 8, 1000, 40, 96),
+    OpShape("cpu-fno1d-t1024", 4, 1024, 64, 128),
 )
 # For CI (`pytest benchmarks/ --benchmark-disable`): every code path, in milliseconds.
 SMOKE_SHAPES = _shapes(
@@ -358,7 +364,9 @@ def make_timed_call(
     backward = direction == "fwd+bwd"
     scale = 1.0 / (shape.C * shape.C)  # DSNO's initialisation of the Fourier weights
     weight = scale * torch.rand(shape.C, shape.C, shape.K, 2, device=device)
-    layer = baselines.make_layer(provider, op, weight, shape.T, torch_dtype, requires_grad=backward)
+    layer = baselines.make_layer(
+        provider, op, weight, shape.T, torch_dtype, requires_grad=backward, spatial=bool(shape.spatial)
+    )
     first_x = layer.to_layout(torch.randn(shape.x_shape, device=device, dtype=torch_dtype))
     with torch.no_grad():
         out = layer.forward(first_x)
@@ -385,6 +393,26 @@ def make_timed_call(
         torch.autograd.grad(y, [xs[i], *layer.params], dys[i])
 
     return forward_backward
+
+
+def op_case_skip_reason(provider: str, shape: OpShape, dtype: str, device: str) -> str | None:
+    """Why `provider` has no op case at `shape` and `dtype` on `device` (None when it has one): torch_fft
+    at fp32 is dsno_fft, neuralop is fp32 only, a provider not installed or not runnable here, dense_gemm
+    where its matrix is too large, a backend that refuses the shape."""
+    if provider == "torch_fft" and dtype == "fp32":
+        return "at fp32 torch_fft is dsno_fft (the same kernels)"
+    if provider == "neuralop" and dtype != "fp32":
+        return "neuralop is fp32 only (complex weights)"
+    reason = baselines.provider_unavailable_reason(provider, device)
+    if reason is None and provider == "dense_gemm":
+        reason = baselines.dense_gemm_too_large_reason(shape.T, shape.C, shape.C, DTYPES[dtype])
+    if reason is None and provider in baselines.KERNEL_PROVIDERS:
+        probe = torch.empty(shape.x_shape, device=device, dtype=DTYPES[dtype])
+        try:
+            dsno_kernels.resolve_backend(provider, probe)
+        except RuntimeError as error:  # e.g. T above what the backend handles
+            reason = str(error)
+    return reason
 
 
 def interleaved_medians(calls: dict[str, Callable[[], object]], device: str, *, repeats: int, warmup: int = 3) -> dict:

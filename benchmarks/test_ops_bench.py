@@ -2,9 +2,10 @@
 on every provider of benchmarks/baselines.py that runs on the benchmark device, plus the device's copy
 bandwidth. Test ids read <shape>-<dtype>-<op>-<direction>-<provider>.
 
-Cases left out on purpose: torch_fft at fp32 (there it is dsno_fft: the same kernels), neuralop on
-shapes with image dims and in bf16 (it is benchmarked on the FNO-1D shapes in fp32), and backends of
-the other device.
+Cases left out on purpose: torch_fft at fp32 (there it is dsno_fft: the same kernels), neuralop in
+bf16 (complex weights: fp32 only; with image dims it pays the layout change, see baselines.py), and
+backends of the other device. Skipped with the reason: a provider that is not installed (neuralop) or
+cannot run here, and dense_gemm where its folded matrix would exceed baselines.DENSE_GEMM_MAX_BYTES.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ def op_cases(config) -> list[OpCase]:
             continue
         if baselines.KERNEL_DEVICE.get(provider, device) != device:
             continue
-        if provider == "neuralop" and (shape.spatial or dtype != "fp32"):
+        if provider == "neuralop" and dtype != "fp32":
             continue
         if provider == "torch_fft" and dtype == "fp32":
             continue
@@ -59,21 +60,10 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("op_case", cases, ids=[case.id for case in cases])
 
 
-def _skip_reason(case: OpCase, device: str, x: torch.Tensor) -> str | None:
-    reason = baselines.provider_unavailable_reason(case.provider, device)
-    if reason is None and case.provider in baselines.KERNEL_PROVIDERS:
-        try:
-            dsno_kernels.resolve_backend(case.provider, x)
-        except RuntimeError as error:  # e.g. T above what the backend handles
-            reason = str(error)
-    return reason
-
-
 def test_op(benchmark, op_case, bench_device, bench_seconds, copy_gbps):
     case = op_case
     benchmark.group = f"{case.op} {case.direction} {case.dtype} {case.shape.name}"
-    probe = torch.empty(case.shape.x_shape, device=bench_device, dtype=harness.DTYPES[case.dtype])
-    reason = _skip_reason(case, bench_device, probe)
+    reason = harness.op_case_skip_reason(case.provider, case.shape, case.dtype, bench_device)
     if reason is not None:
         pytest.skip(reason)
     call = harness.make_timed_call(case.provider, case.op, case.shape, case.dtype, case.direction, bench_device)
@@ -117,12 +107,16 @@ def test_copy(benchmark, bench_device, bench_seconds, copy_gbps):
 # The baselines compute the layer (not benchmarks: they run in smoke mode, and skip under --benchmark-only)
 
 
-@pytest.mark.parametrize("provider", baselines.BASELINE_PROVIDERS)
+@pytest.mark.parametrize("provider", (*baselines.BASELINE_PROVIDERS, "neuralop"))
 @pytest.mark.parametrize("op", baselines.OPS)
 @pytest.mark.parametrize("spatial", [(), (3, 2)], ids=["1d", "2d"])
 def test_baseline_matches_reference(provider, op, spatial, bench_device):
     """Forward and both gradients of each baseline in fp32 against the fp64 reference (T = 6 with
-    K = 4 includes the Nyquist mode)."""
+    K = 4 includes the Nyquist mode); neuralop with its layout change (its own layout without trailing
+    dims, [B * prod(S), C, T] and back with them)."""
+    reason = baselines.provider_unavailable_reason(provider, bench_device)
+    if reason is not None:
+        pytest.skip(reason)
     B, T, K, C = 2, 6, 4, 5
     x = torch.randn(B, T, C, *spatial, device=bench_device)
     weight = torch.randn(C, C, K, 2, device=bench_device) / C
@@ -134,10 +128,15 @@ def test_baseline_matches_reference(provider, op, spatial, bench_device):
     y64 = reference(x64, weight.double())
     (dx64,) = torch.autograd.grad(y64, [x64], dy)
 
-    layer = baselines.make_layer(provider, op, weight, T, torch.float32, requires_grad=True)
+    layer = baselines.make_layer(provider, op, weight, T, torch.float32, requires_grad=True, spatial=bool(spatial))
     x32 = x.clone().requires_grad_()
-    y = layer.forward(x32)
+    x_in = layer.to_layout(x32)
+    y = layer.forward(x_in)
+    if x_in is not x32:  # neuralop's own layout [B, C, T]: back to [B, T, C] to compare
+        y = y.transpose(1, 2)
     dx, dparam = torch.autograd.grad(y, [x32, *layer.params], dy.to(y.dtype))
+    if dparam.is_complex():  # neuralop's complex weight: d/dRe + i d/dIm is the real weight's gradient
+        dparam = torch.view_as_real(dparam)
     torch.testing.assert_close(y.double(), y64, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(dx.double(), dx64, rtol=1e-5, atol=1e-5)
     w64 = weight.double().requires_grad_()

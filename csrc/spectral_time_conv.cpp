@@ -14,25 +14,36 @@
 // Y3 = (Wr + Wi)^T (Xr + Xi) give Yr = Y1 - Y2 and Yi = Y3 - Y1 - Y2, so the rows are cos, -sin, cos - sin
 // and the G columns c/T (cos + sin), c/T (sin - cos), -c/T sin. time_conv adds y = x + leaky_relu(s).
 // The backward is the transposed chain of the same factors: g = dy (time_conv: dy * (s > 0 ? 1 : slope),
-// s recomputed), dY = G^T g, dX_q = W_q^T dY_q, dx = F^T dX (+ dy), and dW_q = sum over pixels of
-// dY_q X_q^T, folded back into the weight's layout by the chain rule.
+// s recomputed), dY = G^T g, dX_q = W_q^T dY_q, dx = F^T dX (+ dy), and grad_weight_q = sum over pixels
+// of dY_q X_q^T, folded back into the weight's layout by the chain rule.
 //
-// The CPU kernels work on tiles of pixel columns (across the batch, so shapes without trailing dims
-// still make wide tiles): the tile is read once into fp32 (fp64) buffers, the channel GEMMs go to BLAS,
-// and the results are written once. Nothing but x, dy and the outputs touches memory at full size.
-// dweight is reduced per fixed chunk of tiles and the chunks summed in order, so it is deterministic.
+// Three paths, chosen per shape (`cpu_path` names the one a call takes):
+//   direct   T <= 16 and P >= 16 (DSNO's layers): tiles of pixel columns, the DFTs folded into the tile's
+//            load and store as register-blocked FMAs, the channel GEMMs to BLAS;
+//   gemm     other shapes with trailing dims: tiles of pixel columns (across the batch) read once into
+//            fp32 (fp64) buffers, every factor a BLAS GEMM on the tile, the results written once;
+//   batched  no trailing dims and T > 16 (FNO-1D layers, x [B, T, C]): whole-tensor batched GEMMs, no
+//            tiles (see forward_batched); in bf16 on CPUs with bf16 dot-product instructions.
+// In the tiled paths nothing but x, dy and the outputs touches memory at full size, and grad_weight is
+// reduced per fixed chunk of tiles and the chunks summed in order, so it is deterministic.
 
 #include <Python.h>
 
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
+#include <ATen/TensorOperators.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/addmm.h>
+#include <ATen/ops/bmm.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
+#include <ATen/ops/leaky_relu.h>
+#include <ATen/ops/matmul.h>
 #include <ATen/ops/mm.h>
+#include <ATen/ops/where.h>
 #include <ATen/ops/zeros.h>
+#include <ATen/ops/zeros_like.h>
 #include <torch/library.h>
 
 #include "common.h"
@@ -40,6 +51,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <string>
 #include <vector>
 
 // GCC turns the block copies below into calls to memmove, which at 32 floats cost more than the copy.
@@ -75,11 +87,12 @@ bool use_gauss(const Dims& d) { return d.C_in * d.C_out >= 8 * d.T * (d.C_in + d
 
 // Built in acc_t directly (the bases computed in fp64 and rounded once), without temporary tensors: at
 // small shapes this per-call work is a visible part of the op.
+// `products`: also the products' matrices W (the batched path builds its own from the weight, without Gauss).
 template <typename scalar_t, typename acc_t>
-Spectral make_spectral(const at::Tensor& x, const at::Tensor& weight) {
+Spectral make_spectral(const at::Tensor& x, const at::Tensor& weight, bool products = true) {
   Spectral s;
   static_cast<Dims&>(s) = describe_dims(x, weight);
-  s.gauss = use_gauss(s);
+  s.gauss = products && use_gauss(s);
   s.R = 0;
   for (int64_t k = 0; k < s.K; ++k) {
     s.first_product.push_back(static_cast<int64_t>(s.products.size()));
@@ -97,14 +110,20 @@ Spectral make_spectral(const at::Tensor& x, const at::Tensor& weight) {
   s.G = at::empty({s.T, s.R}, options);
   acc_t* f = s.F.mutable_data_ptr<acc_t>();  // [R, T]
   acc_t* g = s.G.mutable_data_ptr<acc_t>();  // [T, R]
+  // cos and sin of 2 pi j / T: every angle k t is one of these once reduced mod T (exact for large T, and
+  // T evaluations instead of K T)
+  std::vector<double> cos_table(s.T), sin_table(s.T);
+  for (int64_t j = 0; j < s.T; ++j) {
+    const double angle = 2.0 * kPi * static_cast<double>(j) / static_cast<double>(s.T);
+    cos_table[j] = std::cos(angle);
+    sin_table[j] = std::sin(angle);
+  }
   for (int64_t k = 0; k < s.K; ++k) {
     const int64_t r = s.products[s.first_product[k]].row;
     const bool real = mode_is_real(k, s.T);
     const double c = (real ? 1.0 : 2.0) / static_cast<double>(s.T);
     for (int64_t t = 0; t < s.T; ++t) {
-      // reduce k*t mod T first so the angle stays exact for large T
-      const double angle = 2.0 * kPi * static_cast<double>((k * t) % s.T) / static_cast<double>(s.T);
-      const double cs = std::cos(angle), sn = std::sin(angle);
+      const double cs = cos_table[(k * t) % s.T], sn = sin_table[(k * t) % s.T];
       acc_t* g_t = g + t * s.R + r;
       f[r * s.T + t] = static_cast<acc_t>(cs);
       if (real) {
@@ -123,6 +142,7 @@ Spectral make_spectral(const at::Tensor& x, const at::Tensor& weight) {
       g_t[2] = static_cast<acc_t>(-c * sn);
     }
   }
+  if (!products) return s;
   // The products' matrices from weight[i, o, k] (Wr + Wi summed in acc_t, as the GEMM sees it).
   const at::Tensor w_contig = weight.contiguous();
   const scalar_t* w = w_contig.const_data_ptr<scalar_t>();  // [C_in, C_out, K, 2]
@@ -165,7 +185,7 @@ constexpr int64_t kBlock = 32;
 // costs as much as a block), and at least kMinTiles tiles, so that small calls (the tiny preset's layers
 // have 128 to 512 columns) still give every thread work. The widest such tile whose count is a multiple
 // of kMinTiles with the last one at least half full (nearly equal shares for 2 or 4 threads), else the
-// widest. The rule does not depend on the thread count, so neither does dweight's summation order.
+// widest. The rule does not depend on the thread count, so neither does grad_weight's summation order.
 constexpr int64_t kMinTiles = 4;
 
 int64_t tile_columns(const Spectral& s, int64_t scale) {
@@ -195,7 +215,7 @@ inline void for_each_run(int64_t P, int64_t n0, int64_t width, int64_t max_len, 
 }
 
 // Zeroes the columns [width, cols) of each of the `rows` rows of a [rows, cols] buffer: the padding of
-// a tile's last columns, which the GEMMs read (and dweight's GEMM sums over).
+// a tile's last columns, which the GEMMs read (and grad_weight's GEMM sums over).
 template <typename acc_t>
 void zero_padding(acc_t* buffer, int64_t rows, int64_t width, int64_t cols) {
   if (width == cols) return;
@@ -236,7 +256,7 @@ void scatter_columns(const acc_t* src, scalar_t* dst, int64_t T, int64_t C, int6
 constexpr int64_t kDirectMaxT = 16;
 constexpr int64_t kDirectMinP = 16;
 
-bool use_direct_path(const Spectral& sp) { return sp.T <= kDirectMaxT && sp.P >= kDirectMinP; }
+bool use_direct_path(const Dims& d) { return d.T <= kDirectMaxT && d.P >= kDirectMinP; }
 
 // A block as a few vector registers (the GCC / Clang vector extension: 64-byte vectors, two 32-byte
 // ones on CPUs without AVX-512), so that a sum over rows stays in registers.
@@ -406,13 +426,211 @@ void tile_forward(const Spectral& sp, TileBuffers& buf) {
   at::mm_out(buf.s, sp.G, buf.Y);
 }
 
+// Batched path (no trailing dims, T beyond the direct path's: FNO-1D layers, x [B, T, C]): each batch
+// item's [T, C] is already a matrix, so the chain runs as whole-tensor GEMMs with no tiles to gather:
+//   X = F x[b]                       [R, C_in] per item, one batched GEMM
+//   [Yr Yi] = [Xr Xi] [[Wr, Wi], [-Wi, Wr]]   per complex mode, over the batch (M = B), one batched GEMM;
+//                                    Y = X Wr for DC and Nyquist
+//   s = G Y[b]                       [T, C_out] per item, written once
+// The rows of X and Y are (DC, the complex modes' (cos, -sin) pairs, Nyquist), so the complex modes'
+// pairs are one strided [K_c, B, 2 C] operand. In bf16, where the CPU has bf16 dot-product instructions
+// (avx512_bf16, AMX), the GEMMs run in bf16 with fp32 accumulation (oneDNN through at::matmul): one
+// rounding of X and of Y to bf16 each. Without them oneDNN has no fast bf16 GEMM and the path computes in
+// fp32, as the other paths do.
+constexpr int64_t kBatchedMaxP = 1;
+
+bool use_batched_path(const Dims& d) { return d.P <= kBatchedMaxP && d.T > kDirectMaxT; }
+
+bool cpu_has_bf16_dot() {
+  static const bool has = __builtin_cpu_supports("avx512bf16") || __builtin_cpu_supports("amx-bf16");
+  return has;
+}
+
+// The dtype the batched path computes in for inputs of `dtype`.
+at::ScalarType batched_compute_type(at::ScalarType dtype) {
+  if (dtype == at::kDouble) return at::kDouble;
+  if (dtype == at::kBFloat16 && cpu_has_bf16_dot()) return at::kBFloat16;
+  return at::kFloat;
+}
+
+// The batched path's factors, in its compute dtype.
+struct BatchedFactors {
+  int64_t B, T, C_in, C_out, K;
+  int64_t complex_modes;  // K_c: modes 1 .. K_c are complex (rows 1 .. 2 K_c)
+  bool nyquist;           // the last mode is the (real) Nyquist mode, row 2 K_c + 1
+  at::Tensor F, G;        // [R, T], [T, R]
+  at::Tensor M;           // [K_c, 2 C_in, 2 C_out]: [[Wr, Wi], [-Wi, Wr]] per complex mode
+  at::Tensor dc, ny;      // [C_in, C_out]: Wr of DC; of Nyquist (when there is one)
+};
+
+template <typename scalar_t, typename acc_t>
+BatchedFactors make_batched_factors(const at::Tensor& x, const at::Tensor& weight) {
+  const Spectral sp = make_spectral<scalar_t, acc_t>(x, weight, /*products=*/false);
+  const at::ScalarType compute = batched_compute_type(x.scalar_type());
+  BatchedFactors f{sp.B, sp.T, sp.C_in, sp.C_out, sp.K, 0, false, {}, {}, {}, {}, {}};
+  f.nyquist = sp.K > 1 && mode_is_real(sp.K - 1, sp.T);
+  f.complex_modes = sp.K - 1 - (f.nyquist ? 1 : 0);
+  f.F = sp.F.to(compute);
+  f.G = sp.G.to(compute);
+  // Wr of the real modes and the complex modes' [[Wr, Wi], [-Wi, Wr]], built in acc_t in one pass over the
+  // weight (then cast to the compute dtype).
+  const int64_t Ci = sp.C_in, Co = sp.C_out, Kc = f.complex_modes;
+  const auto options = at::TensorOptions().dtype(c10::CppTypeToScalarType<acc_t>::value);
+  at::Tensor dc = at::empty({Ci, Co}, options), ny = at::empty({f.nyquist ? Ci : 0, Co}, options);
+  at::Tensor M = at::empty({Kc, 2 * Ci, 2 * Co}, options);
+  const at::Tensor w_contig = weight.contiguous();
+  const scalar_t* w = w_contig.const_data_ptr<scalar_t>();  // [Ci, Co, K, 2]
+  acc_t *dc_p = dc.mutable_data_ptr<acc_t>(), *ny_p = ny.mutable_data_ptr<acc_t>(), *m = M.mutable_data_ptr<acc_t>();
+  for (int64_t i = 0; i < Ci; ++i) {
+    for (int64_t o = 0; o < Co; ++o) {
+      dc_p[i * Co + o] = static_cast<acc_t>(w[(i * Co + o) * sp.K * 2]);
+      if (f.nyquist) ny_p[i * Co + o] = static_cast<acc_t>(w[((i * Co + o) * sp.K + sp.K - 1) * 2]);
+    }
+  }
+  for (int64_t k = 0; k < Kc; ++k) {
+    acc_t* m_k = m + k * 4 * Ci * Co;  // [2 Ci, 2 Co]
+    for (int64_t i = 0; i < Ci; ++i) {
+      for (int64_t o = 0; o < Co; ++o) {
+        const scalar_t* w_iok = w + ((i * Co + o) * sp.K + k + 1) * 2;
+        const acc_t wr = static_cast<acc_t>(w_iok[0]), wi = static_cast<acc_t>(w_iok[1]);
+        m_k[i * 2 * Co + o] = wr;
+        m_k[i * 2 * Co + Co + o] = wi;
+        m_k[(Ci + i) * 2 * Co + o] = -wi;
+        m_k[(Ci + i) * 2 * Co + Co + o] = wr;
+      }
+    }
+  }
+  f.dc = dc.to(compute);
+  f.ny = ny.to(compute);
+  f.M = M.to(compute);
+  return f;
+}
+
+// The rows of Z [B, R, C] as the mixing's operands: the complex modes' pairs [K_c, B, 2 C], DC's and
+// Nyquist's rows [B, C].
+struct ModeRows {
+  at::Tensor pairs, dc, ny;
+  ModeRows(const BatchedFactors& f, const at::Tensor& Z) {
+    const int64_t B = Z.size(0), C = Z.size(2);
+    dc = Z.select(1, 0);
+    if (f.complex_modes > 0) pairs = Z.narrow(1, 1, 2 * f.complex_modes).view({B, f.complex_modes, 2 * C}).transpose(0, 1);
+    if (f.nyquist) ny = Z.select(1, 2 * f.complex_modes + 1);
+  }
+};
+
+// Y = the mixing of X, both [B, R, C] (C_in, C_out).
+at::Tensor batched_mix(const BatchedFactors& f, const at::Tensor& X) {
+  at::Tensor Y = at::empty({f.B, X.size(1), f.C_out}, X.options());
+  const ModeRows x_rows(f, X);
+  ModeRows y_rows(f, Y);
+  at::mm_out(y_rows.dc, x_rows.dc, f.dc);
+  if (f.complex_modes > 0) at::bmm_out(y_rows.pairs, x_rows.pairs, f.M);
+  if (f.nyquist) at::mm_out(y_rows.ny, x_rows.ny, f.ny);
+  return Y;
+}
+
+// s = G M F x in the compute dtype, and X = F x (the weight gradient's operand).
+std::tuple<at::Tensor, at::Tensor> batched_spectral(const BatchedFactors& f, const at::Tensor& xc) {
+  at::Tensor X = at::matmul(f.F, xc);  // [B, R, Ci]
+  return {at::matmul(f.G, batched_mix(f, X)), X};
+}
+
+template <typename scalar_t, typename acc_t>
+at::Tensor forward_batched(const at::Tensor& x, const at::Tensor& weight, bool time_conv, double slope) {
+  const BatchedFactors f = make_batched_factors<scalar_t, acc_t>(x, weight);
+  const at::Tensor xc = x.reshape({f.B, f.T, f.C_in}).to(f.F.scalar_type());
+  at::Tensor s = std::get<0>(batched_spectral(f, xc));
+  if (time_conv) s = at::leaky_relu(s, slope).add_(xc);
+  return s.to(x.scalar_type()).contiguous().view(output_shape(x, weight));
+}
+
+// grad_weight [Ci, Co, K, 2] (contiguous, zero) from the gradients of the batched path's factors: of DC's
+// and Nyquist's Wr [Ci, Co], and of the complex modes' M = [[Wr, Wi], [-Wi, Wr]] [K_c, 2 Ci, 2 Co]
+// (grad Wr = the two diagonal blocks' sum, grad Wi = the upper right block minus the lower left one).
+template <typename acc_t>
+void fold_batched_grad_weight(const BatchedFactors& f, const at::Tensor& grad_dc, const at::Tensor& grad_ny,
+                              const at::Tensor& grad_M, at::Tensor& grad_weight) {
+  const int64_t Ci = f.C_in, Co = f.C_out, K = f.K;
+  acc_t* out = grad_weight.mutable_data_ptr<acc_t>();
+  const acc_t* dc = grad_dc.const_data_ptr<acc_t>();
+  const acc_t* ny = f.nyquist ? grad_ny.const_data_ptr<acc_t>() : nullptr;
+  const acc_t* m = f.complex_modes > 0 ? grad_M.const_data_ptr<acc_t>() : nullptr;
+  for (int64_t i = 0; i < Ci; ++i) {
+    for (int64_t o = 0; o < Co; ++o) {
+      acc_t* out_io = out + (i * Co + o) * K * 2;
+      out_io[0] = dc[i * Co + o];
+      if (ny != nullptr) out_io[(K - 1) * 2] = ny[i * Co + o];
+    }
+  }
+  for (int64_t k = 0; k < f.complex_modes; ++k) {
+    const acc_t* m_k = m + k * 4 * Ci * Co;
+    for (int64_t i = 0; i < Ci; ++i) {
+      const acc_t* top = m_k + i * 2 * Co;            // row i: [grad of Wr | of Wi]
+      const acc_t* bottom = m_k + (Ci + i) * 2 * Co;  // row Ci + i: [of -Wi | of Wr]
+      for (int64_t o = 0; o < Co; ++o) {
+        acc_t* out_iok = out + ((i * Co + o) * K + k + 1) * 2;
+        out_iok[0] = top[o] + bottom[Co + o];
+        out_iok[1] = top[Co + o] - bottom[o];
+      }
+    }
+  }
+}
+
+template <typename scalar_t, typename acc_t>
+std::tuple<at::Tensor, at::Tensor> backward_batched(const at::Tensor& dy_in, const at::Tensor& x, const at::Tensor& weight,
+                                                    bool time_conv, double slope) {
+  const BatchedFactors f = make_batched_factors<scalar_t, acc_t>(x, weight);
+  const at::Tensor xc = x.reshape({f.B, f.T, f.C_in}).to(f.F.scalar_type());
+  const at::Tensor dy = dy_in.reshape({f.B, f.T, f.C_out}).to(f.F.scalar_type());
+  at::Tensor X, g = dy;
+  if (time_conv) {  // g = dy * leaky_relu'(s), s recomputed
+    at::Tensor s;
+    std::tie(s, X) = batched_spectral(f, xc);
+    g = at::where(s > 0, dy, dy * slope);
+  } else {
+    X = at::matmul(f.F, xc);
+  }
+  const at::Tensor dY = at::matmul(f.G.t(), g);  // [B, R, Co]
+  // dX = the mixing's transpose of dY, and the weight gradient summed over the batch.
+  at::Tensor dX = at::empty({f.B, X.size(1), f.C_in}, X.options());
+  const ModeRows x_rows(f, X), dy_rows(f, dY);
+  ModeRows dx_rows(f, dX);
+  at::mm_out(dx_rows.dc, dy_rows.dc, f.dc.t());
+  if (f.complex_modes > 0) at::bmm_out(dx_rows.pairs, dy_rows.pairs, f.M.transpose(1, 2));
+  if (f.nyquist) at::mm_out(dx_rows.ny, dy_rows.ny, f.ny.t());
+  // The weight gradient, summed over the batch by the GEMMs, in acc_t
+  const at::ScalarType acc = c10::CppTypeToScalarType<acc_t>::value;
+  const at::Tensor grad_dc = at::mm(x_rows.dc.t(), dy_rows.dc).to(acc);  // [Ci, Co]
+  const at::Tensor grad_ny = f.nyquist ? at::mm(x_rows.ny.t(), dy_rows.ny).to(acc) : at::Tensor();
+  const at::Tensor grad_M = f.complex_modes > 0 ? at::bmm(x_rows.pairs.transpose(1, 2), dy_rows.pairs).to(acc)
+                                                : at::Tensor();  // [K_c, 2 Ci, 2 Co]
+  at::Tensor grad_weight = at::zeros({f.C_in, f.C_out, f.K, 2}, weight.options().dtype(acc));
+  fold_batched_grad_weight<acc_t>(f, grad_dc, grad_ny, grad_M, grad_weight);
+  at::Tensor grad_x = at::matmul(f.F.t(), dX);  // [B, T, Ci]
+  if (time_conv) grad_x.add_(dy);              // the residual's gradient is dy itself
+  return {grad_x.to(x.scalar_type()).contiguous().view(x.sizes()), grad_weight.to(weight.scalar_type()).contiguous()};
+}
+
+// The path a call with x and weight takes, by name: what tests use to check that their samples reach each one.
+std::string cpu_path(const at::Tensor& x, const at::Tensor& weight) {
+  check_inputs(x, weight, false);
+  const Dims d = describe_dims(x, weight);
+  if (use_batched_path(d)) return "batched";
+  return use_direct_path(d) ? "direct" : "gemm";
+}
+
 at::Tensor forward_cpu(const at::Tensor& x_in, const at::Tensor& weight, bool time_conv, double slope) {
   check_inputs(x_in, weight, time_conv);
   at::Tensor y = at::empty(output_shape(x_in, weight), x_in.options().memory_format(at::MemoryFormat::Contiguous));
   if (y.numel() == 0) return y;
   const at::Tensor x = x_in.contiguous();
+  const bool batched = use_batched_path(describe_dims(x, weight));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "spectral_time_conv_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
+    if (batched) {
+      y = forward_batched<scalar_t, acc_t>(x, weight, time_conv, slope);
+      return;
+    }
     const at::ScalarType acc_type = c10::CppTypeToScalarType<acc_t>::value;
     const Spectral sp = make_spectral<scalar_t, acc_t>(x, weight);
     const int64_t cols = tile_columns(sp, 1), columns = sp.B * sp.P;
@@ -454,155 +672,223 @@ at::Tensor forward_cpu(const at::Tensor& x_in, const at::Tensor& weight, bool ti
   return y;
 }
 
+// What one backward call reads and writes, as the tile functions see it.
+template <typename scalar_t, typename acc_t>
+struct BackwardCall {
+  const Spectral& sp;
+  bool time_conv;
+  acc_t slope;
+  const scalar_t* x;
+  const scalar_t* dy;
+  scalar_t* dx;
+  const acc_t* F;        // [R, T]
+  const acc_t* G;        // [T, R]
+  const acc_t* Gt_rows;  // G^T [R, T], row-major: the direct path's adjoint of the inverse DFT
+  const acc_t* Ft_rows;  // F^T [T, R], row-major: the direct path's adjoint of the DFT
+  int64_t cols;          // columns per tile
+};
+
+// Per-thread buffers of the backward beyond the forward's TileBuffers, each with kBlock elements of slack.
+struct BackwardBuffers {
+  at::Tensor g, dY, dX;     // dL/ds [T, C_out, cols], G^T g [R, C_out, cols], [R, C_in, cols]
+  at::Tensor dx, dy;        // GEMM path: dx's tile [T, C_in, cols]; time_conv: dy's [T, C_out, cols]
+  at::Tensor Gt, Ft;        // transposed views of the bases
+  std::vector<at::Tensor> dY_q, dX_q, Wt_q, Xt_q;  // per product: views of dY, dX; W_q^T; X_q^T (of buf.X)
+  BackwardBuffers(const Spectral& sp, const TileBuffers& buf, int64_t cols, at::ScalarType acc, bool time_conv) {
+    g = TileBuffers::tile_buffer(sp.T, sp.C_out, cols, acc);
+    dY = TileBuffers::tile_buffer(sp.R, sp.C_out, cols, acc);
+    dX = TileBuffers::tile_buffer(sp.R, sp.C_in, cols, acc);
+    dx = at::empty({sp.T, sp.C_in * cols}, at::TensorOptions().dtype(acc));
+    if (time_conv) dy = at::empty({sp.T, sp.C_out * cols}, at::TensorOptions().dtype(acc));
+    Gt = sp.G.t();
+    Ft = sp.F.t();
+    dY_q = TileBuffers::products(sp, dY, sp.C_out, cols);
+    dX_q = TileBuffers::products(sp, dX, sp.C_in, cols);
+    for (size_t q = 0; q < sp.products.size(); ++q) {
+      Wt_q.push_back(sp.W[q].t());
+      Xt_q.push_back(buf.X_q[q].t());
+    }
+  }
+};
+
+// The mixing's backward on the tile: dX_q = W_q^T dY_q, and grad_weight_q = dY_q X_q^T, set on a chunk's
+// first tile and accumulated on the others.
+void mix_products_backward(const Spectral& sp, BackwardBuffers& bwd, std::vector<at::Tensor>& grad_weight_q,
+                           bool first_tile) {
+  for (size_t q = 0; q < sp.products.size(); ++q) {
+    at::mm_out(bwd.dX_q[q], bwd.Wt_q[q], bwd.dY_q[q]);
+    if (first_tile) {
+      at::mm_out(grad_weight_q[q], bwd.dY_q[q], bwd.Xt_q[q]);
+    } else {
+      at::addmm_out(grad_weight_q[q], grad_weight_q[q], bwd.dY_q[q], bwd.Xt_q[q]);
+    }
+  }
+}
+
+// Direct path: X = F x folded into the tile load, dY = G^T g into the load of dy (time_conv: with the
+// LeakyReLU mask from s recomputed out of Y), dx = F^T dX (+ dy) into the store.
+template <typename scalar_t, typename acc_t>
+void tile_backward_direct(const BackwardCall<scalar_t, acc_t>& call, TileBuffers& buf, BackwardBuffers& bwd,
+                          std::vector<at::Tensor>& grad_weight_q, int64_t n0, int64_t width, bool first_tile) {
+  const Spectral& sp = call.sp;
+  const int64_t cols = call.cols;
+  acc_t* dY = bwd.dY.mutable_data_ptr<acc_t>();
+  load_transform(call.x, call.F, sp.R, buf.X.mutable_data_ptr<acc_t>(), sp.T, sp.C_in, sp.P, n0, width, cols);
+  if (call.time_conv) {
+    mix_products(sp, buf);  // recompute Y (hence s) for the LeakyReLU mask
+    masked_adjoint_transform(buf.Y.const_data_ptr<acc_t>(), call.G, sp.R, call.dy, call.slope, dY, sp.T, sp.C_out,
+                             sp.P, n0, width, cols);
+  } else {
+    load_transform(call.dy, call.Gt_rows, sp.R, dY, sp.T, sp.C_out, sp.P, n0, width, cols);
+  }
+  mix_products_backward(sp, bwd, grad_weight_q, first_tile);
+  const acc_t* dX = bwd.dX.const_data_ptr<acc_t>();
+  if (call.time_conv) {  // the residual's gradient is dy itself
+    store_transform(dX, call.Ft_rows, sp.R, call.dx, sp.T, sp.C_in, sp.P, n0, width, cols,
+                    [&](int64_t offset, acc_t v) { return v + static_cast<acc_t>(call.dy[offset]); });
+  } else {
+    store_transform(dX, call.Ft_rows, sp.R, call.dx, sp.T, sp.C_in, sp.P, n0, width, cols,
+                    [](int64_t, acc_t v) { return v; });
+  }
+}
+
+// GEMM path: the tile of x (and of dy) gathered, then X = F x, dY = G^T g, the mixing's backward and
+// dx = F^T dX (+ dy) as GEMMs, and dx scattered.
+template <typename scalar_t, typename acc_t>
+void tile_backward_gemm(const BackwardCall<scalar_t, acc_t>& call, TileBuffers& buf, BackwardBuffers& bwd,
+                        std::vector<at::Tensor>& grad_weight_q, int64_t n0, int64_t width, bool first_tile) {
+  const Spectral& sp = call.sp;
+  const int64_t cols = call.cols;
+  gather_columns(call.x, buf.x.mutable_data_ptr<acc_t>(), sp.T, sp.C_in, sp.P, n0, width, cols);
+  acc_t* g = bwd.g.mutable_data_ptr<acc_t>();
+  if (call.time_conv) {
+    acc_t* dy = bwd.dy.mutable_data_ptr<acc_t>();
+    gather_columns(call.dy, dy, sp.T, sp.C_out, sp.P, n0, width, cols);
+    tile_forward(sp, buf);  // recompute s for the LeakyReLU mask
+    const acc_t* s = buf.s.const_data_ptr<acc_t>();
+    const int64_t n = sp.T * sp.C_out * cols;
+    for (int64_t i = 0; i < n; ++i) g[i] = apply_epilogue(kLeakyGrad, s[i], dy[i], call.slope);
+  } else {
+    gather_columns(call.dy, g, sp.T, sp.C_out, sp.P, n0, width, cols);
+    at::mm_out(buf.X, sp.F, buf.x);
+  }
+  at::mm_out(bwd.dY, bwd.Gt, bwd.g);
+  mix_products_backward(sp, bwd, grad_weight_q, first_tile);
+  at::mm_out(bwd.dx, bwd.Ft, bwd.dX);
+  acc_t* dx = bwd.dx.mutable_data_ptr<acc_t>();
+  if (call.time_conv) {  // the residual's gradient is dy itself
+    const acc_t* dy = bwd.dy.const_data_ptr<acc_t>();
+    const int64_t n = sp.T * sp.C_in * cols;
+    for (int64_t i = 0; i < n; ++i) dx[i] += dy[i];
+  }
+  scatter_columns(dx, call.dx, sp.T, sp.C_in, sp.P, n0, width, cols);
+}
+
+// Sums the chunks' per-product weight gradients in order (into chunk 0's), then folds the products back
+// into grad_weight's layout [C_in, C_out, K, 2] (contiguous; it stays zero where nothing is written: the
+// real modes' imaginary parts).
+template <typename scalar_t, typename acc_t>
+void fold_grad_weight(const Spectral& sp, std::vector<std::vector<at::Tensor>>& chunk_grad_weight_q,
+                      at::Tensor& grad_weight) {
+  std::vector<at::Tensor>& total_q = chunk_grad_weight_q[0];
+  for (size_t q = 0; q < sp.products.size(); ++q) {
+    acc_t* total = total_q[q].mutable_data_ptr<acc_t>();
+    const int64_t n = total_q[q].numel();
+    for (size_t chunk = 1; chunk < chunk_grad_weight_q.size(); ++chunk) {
+      const acc_t* part = chunk_grad_weight_q[chunk][q].const_data_ptr<acc_t>();
+      for (int64_t e = 0; e < n; ++e) total[e] += part[e];
+    }
+  }
+  scalar_t* gw = grad_weight.mutable_data_ptr<scalar_t>();
+  const int64_t Co = sp.C_out, Ci = sp.C_in;
+  for (int64_t k = 0; k < sp.K; ++k) {
+    const int64_t first = sp.first_product[k];
+    const acc_t* d = total_q[first].const_data_ptr<acc_t>();
+    const bool complex = !mode_is_real(k, sp.T);
+    const acc_t* d_wi = complex && sp.gauss ? total_q[first + 1].const_data_ptr<acc_t>() : nullptr;
+    const acc_t* d_sum = complex && sp.gauss ? total_q[first + 2].const_data_ptr<acc_t>() : nullptr;
+    for (int64_t i = 0; i < Ci; ++i) {
+      for (int64_t o = 0; o < Co; ++o) {
+        scalar_t* out = gw + ((i * Co + o) * sp.K + k) * 2;
+        if (!complex) {
+          out[0] = static_cast<scalar_t>(d[o * Ci + i]);
+        } else if (sp.gauss) {  // W_1 = Wr, W_2 = Wi, W_3 = Wr + Wi
+          out[0] = static_cast<scalar_t>(d[o * Ci + i] + d_sum[o * Ci + i]);
+          out[1] = static_cast<scalar_t>(d_wi[o * Ci + i] + d_sum[o * Ci + i]);
+        } else {  // dM = [[dA, dB], [dC, dD]]: grad Wr = dA + dD, grad Wi = dC - dB
+          const int64_t pitch = 2 * Ci;
+          out[0] = static_cast<scalar_t>(d[o * pitch + i] + d[(Co + o) * pitch + Ci + i]);
+          out[1] = static_cast<scalar_t>(d[(Co + o) * pitch + i] - d[o * pitch + Ci + i]);
+        }
+      }
+    }
+  }
+}
+
 std::tuple<at::Tensor, at::Tensor> backward_cpu(const at::Tensor& grad_out_in, const at::Tensor& x_in,
                                                 const at::Tensor& weight, bool time_conv, double slope) {
   check_inputs(x_in, weight, time_conv);
   check_grad_out(grad_out_in, x_in, weight);
   at::Tensor grad_x = at::empty(x_in.sizes(), x_in.options().memory_format(at::MemoryFormat::Contiguous));
-  at::Tensor grad_w = at::zeros(weight.sizes(), weight.options());
+  at::Tensor grad_weight = at::zeros(weight.sizes(), weight.options());
   if (grad_out_in.numel() == 0) {
     grad_x.zero_();
-    return {grad_x, grad_w};
+    return {grad_x, grad_weight};
   }
   const at::Tensor x = x_in.contiguous();
   const at::Tensor dy = grad_out_in.to(x.scalar_type()).contiguous();
+  const bool batched = use_batched_path(describe_dims(x, weight));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "spectral_time_conv_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
+    if (batched) {
+      std::tie(grad_x, grad_weight) = backward_batched<scalar_t, acc_t>(dy, x, weight, time_conv, slope);
+      return;
+    }
     const at::ScalarType acc_type = c10::CppTypeToScalarType<acc_t>::value;
     const Spectral sp = make_spectral<scalar_t, acc_t>(x, weight);
-    // Twice the forward's tile: dweight's GEMM reduces over the tile's columns, and longer is faster.
+    // Twice the forward's tile: the weight gradient's GEMM reduces over the tile's columns, and longer is
+    // faster.
     const int64_t cols = tile_columns(sp, 2);
     const int64_t columns = sp.B * sp.P;
     const int64_t tiles = (columns + cols - 1) / cols;
-    // A fixed number of chunks (not threads) keeps the dweight sum order, hence its value, reproducible.
+    // A fixed number of chunks (not threads) keeps the grad_weight sum order, hence its value, reproducible.
     const int64_t chunks = std::min<int64_t>(tiles, 16);
-    const auto opt = at::TensorOptions().dtype(acc_type);
-    std::vector<std::vector<at::Tensor>> dW(chunks);  // per chunk: the dW_q
-    for (auto& chunk_dW : dW) {
-      for (const at::Tensor& W : sp.W) chunk_dW.push_back(at::empty_like(W));
+    std::vector<std::vector<at::Tensor>> chunk_grad_weight_q(chunks);  // per chunk, per product
+    for (auto& grad_weight_q : chunk_grad_weight_q) {
+      for (const at::Tensor& W : sp.W) grad_weight_q.push_back(at::empty_like(W));
     }
-    const scalar_t* xp = x.const_data_ptr<scalar_t>();
-    const scalar_t* dyp = dy.const_data_ptr<scalar_t>();
-    scalar_t* dxp = grad_x.mutable_data_ptr<scalar_t>();
-    const acc_t neg = static_cast<acc_t>(slope);
-    // Row-major copies of the bases for the direct path: F [Q, T], G [T, Q], G^T [Q, T], F^T [T, Q].
-    const at::Tensor Gt_contig = sp.G.t().contiguous(), Ft_contig = sp.F.t().contiguous();
-    const acc_t* F = sp.F.const_data_ptr<acc_t>();
-    const acc_t* G = sp.G.const_data_ptr<acc_t>();
-    const acc_t* Gt_rows = Gt_contig.const_data_ptr<acc_t>();
-    const acc_t* Ft_rows = Ft_contig.const_data_ptr<acc_t>();
+    const at::Tensor Gt_rows = sp.G.t().contiguous(), Ft_rows = sp.F.t().contiguous();
+    const BackwardCall<scalar_t, acc_t> call{sp,
+                                             time_conv,
+                                             static_cast<acc_t>(slope),
+                                             x.const_data_ptr<scalar_t>(),
+                                             dy.const_data_ptr<scalar_t>(),
+                                             grad_x.mutable_data_ptr<scalar_t>(),
+                                             sp.F.const_data_ptr<acc_t>(),
+                                             sp.G.const_data_ptr<acc_t>(),
+                                             Gt_rows.const_data_ptr<acc_t>(),
+                                             Ft_rows.const_data_ptr<acc_t>(),
+                                             cols};
+    const bool direct = use_direct_path(sp);
     at::parallel_for(0, chunks, 1, [&](int64_t chunk_begin, int64_t chunk_end) {
       TileBuffers buf(sp, cols, acc_type);
-      at::Tensor g = TileBuffers::tile_buffer(sp.T, sp.C_out, cols, acc_type);  // dL/ds
-      at::Tensor dY = TileBuffers::tile_buffer(sp.R, sp.C_out, cols, acc_type);
-      at::Tensor dX = TileBuffers::tile_buffer(sp.R, sp.C_in, cols, acc_type);
-      at::Tensor dxb = at::empty({sp.T, sp.C_in * cols}, opt);
-      at::Tensor dy_tile = time_conv ? at::empty({sp.T, sp.C_out * cols}, opt) : at::Tensor();
-      const at::Tensor Gt = sp.G.t(), Ft = sp.F.t();
-      std::vector<at::Tensor> dY_q = TileBuffers::products(sp, dY, sp.C_out, cols);
-      std::vector<at::Tensor> dX_q = TileBuffers::products(sp, dX, sp.C_in, cols);
-      std::vector<at::Tensor> Wt_q, Xt_q;  // W_q^T, X_q^T
-      for (size_t q = 0; q < sp.products.size(); ++q) {
-        Wt_q.push_back(sp.W[q].t());
-        Xt_q.push_back(buf.X_q[q].t());
-      }
+      BackwardBuffers bwd(sp, buf, cols, acc_type, time_conv);
       for (int64_t chunk = chunk_begin; chunk < chunk_end; ++chunk) {
-        std::vector<at::Tensor>& dW_q = dW[chunk];
         const int64_t first_tile = chunk * tiles / chunks;
         for (int64_t tile = first_tile; tile < (chunk + 1) * tiles / chunks; ++tile) {
           const int64_t n0 = tile * cols, width = std::min(cols, columns - n0);
-          const bool direct = use_direct_path(sp);
+          auto& grad_weight_q = chunk_grad_weight_q[chunk];
           if (direct) {
-            load_transform(xp, F, sp.R, buf.X.mutable_data_ptr<acc_t>(), sp.T, sp.C_in, sp.P, n0, width, cols);
-            if (time_conv) {
-              mix_products(sp, buf);  // recompute Y (hence s) for the LeakyReLU mask
-              masked_adjoint_transform(buf.Y.const_data_ptr<acc_t>(), G, sp.R, dyp, neg, dY.mutable_data_ptr<acc_t>(),
-                                       sp.T, sp.C_out, sp.P, n0, width, cols);
-            } else {
-              load_transform(dyp, Gt_rows, sp.R, dY.mutable_data_ptr<acc_t>(), sp.T, sp.C_out, sp.P, n0, width, cols);
-            }
+            tile_backward_direct(call, buf, bwd, grad_weight_q, n0, width, tile == first_tile);
           } else {
-            gather_columns(xp, buf.x.mutable_data_ptr<acc_t>(), sp.T, sp.C_in, sp.P, n0, width, cols);
-            acc_t* gb = g.mutable_data_ptr<acc_t>();
-            if (time_conv) {
-              acc_t* dyb = dy_tile.mutable_data_ptr<acc_t>();
-              gather_columns(dyp, dyb, sp.T, sp.C_out, sp.P, n0, width, cols);
-              tile_forward(sp, buf);  // recompute s for the LeakyReLU mask
-              const acc_t* sb = buf.s.const_data_ptr<acc_t>();
-              const int64_t n = sp.T * sp.C_out * cols;
-              for (int64_t i = 0; i < n; ++i) gb[i] = apply_epilogue(kLeakyGrad, sb[i], dyb[i], neg);
-            } else {
-              gather_columns(dyp, gb, sp.T, sp.C_out, sp.P, n0, width, cols);
-              at::mm_out(buf.X, sp.F, buf.x);
-            }
-            at::mm_out(dY, Gt, g);
+            tile_backward_gemm(call, buf, bwd, grad_weight_q, n0, width, tile == first_tile);
           }
-          for (size_t q = 0; q < sp.products.size(); ++q) {
-            at::mm_out(dX_q[q], Wt_q[q], dY_q[q]);
-            if (tile == first_tile) {
-              at::mm_out(dW_q[q], dY_q[q], Xt_q[q]);
-            } else {
-              at::addmm_out(dW_q[q], dW_q[q], dY_q[q], Xt_q[q]);
-            }
-          }
-          if (direct) {
-            const acc_t* dXb = dX.const_data_ptr<acc_t>();
-            if (time_conv) {  // the residual's gradient is dy itself
-              store_transform(dXb, Ft_rows, sp.R, dxp, sp.T, sp.C_in, sp.P, n0, width, cols,
-                              [&](int64_t offset, acc_t v) { return v + static_cast<acc_t>(dyp[offset]); });
-            } else {
-              store_transform(dXb, Ft_rows, sp.R, dxp, sp.T, sp.C_in, sp.P, n0, width, cols,
-                              [](int64_t, acc_t v) { return v; });
-            }
-            continue;
-          }
-          at::mm_out(dxb, Ft, dX);
-          acc_t* dxbp = dxb.mutable_data_ptr<acc_t>();
-          if (time_conv) {  // the residual's gradient is dy itself
-            const acc_t* dyb = dy_tile.const_data_ptr<acc_t>();
-            const int64_t n = sp.T * sp.C_in * cols;
-            for (int64_t i = 0; i < n; ++i) dxbp[i] += dyb[i];
-          }
-          scatter_columns(dxbp, dxp, sp.T, sp.C_in, sp.P, n0, width, cols);
         }
       }
     });
-    // Sum the chunks in order (into chunk 0's), then fold the products back into the weight's layout
-    // (grad_w stays zero where nothing is written: the real modes' Wi).
-    for (size_t q = 0; q < sp.products.size(); ++q) {
-      acc_t* total = dW[0][q].mutable_data_ptr<acc_t>();
-      const int64_t n = dW[0][q].numel();
-      for (int64_t chunk = 1; chunk < chunks; ++chunk) {
-        const acc_t* part = dW[chunk][q].const_data_ptr<acc_t>();
-        for (int64_t e = 0; e < n; ++e) total[e] += part[e];
-      }
-    }
-    scalar_t* gw = grad_w.mutable_data_ptr<scalar_t>();  // [C_in, C_out, K, 2], contiguous
-    const int64_t Co = sp.C_out, Ci = sp.C_in;
-    for (int64_t k = 0; k < sp.K; ++k) {
-      const int64_t first = sp.first_product[k];
-      const acc_t* d = dW[0][first].const_data_ptr<acc_t>();
-      const bool complex = !mode_is_real(k, sp.T);
-      const acc_t* d_wi = complex && sp.gauss ? dW[0][first + 1].const_data_ptr<acc_t>() : nullptr;
-      const acc_t* d_sum = complex && sp.gauss ? dW[0][first + 2].const_data_ptr<acc_t>() : nullptr;
-      for (int64_t i = 0; i < Ci; ++i) {
-        for (int64_t o = 0; o < Co; ++o) {
-          scalar_t* out = gw + ((i * Co + o) * sp.K + k) * 2;
-          if (!complex) {
-            out[0] = static_cast<scalar_t>(d[o * Ci + i]);
-          } else if (sp.gauss) {  // W_1 = Wr, W_2 = Wi, W_3 = Wr + Wi
-            out[0] = static_cast<scalar_t>(d[o * Ci + i] + d_sum[o * Ci + i]);
-            out[1] = static_cast<scalar_t>(d_wi[o * Ci + i] + d_sum[o * Ci + i]);
-          } else {  // dM = [[dA, dB], [dC, dD]]: dWr = dA + dD, dWi = dC - dB
-            const int64_t pitch = 2 * Ci;
-            out[0] = static_cast<scalar_t>(d[o * pitch + i] + d[(Co + o) * pitch + Ci + i]);
-            out[1] = static_cast<scalar_t>(d[(Co + o) * pitch + i] - d[o * pitch + Ci + i]);
-          }
-        }
-      }
-    }
+    fold_grad_weight<scalar_t, acc_t>(sp, chunk_grad_weight_q, grad_weight);
   });
-  return {grad_x, grad_w};
+  return {grad_x, grad_weight};
 }
 
 }  // namespace
@@ -612,9 +898,13 @@ TORCH_LIBRARY(dsno_kernels, m) {
   m.def("time_conv(Tensor x, Tensor weight, float negative_slope) -> Tensor");
   m.def("spectral_time_conv_backward(Tensor grad_out, Tensor x, Tensor weight) -> (Tensor, Tensor)");
   m.def("time_conv_backward(Tensor grad_out, Tensor x, Tensor weight, float negative_slope) -> (Tensor, Tensor)");
+  m.def("cpu_path(Tensor x, Tensor weight) -> str");
 }
 
-TORCH_LIBRARY_IMPL(dsno_kernels, CPU, m) { Ops<forward_cpu, backward_cpu>::register_impls(m); }
+TORCH_LIBRARY_IMPL(dsno_kernels, CPU, m) {
+  Ops<forward_cpu, backward_cpu>::register_impls(m);
+  m.impl("cpu_path", &cpu_path);
+}
 
 }  // namespace dsno_kernels
 

@@ -8,7 +8,12 @@ Importing the compiled module `dsno_kernels._C` runs its TORCH_LIBRARY blocks, w
     dsno_kernels::time_conv_backward(Tensor grad_out, Tensor x, Tensor weight, float negative_slope)
         -> (Tensor, Tensor)
 
-with CPU kernels always and CUDA kernels when the extension was built with them. This module registers
+with CPU kernels always and CUDA kernels when the extension was built with them, and (CPU only)
+
+    dsno_kernels::cpu_path(Tensor x, Tensor weight) -> str
+
+which names the path ("direct", "gemm" or "batched") the CPU kernels take for such inputs
+(tests/test_cpu_paths.py holds a sample to each). This module registers
 their fakes and autograd (_library.register_ops) and the two backends. The C++ kernels read
 DSNO_KERNELS_FP32 and DSNO_KERNELS_CUDA_PATH themselves; the cuda backend validates them first
 (settings.py), so a bad value is a ValueError naming the variable.
