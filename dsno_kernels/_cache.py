@@ -1,0 +1,51 @@
+"""The caches on the call path, under one policy, and `clear_caches`, which empties every one of them.
+
+Policy: a cache holds values that are pure functions of its key (shapes, strides, dtypes, settings,
+device limits, backend names), so an entry is never stale while its key exists; it holds at most
+SIZE entries; and it is created here (`cached` for a function of its arguments, `Memo` for a lookup
+whose key is not a function's arguments), so that `clear_caches()` forgets everything at once. What a
+cached value memoizes for itself (an autotuner's choice, a forward call's backward calls) goes with it.
+settings.py must stay standalone (setup.py loads it by path): its memo of validated values is a dict of
+its own, emptied here too.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+from . import settings
+
+__all__ = ["SIZE", "cached", "Memo", "clear_caches"]
+
+SIZE = 1024  # entries per cache: a handful of shapes and settings in practice
+_CLEARS: list[Callable[[], None]] = [settings._VALIDATED.clear]
+
+
+def cached(fn: Callable) -> Callable:
+    """fn memoized on its (hashable) arguments: functools.lru_cache of SIZE entries (`fn.__wrapped__` is
+    the uncached function, for traced calls whose shapes may be symbolic)."""
+    memoized = functools.lru_cache(maxsize=SIZE)(fn)
+    _CLEARS.append(memoized.cache_clear)
+    return memoized
+
+
+class Memo(dict):
+    """A dict cache: `memo.get(key)`, and `memo.remember(key, value)` on a miss."""
+
+    def __init__(self):
+        super().__init__()
+        _CLEARS.append(self.clear)
+
+    def remember(self, key, value):
+        if len(self) >= SIZE:
+            self.clear()
+        self[key] = value
+        return value
+
+
+def clear_caches() -> None:
+    """Forget everything the call path has cached: launch plans and calls, autotuners, device limits,
+    resolved backends, validated settings. The next call plans (and, on a GPU, autotunes) afresh."""
+    for clear in _CLEARS:
+        clear()
