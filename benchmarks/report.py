@@ -4,7 +4,7 @@
     python -m benchmarks.report --strip RESULTS.json [...]   drop the raw per-round samples, in place
 
 Prints the report and writes, into DIR (default: the first JSON's folder):
-    report.md               the issue-14/16 targets with measured value and pass/miss; per (op,
+    report.md               the targets (docs/design.md) with measured value and pass/miss; per (op,
                             direction, dtype): host-inclusive and kernel-only median, GB/s (the byte
                             floor over each time), % of the copy bandwidth measured in the same
                             session, and the speed-up over dsno_fft and dense_gemm at the same shape;
@@ -27,7 +27,7 @@ import tempfile
 from collections import defaultdict
 
 import dsno_kernels
-from benchmarks.harness import GPU_SHAPES
+from dsno_kernels.shapes import GPU_SHAPES
 
 # The fused-kernel providers are the dsno_kernels backends benchmarked on some device (their records say).
 KERNEL_PROVIDERS = tuple(b.name for b in dsno_kernels.registered_backends() if b.benchmark_device is not None)
@@ -194,7 +194,7 @@ def _kernel_time(record: dict) -> str:
 
 
 # ------------------------------------------------------------------------------------------------
-# Targets (issues 14 and 16; on an H100/H200 at the GPU shapes)
+# Targets (docs/design.md; on an H100/H200 at the GPU shapes)
 
 PASS, MISS, UNMEASURED = "pass", "MISS", "not measured"
 
@@ -307,7 +307,7 @@ def targets_table(records: list[dict], by_key: dict) -> list[str]:
         ),
     ]
     lines = [
-        "## Targets (issues 14 and 16: an H100/H200 at the GPU shapes; best fused backend)",
+        "## Targets (docs/design.md: an H100/H200 at the GPU shapes; best fused backend)",
         "",
         "| target | measured | verdict |",
         "|---|---|---|",
@@ -335,8 +335,8 @@ def build_report(records: list[dict], sources: list[str], host_times: list[dict]
         "- host-incl. = wall clock per call, Python and dispatch included (calls back to back); kernel-only = "
         "device time with the calls queued behind a sleep kernel, CUDA events around them. On the CPU the "
         "two coincide (the kernel runs in the calling thread): kernel-only shows -.",
-        "- byte floor (DESIGN.md): fwd 2|x| + |w| (read x and the weight, write y); fwd+bwd 5|x| + 2|w| (also "
-        "read x and dy, write dx and dweight: a single-pass backward). GB/s = floor over the time; % of copy = "
+        "- byte floor (docs/design.md): fwd 2|x| + |w| (read x and the weight, write y); fwd+bwd 5|x| + 2|w| (also "
+        "read x and dy, write dx and grad_weight: a single-pass backward). GB/s = floor over the time; % of copy = "
         "the achieved fraction of the floor against the copy bandwidth; speed-up = the baseline's "
         "host-inclusive median over this provider's, same shape.",
         "",
