@@ -1,7 +1,7 @@
 """Turn pytest-benchmark JSON from the suites into a markdown report and plots.
 
     python -m benchmarks.report RESULTS.json [MORE.json ...] [--out DIR]
-    python -m benchmarks.report --strip RESULTS.json [...]   drop the raw per-round samples, in place
+    python -m benchmarks.report --strip RESULTS.json [...]   keep only what the tables read, in place
 
 Prints the report and writes, into DIR (default: the first JSON's folder):
     report.md               the targets (docs/design.md) with measured value and pass/miss; per (op,
@@ -63,6 +63,12 @@ OPTIONAL_KEYS = ("kernel_seconds", "kernel_gbps", "temporal_share")
 GPU_MODEL = "cifar10-b32"  # harness.MODEL_CASES["gpu"].name
 
 
+# What the tables read of a benchmark (load_results, load_host_times), and the statistics kept beside
+# the median for a reader; `slim` drops the rest (the run's machine_info and commit_info stay).
+KEPT_KEYS = ("name", "params", "extra_info", "stats")
+KEPT_STATS = ("median", "rounds", "min", "max", "iqr")
+
+
 def drop_round_samples(results: dict) -> dict:
     """Remove pytest-benchmark's raw per-round durations (`stats.data`) from a results dict, in place;
     the statistics (median, iqr, rounds, ...) stay. They were most of the bytes of a results JSON."""
@@ -71,11 +77,22 @@ def drop_round_samples(results: dict) -> dict:
     return results
 
 
+def slim(results: dict) -> dict:
+    """A results dict reduced, in place, to what the tables read: per benchmark KEPT_KEYS, of its
+    statistics KEPT_STATS (the per-round samples, pytest-benchmark's other statistics and options go)."""
+    for index, bench in enumerate(results.get("benchmarks", [])):
+        kept = {key: bench[key] for key in KEPT_KEYS if key in bench}
+        if "stats" in kept:
+            kept["stats"] = {key: kept["stats"][key] for key in KEPT_STATS if key in kept["stats"]}
+        results["benchmarks"][index] = kept
+    return results
+
+
 def strip_file(path: str) -> None:
-    """drop_round_samples on a JSON file, rewritten atomically in pytest-benchmark's layout."""
+    """slim on a JSON file, rewritten atomically (indented by one space: a readable file, few bytes)."""
     with open(path) as f:
         results = json.load(f)
-    _write_atomically(path, json.dumps(drop_round_samples(results), indent=4) + "\n")
+    _write_atomically(path, json.dumps(slim(results), indent=1) + "\n")
 
 
 def load_results(paths: list[str]) -> list[dict]:
@@ -561,10 +578,24 @@ def write_plots(records: list[dict], out_dir: str) -> list[str]:
         fig.suptitle(f"{ylabel} — {device}", fontsize=10)
         fig.tight_layout()
         path = os.path.join(out_dir, filename)
-        fig.savefig(path, dpi=110)
+        _save_small_png(fig, path)
         plt.close(fig)
         written.append(path)
     return written
+
+
+def _save_small_png(fig, path: str) -> None:
+    """The figure as a 64-colour palette PNG: a third of the bytes of matplotlib's RGBA one, the same plot."""
+    import io
+
+    from PIL import Image  # matplotlib's own dependency
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    image = (
+        Image.open(buffer).convert("RGB").quantize(colors=64, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+    )
+    image.save(path, optimize=True)
 
 
 def brief(report: str) -> str:
@@ -589,7 +620,7 @@ def main(argv=None) -> int:
     parser.add_argument("results", nargs="+", help="pytest-benchmark JSON files (--benchmark-json)")
     parser.add_argument("--out", help="folder for report.md and the plots (default: the first JSON's folder)")
     parser.add_argument(
-        "--strip", action="store_true", help="only drop the raw per-round samples (stats.data) from the files, in place"
+        "--strip", action="store_true", help="only reduce the files to what the tables read (slim), in place"
     )
     parser.add_argument(
         "--brief", action="store_true", help="print only the header and the targets (report.md still gets everything)"
