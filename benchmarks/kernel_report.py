@@ -158,10 +158,10 @@ def _role(kernel_name: str, args: dict) -> str:
 def _config(launch: RecordedLaunch) -> str:
     """The blocks, warps and stages, e.g. "OUT=64 IN=32 P=128 / grad_weight IN=64 OUT=64 P=32 w8s3"."""
     parts = []
-    for prefix, label in (("BLOCK_", ""), ("GRAD_WEIGHT_BLOCK_", "/ grad_weight ")):
+    for prefix, label in (("BLOCK", ""), ("GRAD_WEIGHT_BLOCK", "/ grad_weight ")):
         names = [n for n in launch.kernel.arg_names if n.startswith(prefix)]
         if names:
-            parts.append(label + " ".join(f"{n.removeprefix(prefix)}={launch.args[n]}" for n in names))
+            parts.append(label + " ".join(f"{n.removeprefix(prefix + '_')}={launch.args[n]}" for n in names))
     blocks = " ".join(parts)
     persistent = f" persistent {launch.args['PERSISTENT']}/SM" if launch.args.get("PERSISTENT") else ""
     return f"{blocks} w{launch.options.get('num_warps', '')}s{launch.options.get('num_stages', '')}{persistent}"

@@ -1,4 +1,4 @@
-"""The backends, one module each, all of the same shape:
+"""The backends, one module (or package) each, all of the same shape:
 
     reference.py   "reference": the torch.fft form (the maths, derived once, lives in its docstring)
     cpp.py         "cpu" and "cuda": bindings to the C++ / CUDA kernels in csrc/

@@ -21,7 +21,9 @@ its later reads hit L2; a persistent grid (autotuning candidates) keeps that ord
 is per mode and BLOCK_IN step: tl.dots [BLOCK_P x BLOCK_IN] @ [BLOCK_IN x BLOCK_OUT] of (Xr, Xi) with
 (Wr, Wi), pixels as the M dimension so that the transformed tile, computed in registers, is the A
 operand (a stacked [R * BLOCK_IN] reduction would multiply the block-sparse zeros). The weight is read
-through its strides, in its [C_in, C_out, K, 2] layout.
+through its strides, in its [C_in, C_out, K, 2] layout. The forward's and the mask pass's configurations
+(configs.py) are autotuned per problem unless DSNO_KERNELS_TRITON_AUTOTUNE=0 (the first, untimed);
+the backward takes the first configuration of each half.
 
 Precision: the dot operands are in the input dtype (the transformed tile rounded to it), accumulating
 in fp32 (fp64 for fp64). fp32 goes through tf32 unless DSNO_KERNELS_FP32 is "ieee" (exact) or "tf32x3"
@@ -43,6 +45,7 @@ wrong, triton-lang/triton#11584), so it computes what the GPU computes.
 
     runtime.py        Triton or stand-ins, INTERPRETING, MAX_TIME_POINTS
     dft.py            the DFT entries as compile-time constants, the transforms along T
+    tiles.py          a tile's loads, the LeakyReLU bit mask, the tl.dot operands
     kernels.py        the kernels
     configs.py        DeviceLimits, candidate configurations, register budgets, launch_configs
     plans.py          launch plans: pure functions of the problem and DeviceLimits

@@ -10,81 +10,9 @@
 Arguments follow the Triton tutorials: *_ptr and stride_* for tensors, CAPS for constexprs.
 """
 
-from .dft import first_row, is_real_mode, num_rows, synthesize, transform_row
+from .dft import first_row, is_real_mode, num_rows, synthesize
 from .runtime import tl, triton
-
-
-@triton.jit
-def _load_time_tiles(ptr, stride_t, offsets, mask, T: tl.constexpr):
-    """The T tiles ptr[t * stride_t + offsets] as a tuple (ptr a scalar, so that no per-t pointer
-    tensor is hoisted out of the caller's loop and held in registers)."""
-    tiles = ()
-    for t in tl.static_range(T):
-        tiles = tiles + (tl.load(ptr + t * stride_t + offsets, mask=mask, other=0.0),)
-    return tiles
-
-
-@triton.jit
-def _dot_operand(tile, DOT_DTYPE: tl.constexpr, UPCAST_DOT: tl.constexpr):
-    """tile rounded to the dot dtype; with UPCAST_DOT (interpreter, bf16) carried on in fp32."""
-    tile = tile.to(DOT_DTYPE)
-    if UPCAST_DOT:
-        tile = tile.to(tl.float32)
-    return tile
-
-
-@triton.jit
-def _row_operand(
-    tiles,
-    k: tl.constexpr,
-    T: tl.constexpr,
-    IMAG: tl.constexpr,
-    SCALED: tl.constexpr,
-    ACC_DTYPE: tl.constexpr,
-    DOT_DTYPE: tl.constexpr,
-    UPCAST_DOT: tl.constexpr,
-):
-    """transform_row as a tl.dot operand."""
-    return _dot_operand(transform_row(tiles, k, T, IMAG, SCALED, ACC_DTYPE), DOT_DTYPE, UPCAST_DOT)
-
-
-@triton.jit
-def _mma(a, b, acc, INPUT_PRECISION: tl.constexpr):
-    """acc + a @ b on the tensor cores, accumulating in acc's dtype (for fp64 Triton needs out_dtype said)."""
-    return tl.dot(a, b, acc, input_precision=INPUT_PRECISION, out_dtype=acc.dtype)
-
-
-@triton.jit
-def _mask_bits_offsets(channels, channel_mask, pixels, pixel_mask, num_words, PIXELS_FIRST: tl.constexpr):
-    """(offsets, mask, shifts) of the bits of a [C, num_words] slice of the bit mask (bit j of word w
-    is pixel 32 w + j) for a [pixels, channels] tile (PIXELS_FIRST) or a [channels, pixels] one. Each
-    element loads its own word (32 share one, from L1): no reshape of the tile, whose layout then stays
-    the dot operand's. (Words, not bytes: with a uint8 load among a dot operand's producers, Triton 3.8
-    picks an operand layout for fp64 that its sm_80 MMA lowering rejects.)"""
-    word = pixels // 32
-    if PIXELS_FIRST:
-        offsets = word[:, None] + channels[None, :] * num_words
-        mask = pixel_mask[:, None] & channel_mask[None, :]
-        shifts = (pixels % 32)[:, None]
-    else:
-        offsets = channels[:, None] * num_words + word[None, :]
-        mask = channel_mask[:, None] & pixel_mask[None, :]
-        shifts = (pixels % 32)[None, :]
-    return offsets, mask, shifts
-
-
-@triton.jit
-def _masked_time_tiles(tiles, mask_ptr, stride_t, offsets, mask, shifts, negative_slope, T: tl.constexpr,
-                       ACC_DTYPE: tl.constexpr):  # fmt: skip
-    """The T tiles of dy times leaky_relu'(s) (1 where the mask's bit is set, negative_slope elsewhere),
-    rounded back to dy's dtype: time_conv's gradient at the spectral output, g."""
-    masked = ()
-    for t in tl.static_range(T):
-        bits = (tl.load(mask_ptr + t * stride_t + offsets, mask=mask, other=0) >> shifts) & 1
-        tile = tiles[t]
-        scaled = tile.to(ACC_DTYPE) * tl.full(tile.shape, negative_slope, ACC_DTYPE)
-        masked = masked + (tl.where(bits != 0, tile, scaled.to(tile.dtype)),)
-    return masked
+from .tiles import dot_operand, load_time_tiles, mask_bits_offsets, masked_time_tiles, mma, row_operand
 
 
 @triton.jit
@@ -140,14 +68,14 @@ def _mix_program(
     w_offsets = arange_in[:, None] * stride_w_in + offs_out[None, :] * stride_w_out
     for in_start in range(0, C_IN, BLOCK_IN):
         mask_in = in_start + arange_in < C_IN
-        tiles = _load_time_tiles(
+        tiles = load_time_tiles(
             in_ptr + in_start * stride_in_c, stride_in_t, in_offsets, mask_p[:, None] & mask_in[None, :], T
         )
         if MASKED_INPUT:
-            bit_offsets, bit_mask, shifts = _mask_bits_offsets(
+            bit_offsets, bit_mask, shifts = mask_bits_offsets(
                 in_start + arange_in, mask_in, offs_p, mask_p, num_words, True
             )
-            tiles = _masked_time_tiles(
+            tiles = masked_time_tiles(
                 tiles,
                 mask_ptr + batch * T * C_IN * num_words,
                 C_IN * num_words,
@@ -162,22 +90,22 @@ def _mix_program(
         w_mask = mask_in[:, None] & mask_out[None, :]
         mixed = ()
         for k in tl.static_range(K):
-            in_re = _row_operand(tiles, k, T, False, False, acc_dtype, dot_dtype, UPCAST_DOT)
+            in_re = row_operand(tiles, k, T, False, False, acc_dtype, dot_dtype, UPCAST_DOT)
             w_re = tl.load(w_block_ptr + k * stride_w_k + w_offsets, mask=w_mask, other=0.0)
-            w_re = _dot_operand(w_re, dot_dtype, UPCAST_DOT)
-            acc_re = _mma(in_re, w_re, accs[first_row(k)], INPUT_PRECISION)
+            w_re = dot_operand(w_re, dot_dtype, UPCAST_DOT)
+            acc_re = mma(in_re, w_re, accs[first_row(k)], INPUT_PRECISION)
             if is_real_mode(k, T):
                 mixed = mixed + (acc_re,)
             else:
-                in_im = _row_operand(tiles, k, T, True, False, acc_dtype, dot_dtype, UPCAST_DOT)
+                in_im = row_operand(tiles, k, T, True, False, acc_dtype, dot_dtype, UPCAST_DOT)
                 w_im = tl.load(w_block_ptr + k * stride_w_k + stride_w_c + w_offsets, mask=w_mask, other=0.0)
-                w_im = _dot_operand(w_im, dot_dtype, UPCAST_DOT)
+                w_im = dot_operand(w_im, dot_dtype, UPCAST_DOT)
                 if CONJUGATE:  # after the upcast: the interpreter negates bf16 as raw integers
                     w_im = -w_im
                 # out_re = in_re Wr - in_im Wi ; out_im = in_re Wi + in_im Wr
-                acc_re = _mma(-in_im, w_im, acc_re, INPUT_PRECISION)
-                acc_im = _mma(in_re, w_im, accs[first_row(k) + 1], INPUT_PRECISION)
-                acc_im = _mma(in_im, w_re, acc_im, INPUT_PRECISION)
+                acc_re = mma(-in_im, w_im, acc_re, INPUT_PRECISION)
+                acc_im = mma(in_re, w_im, accs[first_row(k) + 1], INPUT_PRECISION)
+                acc_im = mma(in_im, w_re, acc_im, INPUT_PRECISION)
                 mixed = mixed + (acc_re, acc_im)
         accs = mixed
 
@@ -262,19 +190,19 @@ def _grad_weight_program(
         batch = (tile // num_p_blocks).to(tl.int64)
         p_start = (tile % num_p_blocks) * BLOCK_P
         mask_p = p_start + arange_p < P
-        x_tiles = _load_time_tiles(
+        x_tiles = load_time_tiles(
             x_ptr + batch * stride_x_b + p_start * stride_x_p, stride_x_t, x_offsets,
             mask_in[:, None] & mask_p[None, :], T,
         )  # fmt: skip
-        g_tiles = _load_time_tiles(
+        g_tiles = load_time_tiles(
             grad_ptr + batch * stride_g_b + p_start * stride_g_p, stride_g_t, g_offsets,
             mask_out[:, None] & mask_p[None, :], T,
         )  # fmt: skip
         if MASKED_INPUT:
-            bit_offsets, bit_mask, shifts = _mask_bits_offsets(
+            bit_offsets, bit_mask, shifts = mask_bits_offsets(
                 offs_out, mask_out, p_start + arange_p, mask_p, num_words, False
             )
-            g_tiles = _masked_time_tiles(
+            g_tiles = masked_time_tiles(
                 g_tiles,
                 mask_ptr + batch * T * C_OUT * num_words,
                 C_OUT * num_words,
@@ -287,18 +215,18 @@ def _grad_weight_program(
             )
         summed = ()
         for k in tl.static_range(K):
-            x_re = _row_operand(x_tiles, k, T, False, False, acc_dtype, dot_dtype, UPCAST_DOT)
-            g_re = tl.trans(_row_operand(g_tiles, k, T, False, True, acc_dtype, dot_dtype, UPCAST_DOT))
-            acc_re = _mma(x_re, g_re, accs[first_row(k)], INPUT_PRECISION)
+            x_re = row_operand(x_tiles, k, T, False, False, acc_dtype, dot_dtype, UPCAST_DOT)
+            g_re = tl.trans(row_operand(g_tiles, k, T, False, True, acc_dtype, dot_dtype, UPCAST_DOT))
+            acc_re = mma(x_re, g_re, accs[first_row(k)], INPUT_PRECISION)
             if is_real_mode(k, T):
                 summed = summed + (acc_re,)
             else:
-                x_im = _row_operand(x_tiles, k, T, True, False, acc_dtype, dot_dtype, UPCAST_DOT)
-                g_im = tl.trans(_row_operand(g_tiles, k, T, True, True, acc_dtype, dot_dtype, UPCAST_DOT))
+                x_im = row_operand(x_tiles, k, T, True, False, acc_dtype, dot_dtype, UPCAST_DOT)
+                g_im = tl.trans(row_operand(g_tiles, k, T, True, True, acc_dtype, dot_dtype, UPCAST_DOT))
                 # grad_Wr += Xr dYr^T + Xi dYi^T ; grad_Wi += Xr dYi^T - Xi dYr^T
-                acc_re = _mma(x_im, g_im, acc_re, INPUT_PRECISION)
-                acc_im = _mma(x_re, g_im, accs[first_row(k) + 1], INPUT_PRECISION)
-                acc_im = _mma(-x_im, g_re, acc_im, INPUT_PRECISION)
+                acc_re = mma(x_im, g_im, acc_re, INPUT_PRECISION)
+                acc_im = mma(x_re, g_im, accs[first_row(k) + 1], INPUT_PRECISION)
+                acc_im = mma(-x_im, g_re, acc_im, INPUT_PRECISION)
                 summed = summed + (acc_re, acc_im)
         accs = summed
 
