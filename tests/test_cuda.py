@@ -15,11 +15,13 @@ import pytest
 import torch
 from common import TF32_TOLERANCE, TOLERANCE, assert_close_to_reference
 
+import dsno_kernels
 from dsno_kernels import settings
 from dsno_kernels.backends import cpp as cpp_backend
 from dsno_kernels.backends.reference import spectral_time_conv_reference, time_conv_reference
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+CPU_UNAVAILABLE = dsno_kernels.get_backend("cpu").unavailable_reason()
 
 OPS = ("spectral_time_conv", "time_conv", "spectral_time_conv_backward", "time_conv_backward")
 
@@ -32,7 +34,7 @@ def _extension_links_cuda() -> bool:
         return b"libc10_cuda.so" in library.read()
 
 
-@pytest.mark.skipif(cpp_backend._IMPORT_ERROR is not None, reason="the C++ extension is not built")
+@pytest.mark.skipif(CPU_UNAVAILABLE is not None, reason=f"the C++ extension is not built: {CPU_UNAVAILABLE}")
 def test_cuda_kernels_registered_when_built_with_cuda():
     if not _extension_links_cuda():
         pytest.skip("the extension was built without CUDA")
@@ -42,8 +44,7 @@ def test_cuda_kernels_registered_when_built_with_cuda():
 
 
 requires_cuda_kernels = pytest.mark.skipif(
-    cpp_backend._IMPORT_ERROR is not None or not cpp_backend.has_cuda_kernels(),
-    reason="the extension was built without CUDA kernels",
+    not cpp_backend.has_cuda_kernels(), reason="the extension is not built, or built without CUDA kernels"
 )
 
 
