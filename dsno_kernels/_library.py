@@ -104,10 +104,11 @@ def _double_backward(ops, ctx, grad_grad_x, grad_grad_weight):
     return (grad_grad_out, grad_x, grad_weight) + (None,) * len(ctx.slope)
 
 
-def _where_needed(ctx, grad_x, grad_weight) -> tuple:
-    """A forward's backward result: each gradient where its input needs one, else None; None for the slope."""
+def _where_needed(ctx, grad_x, grad_weight, slopes: int) -> tuple:
+    """A forward's backward result: each gradient where its input needs one, else None; None for each
+    of its `slopes` trailing (slope) inputs."""
     needs = ctx.needs_input_grad
-    return (grad_x if needs[0] else None, grad_weight if needs[1] else None) + (None,) * len(ctx.slope)
+    return (grad_x if needs[0] else None, grad_weight if needs[1] else None) + (None,) * slopes
 
 
 def _register_autograd(ops: dict) -> None:
@@ -128,7 +129,7 @@ def _register_autograd(ops: dict) -> None:
         def backward(ctx, grad_out, backward_op=backward_op):
             x, weight = ctx.saved_tensors
             grad_x, grad_weight = backward_op(grad_out.contiguous(), x, weight, *ctx.slope)
-            return _where_needed(ctx, grad_x, grad_weight)
+            return _where_needed(ctx, grad_x, grad_weight, len(ctx.slope))
 
         torch.library.register_autograd(ops[name], backward, setup_context=setup_forward)
         torch.library.register_autograd(
@@ -152,75 +153,81 @@ def launches_directly(x: torch.Tensor, weight: torch.Tensor) -> bool:
     )
 
 
-def _below_autograd(op, contiguous_grad: bool = False) -> Callable:
-    """A direct call of `op` (see eager_functions): the op below the autograd key, which only the
-    dispatcher's kernel for the tensors' device then runs; backward ops get a contiguous grad_out."""
-    if contiguous_grad:
+def _slope_args(negative_slope: float | None) -> tuple:
+    """The ops' trailing arguments: none for spectral_time_conv (negative_slope None), the slope for time_conv."""
+    return () if negative_slope is None else (negative_slope,)
 
-        def call(ctx, grad_out, *args):
-            with torch._C._AutoDispatchBelowAutograd():
-                return op(grad_out.contiguous(), *args)
 
-    else:
+def _below_autograd(ops: dict) -> tuple[Callable, Callable]:
+    """The default direct calls (see eager_functions): the ops below the autograd key, which only the
+    dispatcher's kernel for the tensors' device then runs; the backward ops get a contiguous grad_out."""
 
-        def call(ctx, *args):
-            with torch._C._AutoDispatchBelowAutograd():
-                return op(*args)
+    def forward(ctx, x, weight, negative_slope):
+        with torch._C._AutoDispatchBelowAutograd():
+            if negative_slope is None:
+                return ops["spectral_time_conv"](x, weight)
+            return ops["time_conv"](x, weight, negative_slope)
 
-    return call
+    def backward(ctx, grad_out, x, weight, negative_slope):
+        grad_out = grad_out.contiguous()
+        with torch._C._AutoDispatchBelowAutograd():
+            if negative_slope is None:
+                return ops["spectral_time_conv_backward"](grad_out, x, weight)
+            return ops["time_conv_backward"](grad_out, x, weight, negative_slope)
+
+    return forward, backward
 
 
 def _eager_function(forward_op, backward_op, direct_forward, direct_backward) -> Callable:
-    """forward_op as a function: launched directly when launches_directly (inside a plain
-    autograd.Function when x or the weight requires grad: the ops' dispatcher autograd kernels are
-    Python and cost more than this whole Function), through the dispatcher otherwise."""
+    """forward_op as a function of (x, weight[, negative_slope]): launched directly when
+    launches_directly (inside a plain autograd.Function when x or the weight requires grad: the ops'
+    dispatcher autograd kernels are Python and cost more than this whole Function), through the
+    dispatcher otherwise. Arguments are passed explicitly: a *args call costs ~0.2 us per call."""
 
     class Function(torch.autograd.Function):
         # The old-style forward(ctx, ...): a setup_context Function binds its arguments with
         # inspect.signature on every call (~25 us).
         @staticmethod
-        def forward(ctx, x, weight, *slope):
+        def forward(ctx, x, weight, negative_slope):
             ctx.save_for_backward(x, weight)
-            ctx.slope = slope
-            return direct_forward(ctx, x, weight, *slope)
+            ctx.negative_slope = negative_slope
+            return direct_forward(ctx, x, weight, negative_slope)
 
         @staticmethod
         def backward(ctx, grad_out):
             x, weight = ctx.saved_tensors
             if torch.is_grad_enabled():  # create_graph=True: the backward op's registered autograd records it
-                grad_x, grad_weight = backward_op(grad_out.contiguous(), x, weight, *ctx.slope)
+                args = _slope_args(ctx.negative_slope)
+                grad_x, grad_weight = backward_op(grad_out.contiguous(), x, weight, *args)
             else:
-                grad_x, grad_weight = direct_backward(ctx, grad_out, x, weight, *ctx.slope)
-            return _where_needed(ctx, grad_x, grad_weight)
+                grad_x, grad_weight = direct_backward(ctx, grad_out, x, weight, ctx.negative_slope)
+            return _where_needed(ctx, grad_x, grad_weight, 1)
 
-    def call(x: torch.Tensor, weight: torch.Tensor, *slope) -> torch.Tensor:
+    def call(x: torch.Tensor, weight: torch.Tensor, negative_slope: float | None = None) -> torch.Tensor:
         if not launches_directly(x, weight):  # the dispatcher, with the registered fake and autograd
-            return forward_op(x, weight, *slope)
+            return forward_op(x, weight, *_slope_args(negative_slope))
         if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
-            return Function.apply(x, weight, *slope)
-        return direct_forward(None, x, weight, *slope)
+            return Function.apply(x, weight, negative_slope)
+        return direct_forward(None, x, weight, negative_slope)
 
     return call
 
 
-def eager_functions(ops: dict, direct: dict | None = None) -> tuple[Callable, Callable]:
+def eager_functions(ops: dict, direct: tuple[Callable, Callable] | None = None) -> tuple[Callable, Callable]:
     """(spectral_time_conv(x, weight), time_conv(x, weight, negative_slope)) over a backend's ops, for
-    its Backend record. `direct`: the backend's own calls by role, fn(ctx, *the op's arguments), which
-    eager calls on plain tensors run instead of the ops; ctx is the eager autograd's context (None when
-    nothing requires grad), where a forward may keep what its backward needs. By default each op below
-    the autograd key."""
-    if direct is None:
-        direct = {role: _below_autograd(ops[role], role.endswith("_backward")) for role in ROLES}
+    its Backend record. `direct`: the backend's own (forward(ctx, x, weight, negative_slope),
+    backward(ctx, grad_out, x, weight, negative_slope)), negative_slope None for spectral_time_conv,
+    which eager calls on plain tensors run instead of the ops; ctx is the eager autograd's context (None
+    when nothing requires grad), where the forward may keep what its backward needs. By default the
+    ops below the autograd key."""
+    direct = direct or _below_autograd(ops)
     return (
-        _eager_function(
-            ops["spectral_time_conv"], ops["spectral_time_conv_backward"],
-            direct["spectral_time_conv"], direct["spectral_time_conv_backward"],
-        ),
-        _eager_function(ops["time_conv"], ops["time_conv_backward"], direct["time_conv"], direct["time_conv_backward"]),
-    )  # fmt: skip
+        _eager_function(ops["spectral_time_conv"], ops["spectral_time_conv_backward"], *direct),
+        _eager_function(ops["time_conv"], ops["time_conv_backward"], *direct),
+    )
 
 
-def register_ops(ops: dict, direct: dict | None = None) -> tuple[Callable, Callable]:
+def register_ops(ops: dict, direct: tuple[Callable, Callable] | None = None) -> tuple[Callable, Callable]:
     """Register fakes and autograd (twice differentiable) for a backend's four ops, given by role
     (ROLES) as OpOverloads (torch.ops.ns.op.default) or custom_op / triton_op objects. Returns
     eager_functions(ops, direct) for the backend's record."""

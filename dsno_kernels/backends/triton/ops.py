@@ -82,8 +82,8 @@ def launch_backward(
     return grad_x, grad_weight
 
 
-def _direct_calls(limits_of: Callable[[torch.device], DeviceLimits | None]) -> dict:
-    """The eager calls on plain tensors, by role (_library.eager_functions' `direct`), planned for
+def _direct_calls(limits_of: Callable[[torch.device], DeviceLimits | None]) -> tuple[Callable, Callable]:
+    """The eager calls on plain tensors (_library.eager_functions' `direct`), planned for
     limits_of(the tensors' device). The forward keeps its call in the eager autograd's context; the
     backward, which runs only there, plans through it, with the forward's settings (so that its
     LeakyReLU mask is the forward's)."""
@@ -109,12 +109,7 @@ def _direct_calls(limits_of: Callable[[torch.device], DeviceLimits | None]) -> d
             )  # fmt: skip
         return launch_backward(call, grad_out, x, weight, grad_x)
 
-    return {
-        "spectral_time_conv": forward,
-        "time_conv": forward,
-        "spectral_time_conv_backward": backward,
-        "time_conv_backward": backward,
-    }
+    return forward, backward
 
 
 # The ops' bodies: planned for the tensors' device, afresh when traced (the shapes may be symbolic,
