@@ -162,18 +162,21 @@ def _below_autograd(ops: dict) -> tuple[Callable, Callable]:
     """The default direct calls (see eager_functions): the ops below the autograd key, which only the
     dispatcher's kernel for the tensors' device then runs; the backward ops get a contiguous grad_out."""
 
+    spectral, time_conv = ops["spectral_time_conv"], ops["time_conv"]
+    spectral_backward, time_conv_backward = ops["spectral_time_conv_backward"], ops["time_conv_backward"]
+
     def forward(ctx, x, weight, negative_slope):
         with torch._C._AutoDispatchBelowAutograd():
             if negative_slope is None:
-                return ops["spectral_time_conv"](x, weight)
-            return ops["time_conv"](x, weight, negative_slope)
+                return spectral(x, weight)
+            return time_conv(x, weight, negative_slope)
 
     def backward(ctx, grad_out, x, weight, negative_slope):
         grad_out = grad_out.contiguous()
         with torch._C._AutoDispatchBelowAutograd():
             if negative_slope is None:
-                return ops["spectral_time_conv_backward"](grad_out, x, weight)
-            return ops["time_conv_backward"](grad_out, x, weight, negative_slope)
+                return spectral_backward(grad_out, x, weight)
+            return time_conv_backward(grad_out, x, weight, negative_slope)
 
     return forward, backward
 
