@@ -2,7 +2,7 @@
 
 Policy: a cache holds values that are pure functions of its key (shapes, strides, dtypes, settings,
 device limits, backend names), so an entry is never stale while its key exists; it holds at most
-SIZE entries; and it is created here (`cached` for a function of its arguments, `Memo` for a lookup
+SIZE entries; and it is created here (`cached` for a function of its arguments, `memo` for a lookup
 whose key is not a function's arguments), so that `clear_caches()` forgets everything at once. What a
 cached value memoizes for itself (an autotuner's choice, a forward call's backward calls) goes with it.
 settings.py must stay standalone (setup.py loads it by path): its memo of validated values is a dict of
@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 from . import settings
 
-__all__ = ["SIZE", "cached", "Memo", "clear_caches"]
+__all__ = ["SIZE", "cached", "memo", "remember", "clear_caches"]
 
 SIZE = 1024  # entries per cache: a handful of shapes and settings in practice
 _CLEARS: list[Callable[[], None]] = [settings._VALIDATED.clear]
@@ -30,18 +30,20 @@ def cached(fn: Callable) -> Callable:
     return memoized
 
 
-class Memo(dict):
-    """A dict cache: `memo.get(key)`, and `memo.remember(key, value)` on a miss."""
+def memo() -> dict:
+    """A dict cache, for a lookup whose key is not a function's arguments: `cache.get(key)`, and
+    `remember(cache, key, value)` on a miss. (A plain dict: a subclass's .get costs more per call.)"""
+    cache: dict = {}
+    _CLEARS.append(cache.clear)
+    return cache
 
-    def __init__(self):
-        super().__init__()
-        _CLEARS.append(self.clear)
 
-    def remember(self, key, value):
-        if len(self) >= SIZE:
-            self.clear()
-        self[key] = value
-        return value
+def remember(cache: dict, key, value):
+    """cache[key] = value, the cache emptied first when it holds SIZE entries; returns value."""
+    if len(cache) >= SIZE:
+        cache.clear()
+    cache[key] = value
+    return value
 
 
 def clear_caches() -> None:

@@ -16,7 +16,7 @@ from collections.abc import Callable
 import torch
 
 from . import settings
-from ._cache import Memo
+from ._cache import memo, remember
 
 __all__ = [
     "Backend",
@@ -70,7 +70,7 @@ _SETTING_CHOICES: list[tuple[str, ...]] = [("auto",)]
 # resolve_backend's answers by (backend name, device type, T): a function of those alone, since a
 # backend's unavailable_reason holds for the whole process. Spares every call the availability checks
 # (torch.cuda.is_available, the device's capability: microseconds each).
-_RESOLVED = Memo()
+_RESOLVED = memo()
 
 
 def _derive() -> None:
@@ -160,7 +160,7 @@ def _backend_for(backend, x: torch.Tensor, device_type: str) -> Backend:
     key = (backend, device_type, x.shape[1])
     resolved = _RESOLVED.get(key)
     if resolved is None:
-        resolved = _RESOLVED.remember(key, _choose_backend(backend, x))
+        resolved = remember(_RESOLVED, key, _choose_backend(backend, x))
     return resolved
 
 
