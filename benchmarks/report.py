@@ -63,10 +63,10 @@ OPTIONAL_KEYS = ("kernel_seconds", "kernel_gbps", "temporal_share")
 GPU_MODEL = "cifar10-b32"  # harness.MODEL_CASES["gpu"].name
 
 
-# What the tables read of a benchmark (load_results, load_host_times), and the statistics kept beside
-# the median for a reader; `slim` drops the rest (the run's machine_info and commit_info stay).
-KEPT_KEYS = ("name", "params", "extra_info", "stats")
-KEPT_STATS = ("median", "rounds", "min", "max", "iqr")
+# What the tables read of a benchmark (load_results, load_host_times); `slim` drops the rest (the
+# run's machine_info and commit_info stay).
+KEPT_KEYS = ("params", "extra_info", "stats")
+KEPT_STATS = ("median", "rounds")
 
 
 def drop_round_samples(results: dict) -> dict:
@@ -89,10 +89,15 @@ def slim(results: dict) -> dict:
 
 
 def strip_file(path: str) -> None:
-    """slim on a JSON file, rewritten atomically (indented by one space: a readable file, few bytes)."""
+    """slim on a JSON file, rewritten atomically with one benchmark per line (compact, and diffable)."""
     with open(path) as f:
-        results = json.load(f)
-    _write_atomically(path, json.dumps(slim(results), indent=1) + "\n")
+        results = slim(json.load(f))
+    compact = {"separators": (",", ":")}
+    head = [
+        f"{json.dumps(key)}:{json.dumps(value, **compact)}" for key, value in results.items() if key != "benchmarks"
+    ]
+    benchmarks = ",\n".join(json.dumps(bench, **compact) for bench in results.get("benchmarks", []))
+    _write_atomically(path, "{" + ",\n".join([*head, f'"benchmarks":[\n{benchmarks}]']) + "}\n")
 
 
 def load_results(paths: list[str]) -> list[dict]:
