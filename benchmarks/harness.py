@@ -13,9 +13,9 @@ Every call takes the next of several input sets whose total size is at least twi
 call finds its input in L2 from an earlier one. On the CPU sets rotate over 32 MiB (larger than the
 per-core L2; the L3 is too large to defeat, so CPU numbers may be partly L3-resident).
 
-Bytes: DESIGN.md's floor, in the benchmark's dtype (the dtype every fused backend works in), whatever
+Bytes: the byte floor of docs/design.md, in the benchmark's dtype (the dtype every fused backend works in), whatever
 a baseline does internally. Forward: read x and the weight, write y: 2|x| + |w|. Forward+backward with
-a single-pass backward (read x and dy, write dx and dweight): 5|x| + 2|w|, the weights a rounding error
+a single-pass backward (read x and dy, write dx and grad_weight): 5|x| + 2|w|, the weights a rounding error
 at DSNO's shapes. A time's fraction of the floor is floor bytes / time / copy bandwidth.
 
 `python -m benchmarks.harness` compares two providers call by call (see `main`).
@@ -38,6 +38,7 @@ import torch
 import dsno_kernels
 from benchmarks import baselines
 from dsno_kernels.backends.reference import mode_is_real
+from dsno_kernels.shapes import GPU_SHAPES, OpShape  # DSNO's shapes; the GPU set
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 DIRECTIONS = ("fwd", "fwd+bwd")
@@ -46,46 +47,11 @@ GPU_MIN_ROUND_SECONDS = 2e-3  # launch/sync gaps of a round stay under ~1% of it
 CPU_MIN_ROUND_SECONDS = 2e-4
 
 
-@dataclasses.dataclass(frozen=True)
-class OpShape:
-    """x [B, T, C, *spatial], weight [C, C, K, 2]."""
-
-    name: str
-    B: int
-    T: int
-    K: int
-    C: int
-    spatial: tuple[int, ...] = ()
-
-    @property
-    def x_shape(self) -> tuple[int, ...]:
-        return (self.B, self.T, self.C, *self.spatial)
-
-    @property
-    def x_numel(self) -> int:
-        return math.prod(self.x_shape)
-
-    @property
-    def weight_numel(self) -> int:
-        return self.C * self.C * self.K * 2
-
-
 def _shapes(*shapes: OpShape) -> dict[str, OpShape]:
     return {s.name: s for s in shapes}
 
 
-# DSNO's configurations (T = 4 time points, K = 2 modes) and an FNO-1D layer.
-GPU_SHAPES = _shapes(
-    OpShape("cifar10-32", 32, 4, 2, 256, (32, 32)),
-    OpShape("cifar10-16", 32, 4, 2, 256, (16, 16)),
-    OpShape("cifar10-8", 32, 4, 2, 256, (8, 8)),
-    OpShape("imagenet64-64", 8, 4, 2, 192, (64, 64)),
-    OpShape("imagenet64-32", 8, 4, 2, 384, (32, 32)),
-    OpShape("imagenet64-16", 8, 4, 2, 576, (16, 16)),
-    OpShape("imagenet64-8", 8, 4, 2, 768, (8, 8)),
-    OpShape("fno1d", 64, 256, 32, 64),
-)
-# Sized for a 2-core machine: issue 2's measurement shape, a wide-image and a channel-heavy one
+# Sized for a 2-core machine: the CPU targets' shape (docs/design.md), a wide-image and a channel-heavy one
 # (the CIFAR-10 32x32 and 8x8 levels scaled down), and FNO-1D layers from T = 64 to 1024, K = 8 to 64,
 # C = 32 to 128, powers of two and not ("fno1d-t256": the FNO-1D layer B16 C64 T256 K16).
 CPU_SHAPES = _shapes(
@@ -127,7 +93,7 @@ MODEL_CASES = {
 
 
 def floor_bytes(shape: OpShape, direction: str, dtype: str) -> int:
-    """DESIGN.md's floor: fwd 2|x| + |w| (x, weight, y); fwd+bwd 5|x| + 2|w| (and x, dy, dx, dweight:
+    """docs/design.md's floor: fwd 2|x| + |w| (x, weight, y); fwd+bwd 5|x| + 2|w| (and x, dy, dx, grad_weight:
     reachable only by a single-pass backward)."""
     element = torch.empty((), dtype=DTYPES[dtype]).element_size()
     forward = 2 * shape.x_numel + shape.weight_numel
@@ -443,8 +409,8 @@ def layer_gflop(shape: OpShape) -> float:
 
 
 def main(argv=None) -> int:
-    """time_conv of two providers, interleaved call by call (issue 2's "Measure": DSNO's layer against
-    the cpu backend at B=8, T=4, K=2, C=128, 16x16, fp32; targets >= 5x forward, >= 3x forward+backward)."""
+    """time_conv of two providers, interleaved call by call (docs/design.md's CPU targets: DSNO's layer
+    against the cpu backend at B=8, T=4, K=2, C=128, 16x16, fp32; >= 5x forward, >= 3x forward+backward)."""
     shapes = {**CPU_SHAPES, **GPU_SHAPES, **SMOKE_SHAPES}
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.harness",
@@ -457,7 +423,7 @@ def main(argv=None) -> int:
     parser.add_argument("--provider", default="cpu")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--repeats", type=int, default=40, help="timed calls per provider and direction")
-    parser.add_argument("--targets", default="5,3", help="speed-ups wanted forward,forward+backward (issue 2's)")
+    parser.add_argument("--targets", default="5,3", help="speed-ups wanted forward,forward+backward (docs/design.md's)")
     parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
     args = parser.parse_args(argv)
     try:
@@ -488,7 +454,7 @@ def main(argv=None) -> int:
         calls = {p: make_timed_call(p, "time_conv", shape, args.dtype, direction, args.device) for p in pair}
         medians = interleaved_medians(calls, args.device, repeats=args.repeats)
         ratio = medians[pair[0]] / medians[pair[1]]
-        flops = layer_gflop(shape) * (3 if direction == "fwd+bwd" else 1)  # backward: dx and dweight GEMMs
+        flops = layer_gflop(shape) * (3 if direction == "fwd+bwd" else 1)  # backward: dx and grad_weight GEMMs
         verdict = "met" if ratio >= target else "MISSED"
         if ratio < target:
             missed.append(direction)

@@ -1,14 +1,14 @@
-"""Static report of the Triton kernels, compiled for sm_90 and sm_80 without a GPU, and the tools behind it.
+"""Static report of the Triton kernels, compiled for sm_90 and sm_80 without a GPU, and the host time
+per call.
 
     python -m benchmarks.kernel_report [--archs 90 80] [--dtypes bf16 fp32] [--output FILE]
 
-For every GPU benchmark shape (harness.GPU_SHAPES the triton backend handles) and dtype, the report
-records the launches the triton backend makes for one forward and one backward (with the launcher
-stubbed, on meta tensors, planned by the backend's own functions for an H100's or an A100's limits:
-`gpu_limits` replaces its _device_limits, so each arch gets the configurations the launcher would
-pick on such a device), then the forward's and mask pass's persistent autotuning candidates, compiles
-each distinct kernel variant once (triton.compile for GPUTarget("cuda", arch, 32)) and reads the
-cubin with cuobjdump:
+For every GPU shape (dsno_kernels.shapes.GPU_SHAPES the triton backend handles) and dtype, the report
+records the launches the triton backend makes for one forward and one backward (the launcher stubbed,
+on meta tensors, planned for an H100's or an A100's limits: configs.H100 / A100 passed to the planning
+functions), then the forward's and mask pass's persistent autotuning candidates, compiles each
+distinct kernel variant once (triton.compile for GPUTarget("cuda", arch, 32)) and reads the cubin with
+cuobjdump (the tools are dsno_kernels.backends.triton.introspection's):
 
     registers per thread, shared memory, spill (stack / local) bytes, CTAs per SM (from registers,
     shared memory and threads), SASS instructions and the tensor-core share (HMMA / HGMMA over all),
@@ -17,12 +17,11 @@ cubin with cuobjdump:
     (WARPGROUP.DEPBAR.LE gsb0, N with N > 0: asynchronous MMAs) or wait for all (N = 0).
 
 It then prints the launch plan per call (launches and aten ops, counted on CPU tensors with the
-launcher stubbed) and the host time per call (time.thread_time, launcher stubbed).
+launcher stubbed) and the host time per call (`host_time`, time.thread_time, launcher stubbed), which
+benchmarks/test_host_overhead.py records too.
 
 Run it without TRITON_INTERPRET (under it @triton.jit builds interpreter functions, which cannot be
-compiled). The tools (`recorded_launches`, `triton_on_cpu`, `compile_launch`, `aten_ops`,
-`host_time`) are what tests/test_triton.py, tests/test_launch_plan.py and
-benchmarks/test_host_overhead.py use.
+compiled).
 """
 
 from __future__ import annotations
@@ -30,165 +29,33 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import math
 import os
-import re
-import shutil
-import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-# Shared memory per block (opt-in maximum), per SM, and multiprocessors of an A100 (sm_80) and H100 (sm_90).
-SHARED_MEMORY_LIMIT = {80: 163 * 1024, 90: 227 * 1024}
-SHARED_MEMORY_PER_SM = {80: 164 * 1024, 90: 228 * 1024}
-MULTIPROCESSORS = {80: 108, 90: 132}
-REGISTERS_PER_SM = 65536
-MAX_THREADS_PER_SM = 2048
-MAX_CTAS_PER_SM = 32
-TRITON_DTYPE = {
-    torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32", torch.float64: "fp64", torch.int32: "i32",
-}  # fmt: skip
+from dsno_kernels.backends import triton as triton_backend
+from dsno_kernels.backends.triton.introspection import (
+    RecordedLaunch,
+    aten_ops,
+    compile_launch,
+    counted_launches,
+    persistent_variants,
+    recorded_launches,
+    shape_launches,
+    triton_on_cpu,
+    variant_key,
+)
+from dsno_kernels.shapes import GPU_SHAPES
+
+GPU_LIMITS = {limits.arch: limits for limits in (triton_backend.A100, triton_backend.H100)}
 DTYPE_NAMES = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16, "fp64": torch.float64}
 
 
 # ------------------------------------------------------------------------------------------------
-# Launches, recorded with the launcher stubbed
-
-
-@dataclasses.dataclass
-class RecordedLaunch:
-    kernel: object  # the JITFunction (or the interpreter's function)
-    grid: object
-    args: dict  # every argument by name, constexprs included
-    options: dict  # num_warps, num_stages
-
-    @property
-    def name(self) -> str:
-        return self.kernel.fn.__name__
-
-
-def _kernel_classes() -> list:
-    from triton.runtime.jit import JITFunction
-
-    classes = [JITFunction]
-    try:
-        from triton.runtime.interpreter import InterpretedFunction
-
-        classes.append(InterpretedFunction)
-    except ImportError:
-        pass
-    return classes
-
-
-@contextlib.contextmanager
-def _launcher_replaced(run: Callable) -> Iterator[None]:
-    """Every Triton kernel launch calls run(kernel, *args, grid=, warmup=, **kwargs) instead."""
-    from triton.runtime.autotuner import Autotuner
-
-    classes = _kernel_classes()
-    saved = [cls.run for cls in classes], Autotuner._bench
-    for cls in classes:
-        cls.run = run
-    # An autotuner "times" each configuration as 1 ms (no GPU): it then keeps its first one, and
-    # later calls take its cached-choice path, as they would on a GPU.
-    Autotuner._bench = lambda self, *args, config, **kwargs: 1.0
-    try:
-        yield
-    finally:
-        for cls, original in zip(classes, saved[0]):
-            cls.run = original
-        Autotuner._bench = saved[1]
-
-
-@contextlib.contextmanager
-def recorded_launches() -> Iterator[list[RecordedLaunch]]:
-    """Within the block no Triton kernel runs: each launch is appended to the yielded list instead
-    (autotuners included: they launch their first configuration)."""
-    launches: list[RecordedLaunch] = []
-
-    def run(self, *args, grid, warmup, **kwargs):
-        options = {k: kwargs.pop(k) for k in ("num_warps", "num_stages") if k in kwargs}
-        launches.append(RecordedLaunch(self, grid, {**dict(zip(self.arg_names, args)), **kwargs}, options))
-
-    with _launcher_replaced(run):
-        yield launches
-
-
-@contextlib.contextmanager
-def counted_launches() -> Iterator[list[int]]:
-    """recorded_launches for timing: a launch only adds 1 to the yielded one-element list (what is timed
-    is then everything but the launch itself, and nothing piles up over thousands of calls)."""
-    count = [0]
-
-    def run(self, *args, grid, warmup, **kwargs):
-        count[0] += 1
-
-    with _launcher_replaced(run):
-        yield count
-
-
-@contextlib.contextmanager
-def triton_on_cpu() -> Iterator[None]:
-    """The triton backend accepts CPU tensors (its GPU path, kernels not launched: use it inside
-    recorded_launches)."""
-    from dsno_kernels import api
-
-    original = api.get_backend("triton")
-    api.register_backend(dataclasses.replace(original, device_types=("cpu",), unavailable_reason=lambda: None))
-    try:
-        yield
-    finally:
-        api.register_backend(original)
-
-
-def device_limits(arch: int):
-    """The triton backend's DeviceLimits of an A100 (80) or H100 (90): what it plans launches with."""
-    from dsno_kernels.backends import triton as triton_backend
-
-    limits = SHARED_MEMORY_LIMIT[arch], SHARED_MEMORY_PER_SM[arch], MULTIPROCESSORS[arch], arch
-    return triton_backend.DeviceLimits(*limits)
-
-
-@contextlib.contextmanager
-def gpu_limits(arch: int) -> Iterator[None]:
-    """The triton backend plans its launches for an sm_`arch` GPU's limits whatever the tensors' device
-    (meta or CPU tensors stand in for CUDA ones)."""
-    from dsno_kernels.backends import triton as triton_backend
-
-    saved = triton_backend._device_limits, triton_backend._device_key
-    triton_backend._device_limits = lambda index: device_limits(arch)
-    triton_backend._device_key = lambda device: 0
-    triton_backend.clear_launch_plans()
-    try:
-        yield
-    finally:
-        triton_backend._device_limits, triton_backend._device_key = saved
-        triton_backend.clear_launch_plans()
-
-
-def aten_ops(fn: Callable[[], object]) -> list[str]:
-    """The aten ops fn() calls at top level (ops called inside other aten ops are not counted), from
-    the profiler."""
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        fn()
-    events = sorted(
-        (e for e in prof.events() if e.name.startswith("aten::")), key=lambda e: (e.time_range.start, -e.time_range.end)
-    )
-    top, end = [], -math.inf
-    for event in events:
-        if event.time_range.start >= end:
-            top.append(event.name)
-            end = event.time_range.end
-    return top
-
-
 # Host time per call: one set of cases and one timing loop for benchmarks/test_host_overhead.py and
 # this report's table.
 
@@ -196,7 +63,7 @@ def aten_ops(fn: Callable[[], object]) -> list[str]:
 HOST_SHAPES = {"triton": (2, 4, 32, 8, 8), "cpu": (1, 4, 4, 2, 2), "floor": (2, 4, 32, 8, 8)}
 HOST_OPS = ("time_conv", "spectral_time_conv")
 HOST_DIRECTIONS = ("fwd", "fwd+bwd")
-HOST_BUDGET_US = {"fwd": 20.0, "fwd+bwd": 60.0}  # DESIGN.md, for a GPU backend (triton here)
+HOST_BUDGET_US = {"fwd": 20.0, "fwd+bwd": 60.0}  # docs/design.md, for a GPU backend (triton here)
 HOST_CALLS, HOST_ROUNDS = 200, 15
 
 
@@ -264,8 +131,7 @@ def host_time(backend: str, op: str, direction: str, calls: int = HOST_CALLS, ro
     with contextlib.ExitStack() as stack:
         launches = None
         if backend == "triton":
-            stack.enter_context(triton_on_cpu())
-            stack.enter_context(gpu_limits(90))
+            stack.enter_context(triton_on_cpu(triton_backend.H100))
             launches = stack.enter_context(counted_launches())
         for _ in range(20):  # plans the launches, warms the caches
             fn()
@@ -281,176 +147,22 @@ def host_time(backend: str, op: str, direction: str, calls: int = HOST_CALLS, ro
     return HostTime(times[len(times) // 2], times[0], times[-1], rounds, calls, per_call, os.getloadavg()[0])
 
 
-# ------------------------------------------------------------------------------------------------
-# Compiling for real GPUs, without one
-
-
-def _specialize(kernel, args: dict):
-    """The (signature, constexprs, attrs) Triton's launcher derives from these arguments: ints equal
-    to 1 become constants, ints and pointers divisible by 16 get the divisibility hint (tensors on the
-    meta device have address 0; real allocations are 256-byte aligned), except the ints the kernel
-    says not to specialize on."""
-    signature, constexprs, attrs = {}, {}, {}
-    for index, (name, param) in enumerate(zip(kernel.arg_names, kernel.params)):
-        value = args[name]
-        if param.is_constexpr:
-            signature[name], constexprs[name] = "constexpr", value
-        elif isinstance(value, torch.Tensor):
-            signature[name] = "*" + TRITON_DTYPE[value.dtype]
-            attrs[(index,)] = [["tt.divisibility", 16]]
-        elif isinstance(value, float):
-            signature[name] = param.annotation_type or "fp32"
-        elif param.do_not_specialize:
-            signature[name] = "i32" if -(2**31) <= value < 2**31 else "i64"
-        elif value == 1:
-            signature[name], constexprs[name] = "constexpr", 1
-        else:
-            signature[name] = "i32" if -(2**31) <= value < 2**31 else "i64"
-            if value % 16 == 0:
-                attrs[(index,)] = [["tt.divisibility", 16]]
-    return signature, constexprs, attrs
-
-
-def variant_key(launch: RecordedLaunch) -> tuple:
-    """What makes two launches compile to the same binary."""
-    signature, constexprs, attrs = _specialize(launch.kernel, launch.args)
-    return (
-        launch.name,
-        tuple(signature.items()),
-        tuple((k, str(v)) for k, v in constexprs.items()),
-        tuple((k, str(v)) for k, v in attrs.items()),
-        tuple(sorted(launch.options.items())),
-    )
-
-
-def _cuda_tool(name: str) -> str | None:
-    """A CUDA binary tool: Triton's own copy, else the toolkit's."""
-    import triton
-
-    for candidate in (
-        Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / name,
-        Path(os.environ.get("CUDA_HOME", "/usr/local/cuda")) / "bin" / name,
-    ):
-        if candidate.exists():
-            return str(candidate)
-    return shutil.which(name)
-
-
-def _cubin_facts(cubin: bytes) -> dict:
-    """Registers, stack / local bytes (spills) and the SASS instruction mix of a cubin (cuobjdump)."""
-    tool = _cuda_tool("cuobjdump")
-    if tool is None:
-        return {}
-    with tempfile.NamedTemporaryFile(suffix=".cubin") as file:
-        file.write(cubin)
-        file.flush()
-        usage = subprocess.run([tool, "--dump-resource-usage", file.name], capture_output=True, text=True).stdout
-        sass = subprocess.run([tool, "-sass", file.name], capture_output=True, text=True).stdout
-    facts = {}
-    match = re.search(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)", usage)
-    if match:
-        facts.update(registers=int(match[1]), stack=int(match[2]), local=int(match[4]))
-    opcodes = re.findall(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)", sass)
-    facts["sass"] = len(opcodes)
-    facts["tensor_core"] = sum(op.startswith(("HMMA", "HGMMA", "DMMA")) for op in opcodes)
-    facts["bar_sync"] = sum(op.startswith("BAR.SYNC") for op in opcodes)
-    facts["wgmma_waits"] = sum(op.startswith("WARPGROUP.DEPBAR") for op in opcodes)
-    # WARPGROUP.DEPBAR.LE gsb0, N waits until at most N wgmma groups are outstanding: N > 0 lets
-    # later wgmmas (and the loads around them) overlap the ones in flight; N = 0 waits for all.
-    depths = re.findall(r"WARPGROUP\.DEPBAR\.LE\s+gsb0\s*,\s*(0x[0-9a-f]+)", sass)
-    facts["wgmma_wait_depths"] = sorted({int(n, 16) for n in depths})
-    return facts
-
-
-def ctas_per_sm(arch: int, registers: int, shared: int, num_warps: int) -> int:
-    """Resident CTAs per SM from registers (allocated per warp in 256-register units), shared memory
-    (1 KB reserved per CTA) and threads."""
-    per_warp = -(-registers * 32 // 256) * 256
-    by_registers = REGISTERS_PER_SM // max(1, per_warp * num_warps)
-    by_shared = SHARED_MEMORY_PER_SM[arch] // (shared + 1024)
-    by_threads = MAX_THREADS_PER_SM // (32 * num_warps)
-    return min(by_registers, by_shared, by_threads, MAX_CTAS_PER_SM)
-
-
-def compile_launch(launch: RecordedLaunch, arch: int) -> dict:
-    """Compile one recorded launch's kernel for sm_`arch` and read its static facts."""
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
-    signature, constexprs, attrs = _specialize(launch.kernel, launch.args)
-    source = ASTSource(launch.kernel, signature, constexprs=constexprs, attrs=attrs)
-    compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32), options=dict(launch.options))
-    facts = {"shared": compiled.metadata.shared, **_cubin_facts(compiled.asm["cubin"])}
-    facts["div64"] = len(re.findall(r"\b(?:div|rem)(?:\.\w+)*\.[su]64\b", compiled.asm["ptx"]))
-    warps = launch.options.get("num_warps", 4)
-    if "registers" in facts:
-        facts["ctas_per_sm"] = ctas_per_sm(arch, facts["registers"], facts["shared"], warps)
-    return facts
-
-
-# ------------------------------------------------------------------------------------------------
-# The launches of the benchmark shapes
-
-
-def shape_launches(
-    shape, dtype: torch.dtype, arch: int, negative_slope: float = 0.01, pixels_last: bool = False
-) -> dict[str, list]:
-    """The launches of one time_conv forward and one backward at `shape` (a harness.OpShape) on meta
-    tensors, planned for sm_`arch`, with one configuration (no autotuning); with pixels_last, x has
-    its channels innermost in memory."""
-    from dsno_kernels.backends import triton as triton_backend
-
-    x = torch.empty(shape.x_shape, dtype=dtype, device="meta")
-    if pixels_last:
-        x = torch.empty(*shape.x_shape[:2], *shape.x_shape[3:], shape.C, dtype=dtype, device="meta").movedim(-1, 2)
-    w = torch.empty(shape.C, shape.C, shape.K, 2, dtype=dtype, device="meta")
-    saved = os.environ.get(triton_backend.AUTOTUNE_ENV_VAR)
-    os.environ[triton_backend.AUTOTUNE_ENV_VAR] = "0"
-    try:
-        with gpu_limits(arch), recorded_launches() as forward:
-            y = triton_backend._forward(x, w, negative_slope)
-        with gpu_limits(arch), recorded_launches() as backward:
-            triton_backend._backward(y, x, w, negative_slope)
-    finally:
-        if saved is None:
-            os.environ.pop(triton_backend.AUTOTUNE_ENV_VAR)
-        else:
-            os.environ[triton_backend.AUTOTUNE_ENV_VAR] = saved
-    return {"forward": forward, "backward": backward}
-
-
-def persistent_variants(launch: RecordedLaunch, arch: int) -> list[RecordedLaunch]:
-    """The persistent autotuning candidates (triton backend's _mix_variants) of a recorded one-config
-    mix launch (forward or mask pass), planned for sm_`arch`, as launches."""
-    from dsno_kernels.backends import triton as triton_backend
-
-    a = launch.args
-    with gpu_limits(arch):
-        variants = triton_backend._mix_variants(
-            a["T"], a["K"], a["C_IN"], a["C_OUT"], a["P"], a["in_ptr"].element_size(), 0, True, a["STORE_MASK"]
-        )
-    launches = []
-    for config, persistent in variants:
-        if persistent:
-            meta = triton_backend._mix_kwargs(config, persistent)
-            options = {name: meta.pop(name) for name in ("num_warps", "num_stages")}
-            grid = triton_backend._mix_grid(a["B"], a["P"], a["C_OUT"], MULTIPROCESSORS[arch], meta)
-            launches.append(RecordedLaunch(launch.kernel, grid, {**a, **meta}, options))
-    return launches
-
-
 def _role(kernel_name: str, args: dict) -> str:
     if kernel_name == "_spectral_mix_kernel":
         return "mask pass" if args["STORE_MASK"] else "forward"
-    return {"_spectral_backward_kernel": "dx + dweight", "_sum_slices_kernel": "dweight sum"}.get(
+    return {"_spectral_backward_kernel": "dx + grad_weight", "_sum_slices_kernel": "grad_weight sum"}.get(
         kernel_name, kernel_name
     )
 
 
 def _config(launch: RecordedLaunch) -> str:
-    names = [n for n in launch.kernel.arg_names if n.startswith(("BLOCK", "DW_BLOCK"))]
-    blocks = " ".join(f"{n.replace('BLOCK_', '').replace('DW_', 'dw')}={launch.args[n]}" for n in names)
+    """The blocks, warps and stages, e.g. "OUT=64 IN=32 P=128 / grad_weight IN=64 OUT=64 P=32 w8s3"."""
+    parts = []
+    for prefix, label in (("BLOCK", ""), ("GRAD_WEIGHT_BLOCK", "/ grad_weight ")):
+        names = [n for n in launch.kernel.arg_names if n.startswith(prefix)]
+        if names:
+            parts.append(label + " ".join(f"{n.removeprefix(prefix + '_')}={launch.args[n]}" for n in names))
+    blocks = " ".join(parts)
     persistent = f" persistent {launch.args['PERSISTENT']}/SM" if launch.args.get("PERSISTENT") else ""
     return f"{blocks} w{launch.options.get('num_warps', '')}s{launch.options.get('num_stages', '')}{persistent}"
 
@@ -458,20 +170,19 @@ def _config(launch: RecordedLaunch) -> str:
 def static_report(archs=(90, 80), dtypes=("bf16", "fp32"), shapes=None, log=print, persistent=True) -> list[dict]:
     """One row per (arch, dtype, kernel variant) with the shapes that launch it: the launches of one
     configuration, then (persistent) the mix kernel's persistent autotuning candidates."""
-    from benchmarks.harness import GPU_SHAPES
-    from dsno_kernels.backends import triton as triton_backend
-
     shapes = shapes or [s for s in GPU_SHAPES.values() if s.T <= triton_backend.MAX_TIME_POINTS]
     rows = []
     for arch in archs:
+        limits = GPU_LIMITS[arch]
         for dtype_name in dtypes:
             for persistent_rows in (False, True) if persistent else (False,):
                 variants: dict[tuple, dict] = {}
                 for shape in shapes:
-                    for launches in shape_launches(shape, DTYPE_NAMES[dtype_name], arch).values():
+                    planned = shape_launches(shape.x_shape, shape.K, DTYPE_NAMES[dtype_name], limits)
+                    for launches in planned.values():
                         if persistent_rows:
                             mix = [l for l in launches if l.name == "_spectral_mix_kernel"]
-                            launches = [v for l in mix for v in persistent_variants(l, arch)]
+                            launches = [v for l in mix for v in persistent_variants(l, limits)]
                         for launch in launches:
                             key = variant_key(launch)
                             if key not in variants:
@@ -480,7 +191,7 @@ def static_report(archs=(90, 80), dtypes=("bf16", "fp32"), shapes=None, log=prin
                 for variant in variants.values():
                     launch = variant["launch"]
                     started = time.perf_counter()
-                    facts = compile_launch(launch, arch)
+                    facts = compile_launch(launch, limits)
                     row = {
                         "arch": arch, "dtype": dtype_name, "kernel": _role(launch.name, launch.args),
                         "config": _config(launch), "shapes": sorted(set(variant["shapes"])), **facts,
@@ -499,7 +210,7 @@ def launch_plan_report() -> list[dict]:
     for op in HOST_OPS:
         for direction in HOST_DIRECTIONS:
             fn = host_call("triton", op, direction)
-            with triton_on_cpu(), gpu_limits(90), recorded_launches() as launches:
+            with triton_on_cpu(triton_backend.H100), recorded_launches() as launches:
                 fn()  # plans
                 launches.clear()
                 ops = aten_ops(fn)
@@ -565,7 +276,7 @@ def _format(static_rows: list[dict], plan_rows: list[dict]) -> str:
         "launcher stubbed (`recorded_launches`), aten ops at top level from the profiler. host us: thread CPU time",
         f"per call, the median (fastest-slowest) of {HOST_ROUNDS} rounds of {HOST_CALLS} calls (`host_time`, which",
         "benchmarks/test_host_overhead.py records too); triton with its launcher stubbed (`counted_launches`) and",
-        "planned for an H100: everything but the kernel launch, against DESIGN.md's budget of "
+        "planned for an H100: everything but the kernel launch, against docs/design.md's budget of "
         f"{HOST_BUDGET_US['fwd']:.0f} us fwd and {HOST_BUDGET_US['fwd+bwd']:.0f} us",
         "fwd+bwd; cpu: the C++ backend, whose kernels run (on almost nothing), for comparison; floor: PyTorch's",
         "own cost for such a call, an autograd.Function that only allocates (`_Floor`).",
@@ -589,7 +300,7 @@ def _format(static_rows: list[dict], plan_rows: list[dict]) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--archs", type=int, nargs="+", default=[90, 80], choices=sorted(SHARED_MEMORY_LIMIT))
+    parser.add_argument("--archs", type=int, nargs="+", default=[90, 80], choices=sorted(GPU_LIMITS))
     parser.add_argument("--dtypes", nargs="+", default=["bf16", "fp32"], choices=sorted(DTYPE_NAMES))
     parser.add_argument("--output", type=Path, help="also write the report (markdown) to this file")
     args = parser.parse_args(argv)

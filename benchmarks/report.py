@@ -1,10 +1,10 @@
 """Turn pytest-benchmark JSON from the suites into a markdown report and plots.
 
     python -m benchmarks.report RESULTS.json [MORE.json ...] [--out DIR]
-    python -m benchmarks.report --strip RESULTS.json [...]   drop the raw per-round samples, in place
+    python -m benchmarks.report --strip RESULTS.json [...]   keep only what the tables read, in place
 
 Prints the report and writes, into DIR (default: the first JSON's folder):
-    report.md               the issue-14/16 targets with measured value and pass/miss; per (op,
+    report.md               the targets (docs/design.md) with measured value and pass/miss; per (op,
                             direction, dtype): host-inclusive and kernel-only median, GB/s (the byte
                             floor over each time), % of the copy bandwidth measured in the same
                             session, and the speed-up over dsno_fft and dense_gemm at the same shape;
@@ -27,7 +27,7 @@ import tempfile
 from collections import defaultdict
 
 import dsno_kernels
-from benchmarks.harness import GPU_SHAPES
+from dsno_kernels.shapes import GPU_SHAPES
 
 # The fused-kernel providers are the dsno_kernels backends benchmarked on some device (their records say).
 KERNEL_PROVIDERS = tuple(b.name for b in dsno_kernels.registered_backends() if b.benchmark_device is not None)
@@ -63,6 +63,12 @@ OPTIONAL_KEYS = ("kernel_seconds", "kernel_gbps", "temporal_share")
 GPU_MODEL = "cifar10-b32"  # harness.MODEL_CASES["gpu"].name
 
 
+# What the tables read of a benchmark (load_results, load_host_times); `slim` drops the rest (the
+# run's machine_info and commit_info stay).
+KEPT_KEYS = ("params", "extra_info", "stats")
+KEPT_STATS = ("median", "rounds")
+
+
 def drop_round_samples(results: dict) -> dict:
     """Remove pytest-benchmark's raw per-round durations (`stats.data`) from a results dict, in place;
     the statistics (median, iqr, rounds, ...) stay. They were most of the bytes of a results JSON."""
@@ -71,11 +77,27 @@ def drop_round_samples(results: dict) -> dict:
     return results
 
 
+def slim(results: dict) -> dict:
+    """A results dict reduced, in place, to what the tables read: per benchmark KEPT_KEYS, of its
+    statistics KEPT_STATS (the per-round samples, pytest-benchmark's other statistics and options go)."""
+    for index, bench in enumerate(results.get("benchmarks", [])):
+        kept = {key: bench[key] for key in KEPT_KEYS if key in bench}
+        if "stats" in kept:
+            kept["stats"] = {key: kept["stats"][key] for key in KEPT_STATS if key in kept["stats"]}
+        results["benchmarks"][index] = kept
+    return results
+
+
 def strip_file(path: str) -> None:
-    """drop_round_samples on a JSON file, rewritten atomically in pytest-benchmark's layout."""
+    """slim on a JSON file, rewritten atomically with one benchmark per line (compact, and diffable)."""
     with open(path) as f:
-        results = json.load(f)
-    _write_atomically(path, json.dumps(drop_round_samples(results), indent=4) + "\n")
+        results = slim(json.load(f))
+    compact = {"separators": (",", ":")}
+    head = [
+        f"{json.dumps(key)}:{json.dumps(value, **compact)}" for key, value in results.items() if key != "benchmarks"
+    ]
+    benchmarks = ",\n".join(json.dumps(bench, **compact) for bench in results.get("benchmarks", []))
+    _write_atomically(path, "{" + ",\n".join([*head, f'"benchmarks":[\n{benchmarks}]']) + "}\n")
 
 
 def load_results(paths: list[str]) -> list[dict]:
@@ -194,7 +216,7 @@ def _kernel_time(record: dict) -> str:
 
 
 # ------------------------------------------------------------------------------------------------
-# Targets (issues 14 and 16; on an H100/H200 at the GPU shapes)
+# Targets (docs/design.md; on an H100/H200 at the GPU shapes)
 
 PASS, MISS, UNMEASURED = "pass", "MISS", "not measured"
 
@@ -307,7 +329,7 @@ def targets_table(records: list[dict], by_key: dict) -> list[str]:
         ),
     ]
     lines = [
-        "## Targets (issues 14 and 16: an H100/H200 at the GPU shapes; best fused backend)",
+        "## Targets (docs/design.md: an H100/H200 at the GPU shapes; best fused backend)",
         "",
         "| target | measured | verdict |",
         "|---|---|---|",
@@ -335,8 +357,8 @@ def build_report(records: list[dict], sources: list[str], host_times: list[dict]
         "- host-incl. = wall clock per call, Python and dispatch included (calls back to back); kernel-only = "
         "device time with the calls queued behind a sleep kernel, CUDA events around them. On the CPU the "
         "two coincide (the kernel runs in the calling thread): kernel-only shows -.",
-        "- byte floor (DESIGN.md): fwd 2|x| + |w| (read x and the weight, write y); fwd+bwd 5|x| + 2|w| (also "
-        "read x and dy, write dx and dweight: a single-pass backward). GB/s = floor over the time; % of copy = "
+        "- byte floor (docs/design.md): fwd 2|x| + |w| (read x and the weight, write y); fwd+bwd 5|x| + 2|w| (also "
+        "read x and dy, write dx and grad_weight: a single-pass backward). GB/s = floor over the time; % of copy = "
         "the achieved fraction of the floor against the copy bandwidth; speed-up = the baseline's "
         "host-inclusive median over this provider's, same shape.",
         "",
@@ -561,10 +583,24 @@ def write_plots(records: list[dict], out_dir: str) -> list[str]:
         fig.suptitle(f"{ylabel} — {device}", fontsize=10)
         fig.tight_layout()
         path = os.path.join(out_dir, filename)
-        fig.savefig(path, dpi=110)
+        _save_small_png(fig, path)
         plt.close(fig)
         written.append(path)
     return written
+
+
+def _save_small_png(fig, path: str) -> None:
+    """The figure as a 64-colour palette PNG: a third of the bytes of matplotlib's RGBA one, the same plot."""
+    import io
+
+    from PIL import Image  # matplotlib's own dependency
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    image = (
+        Image.open(buffer).convert("RGB").quantize(colors=64, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+    )
+    image.save(path, optimize=True)
 
 
 def brief(report: str) -> str:
@@ -589,7 +625,7 @@ def main(argv=None) -> int:
     parser.add_argument("results", nargs="+", help="pytest-benchmark JSON files (--benchmark-json)")
     parser.add_argument("--out", help="folder for report.md and the plots (default: the first JSON's folder)")
     parser.add_argument(
-        "--strip", action="store_true", help="only drop the raw per-round samples (stats.data) from the files, in place"
+        "--strip", action="store_true", help="only reduce the files to what the tables read (slim), in place"
     )
     parser.add_argument(
         "--brief", action="store_true", help="print only the header and the targets (report.md still gets everything)"

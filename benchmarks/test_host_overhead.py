@@ -10,7 +10,7 @@ HOST_CALLS calls, recorded in extra_info (host_us, host_us_min, host_us_max, wit
 and the launches per call); pytest-benchmark's own statistics time that whole measurement.
 
 triton: its GPU path on CPU tensors with Triton's launcher stubbed, planned for an H100, so what is
-timed is everything but the kernel launch itself; DESIGN.md's budget is 20 us forward and 60 us
+timed is everything but the kernel launch itself; docs/design.md's budget is 20 us forward and 60 us
 forward+backward. cpu: the C++ backend on tiny tensors (its kernels run, on almost nothing), for
 comparison. floor: PyTorch's own cost for such a call, an autograd.Function that only allocates
 (kernel_report._Floor). Runs on any machine; times are printed (-s) and never asserted.
@@ -22,13 +22,7 @@ import pytest
 
 import dsno_kernels
 from benchmarks import kernel_report
-
-
-def _triton_ready() -> bool:
-    from dsno_kernels.backends import triton as triton_backend
-
-    return triton_backend._TRITON_IMPORT_ERROR is None
-
+from dsno_kernels.backends import triton as triton_backend
 
 CASES = [
     *((backend, op, direction) for backend in ("triton", "cpu") for op in kernel_report.HOST_OPS
@@ -38,9 +32,9 @@ CASES = [
 
 
 @pytest.mark.benchmark(group="host-overhead")
-@pytest.mark.parametrize("backend, op, direction", CASES, ids="-".join)
+@pytest.mark.parametrize("backend, op, direction", CASES, ids=["-".join(case) for case in CASES])
 def test_host_overhead(benchmark, backend, op, direction, single_thread):
-    if backend == "triton" and not _triton_ready():
+    if backend == "triton" and triton_backend.TRITON_IMPORT_ERROR is not None:
         pytest.skip("Triton is not installed")
     if backend == "cpu" and "cpu" not in dsno_kernels.available_backends("cpu"):
         pytest.skip("the cpu backend is not available")

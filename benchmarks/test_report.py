@@ -67,8 +67,10 @@ def test_report_tables_and_plots(tmp_path):
     assert "temporal_share |" not in text  # the profiled step is no timing: only its share is shown
     assert "5|x|" in text
     assert "## Targets" not in text  # no GPU shape in these results
-    assert (tmp_path / "speedup_by_shape.png").stat().st_size > 0
-    assert (tmp_path / "bandwidth_by_shape.png").stat().st_size > 0
+    from PIL import Image
+
+    for plot in ("speedup_by_shape.png", "bandwidth_by_shape.png"):
+        assert Image.open(tmp_path / plot).mode == "P"  # a palette PNG: a third of the bytes
 
 
 def test_targets_pass_miss_and_not_measured(tmp_path, capsys):
@@ -149,6 +151,30 @@ def test_strip_drops_round_samples_and_keeps_the_statistics(tmp_path):
     stats = json.loads(path.read_text())["benchmarks"][0]["stats"]
     assert "data" not in stats and stats["median"] == 1e-3 and stats["rounds"] == 10
     assert report.main([str(path)]) == 0  # still a valid input
+
+
+def test_strip_keeps_exactly_what_the_report_reads(tmp_path):
+    """A result as pytest-benchmark saves it, stripped: only report.KEPT_KEYS and KEPT_STATS stay, and the
+    report (host times included) is the same as from the full file."""
+    full = _bench("cpu", "time_conv", "fwd", "fp32", "s1", 1e-3, nbytes=10**6)
+    full.update(group="ops", name="test_op[cpu]", fullname="benchmarks/x.py::test_op[cpu]", param="cpu")
+    full.update(params={"provider": "cpu"}, options={"timer": "perf_counter", "warmup": False})
+    full["stats"].update(min=9e-4, max=2e-3, mean=1.1e-3, stddev=1e-4, iqr=1e-4, q1=9.5e-4, ops=1000.0)
+    host = {
+        "params": {"backend": "triton", "op": "time_conv", "direction": "fwd"},
+        "extra_info": {"host_us": 8.0, "host_us_min": 7.5, "host_us_max": 9.0, "load": 0.5},
+        "stats": {"median": 0.1, "rounds": 1, "stddev": 0.0},
+        "options": {},
+    }
+    path = _write(tmp_path, [full, host])
+    assert report.main([str(path)]) == 0
+    before = (tmp_path / "report.md").read_text()
+    assert report.main(["--strip", str(path)]) == 0
+    stripped = json.loads(path.read_text())["benchmarks"]
+    assert set(stripped[0]) == set(report.KEPT_KEYS) and set(stripped[0]["stats"]) == set(report.KEPT_STATS)
+    assert set(stripped[1]) == set(report.KEPT_KEYS) and set(stripped[1]["stats"]) == set(report.KEPT_STATS)
+    assert report.main([str(path)]) == 0
+    assert (tmp_path / "report.md").read_text() == before
 
 
 def test_unreadable_results_give_one_line(tmp_path, capsys):

@@ -3,9 +3,11 @@
 spectral_time_conv(x, weight, *, backend="auto")
 time_conv(x, weight, *, negative_slope=0.01, backend="auto")
 available_backends(), registered_backends(), get_backend(name)     (the registered Backend records)
+clear_caches()                              (forgets every cached plan, autotuner choice and resolution)
 SpectralTimeConv(in_channels, out_channels, modes), TimeConv(channels, modes, negative_slope=0.01)
 """
 
+from ._cache import clear_caches
 from .api import (
     Backend,
     available_backends,
@@ -30,6 +32,7 @@ __all__ = [
     "get_backend",
     "Backend",
     "resolve_backend",
+    "clear_caches",
     "SpectralTimeConv",
     "TimeConv",
     "spectral_time_conv_reference",

@@ -26,9 +26,11 @@ gradients grad_grad_x, grad_grad_weight of its outputs, the gradients of its inp
 (g = grad_out for spectral_time_conv): the existing ops again, so the ops are differentiable to any order.
 
 Two call paths, one set of formulas: the torch.library registrations (register_autograd) serve
-torch.compile, opcheck and anything else that goes through the dispatcher; in eager mode the
-functions returned by `register_ops` call the ops below the autograd dispatch key, inside one plain
-torch.autograd.Function, which costs a fraction of the dispatcher's Python autograd kernel.
+torch.compile, opcheck and anything else that goes through the dispatcher; eager calls on plain
+tensors (`launches_directly`) take the one fast path of every compiled backend, the functions that
+`register_ops` returns: the backend's direct calls (by default its ops below the autograd dispatch
+key; the triton backend launches its kernels), inside one plain torch.autograd.Function when something
+requires grad, which costs a fraction of the dispatcher's Python autograd kernel.
 """
 
 from __future__ import annotations
@@ -41,6 +43,9 @@ import torch
 from .backends.reference import conjugate_transpose
 
 ROLES = ("spectral_time_conv", "time_conv", "spectral_time_conv_backward", "time_conv_backward")
+# Tensor types an eager call may launch on directly; any other (fake, functional, user subclasses) goes
+# through the registered ops, which torch.compile traces.
+PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -99,6 +104,13 @@ def _double_backward(ops, ctx, grad_grad_x, grad_grad_weight):
     return (grad_grad_out, grad_x, grad_weight) + (None,) * len(ctx.slope)
 
 
+def _where_needed(ctx, grad_x, grad_weight, slopes: int) -> tuple:
+    """A forward's backward result: each gradient where its input needs one, else None; None for each
+    of its `slopes` trailing (slope) inputs."""
+    needs = ctx.needs_input_grad
+    return (grad_x if needs[0] else None, grad_weight if needs[1] else None) + (None,) * slopes
+
+
 def _register_autograd(ops: dict) -> None:
     def setup_forward(ctx, inputs, output):
         x, weight, *slope = inputs
@@ -117,8 +129,7 @@ def _register_autograd(ops: dict) -> None:
         def backward(ctx, grad_out, backward_op=backward_op):
             x, weight = ctx.saved_tensors
             grad_x, grad_weight = backward_op(grad_out.contiguous(), x, weight, *ctx.slope)
-            needs = ctx.needs_input_grad
-            return (grad_x if needs[0] else None, grad_weight if needs[1] else None) + (None,) * len(ctx.slope)
+            return _where_needed(ctx, grad_x, grad_weight, len(ctx.slope))
 
         torch.library.register_autograd(ops[name], backward, setup_context=setup_forward)
         torch.library.register_autograd(
@@ -130,55 +141,103 @@ def _register_autograd(ops: dict) -> None:
 # The eager path
 
 
-def _eager_function(forward_op, backward_op) -> Callable:
-    """forward_op as a function: below the autograd key inside a plain autograd.Function when x or the
-    weight requires grad (the ops' dispatcher autograd kernels are Python and cost more than this whole
-    Function), straight to the kernel when nothing does, and through the dispatcher when traced."""
+def launches_directly(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Eager mode on plain tensors: nothing traces this call (no torch.compile, no dispatch mode such
+    as FakeTensorMode, no functorch transform), so a backend may run its kernels without the op layer."""
+    return (
+        not torch.compiler.is_compiling()  # first: torch.compile need not trace what follows
+        and type(x) in PLAIN_TENSORS
+        and type(weight) in PLAIN_TENSORS
+        and torch._C._len_torch_dispatch_stack() == 0
+        and not torch._C._are_functorch_transforms_active()
+    )
+
+
+def _slope_args(negative_slope: float | None) -> tuple:
+    """The ops' trailing arguments: none for spectral_time_conv (negative_slope None), the slope for time_conv."""
+    return () if negative_slope is None else (negative_slope,)
+
+
+def _below_autograd(ops: dict) -> tuple[Callable, Callable]:
+    """The default direct calls (see eager_functions): the ops below the autograd key, which only the
+    dispatcher's kernel for the tensors' device then runs; the backward ops get a contiguous grad_out."""
+
+    spectral, time_conv = ops["spectral_time_conv"], ops["time_conv"]
+    spectral_backward, time_conv_backward = ops["spectral_time_conv_backward"], ops["time_conv_backward"]
+
+    def forward(ctx, x, weight, negative_slope):
+        with torch._C._AutoDispatchBelowAutograd():
+            if negative_slope is None:
+                return spectral(x, weight)
+            return time_conv(x, weight, negative_slope)
+
+    def backward(ctx, grad_out, x, weight, negative_slope):
+        grad_out = grad_out.contiguous()
+        with torch._C._AutoDispatchBelowAutograd():
+            if negative_slope is None:
+                return spectral_backward(grad_out, x, weight)
+            return time_conv_backward(grad_out, x, weight, negative_slope)
+
+    return forward, backward
+
+
+def _eager_function(forward_op, backward_op, direct_forward, direct_backward) -> Callable:
+    """forward_op as a function of (x, weight[, negative_slope]): launched directly when
+    launches_directly (inside a plain autograd.Function when x or the weight requires grad: the ops'
+    dispatcher autograd kernels are Python and cost more than this whole Function), through the
+    dispatcher otherwise. Arguments are passed explicitly: a *args call costs ~0.2 us per call."""
 
     class Function(torch.autograd.Function):
         # The old-style forward(ctx, ...): a setup_context Function binds its arguments with
         # inspect.signature on every call (~25 us).
         @staticmethod
-        def forward(ctx, x, weight, *slope):
+        def forward(ctx, x, weight, negative_slope):
             ctx.save_for_backward(x, weight)
-            ctx.slope = slope
-            with torch._C._AutoDispatchBelowAutograd():
-                return forward_op(x, weight, *slope)
+            ctx.negative_slope = negative_slope
+            return direct_forward(ctx, x, weight, negative_slope)
 
         @staticmethod
         def backward(ctx, grad_out):
             x, weight = ctx.saved_tensors
-            args = (grad_out.contiguous(), x, weight, *ctx.slope)
             if torch.is_grad_enabled():  # create_graph=True: the backward op's registered autograd records it
-                grad_x, grad_weight = backward_op(*args)
+                args = _slope_args(ctx.negative_slope)
+                grad_x, grad_weight = backward_op(grad_out.contiguous(), x, weight, *args)
             else:
-                with torch._C._AutoDispatchBelowAutograd():
-                    grad_x, grad_weight = backward_op(*args)
-            needs = ctx.needs_input_grad
-            return (grad_x if needs[0] else None, grad_weight if needs[1] else None) + (None,) * len(ctx.slope)
+                grad_x, grad_weight = direct_backward(ctx, grad_out, x, weight, ctx.negative_slope)
+            return _where_needed(ctx, grad_x, grad_weight, 1)
 
-    def call(x: torch.Tensor, weight: torch.Tensor, *slope) -> torch.Tensor:
-        if torch.compiler.is_compiling():  # traced: the dispatcher path, with the registered fake and autograd
-            return forward_op(x, weight, *slope)
+    def call(x: torch.Tensor, weight: torch.Tensor, negative_slope: float | None = None) -> torch.Tensor:
+        if not launches_directly(x, weight):  # the dispatcher, with the registered fake and autograd
+            return forward_op(x, weight, *_slope_args(negative_slope))
         if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
-            return Function.apply(x, weight, *slope)
-        with torch._C._AutoDispatchBelowAutograd():
-            return forward_op(x, weight, *slope)
+            return Function.apply(x, weight, negative_slope)
+        return direct_forward(None, x, weight, negative_slope)
 
     return call
 
 
-def register_ops(ops: dict) -> tuple[Callable, Callable]:
+def eager_functions(ops: dict, direct: tuple[Callable, Callable] | None = None) -> tuple[Callable, Callable]:
+    """(spectral_time_conv(x, weight), time_conv(x, weight, negative_slope)) over a backend's ops, for
+    its Backend record. `direct`: the backend's own (forward(ctx, x, weight, negative_slope),
+    backward(ctx, grad_out, x, weight, negative_slope)), negative_slope None for spectral_time_conv,
+    which eager calls on plain tensors run instead of the ops; ctx is the eager autograd's context (None
+    when nothing requires grad), where the forward may keep what its backward needs. By default the
+    ops below the autograd key."""
+    direct = direct or _below_autograd(ops)
+    return (
+        _eager_function(ops["spectral_time_conv"], ops["spectral_time_conv_backward"], *direct),
+        _eager_function(ops["time_conv"], ops["time_conv_backward"], *direct),
+    )
+
+
+def register_ops(ops: dict, direct: tuple[Callable, Callable] | None = None) -> tuple[Callable, Callable]:
     """Register fakes and autograd (twice differentiable) for a backend's four ops, given by role
     (ROLES) as OpOverloads (torch.ops.ns.op.default) or custom_op / triton_op objects. Returns
-    (spectral_time_conv(x, weight), time_conv(x, weight, negative_slope)) for the backend's record."""
+    eager_functions(ops, direct) for the backend's record."""
     if set(ops) != set(ROLES):
         raise ValueError(f"ops must have the roles {ROLES}, got {sorted(ops)}")
     for name in ("spectral_time_conv", "time_conv"):
         torch.library.register_fake(ops[name])(_fake_forward)
         torch.library.register_fake(ops[name + "_backward"])(_fake_backward)
     _register_autograd(ops)
-    return (
-        _eager_function(ops["spectral_time_conv"], ops["spectral_time_conv_backward"]),
-        _eager_function(ops["time_conv"], ops["time_conv_backward"]),
-    )
+    return eager_functions(ops, direct)

@@ -16,6 +16,7 @@ from collections.abc import Callable
 import torch
 
 from . import settings
+from ._cache import memo, remember
 
 __all__ = [
     "Backend",
@@ -31,7 +32,6 @@ __all__ = [
 ]
 
 SUPPORTED_DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
-BACKEND_ENV_VAR = settings.BACKEND
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,7 +70,7 @@ _SETTING_CHOICES: list[tuple[str, ...]] = [("auto",)]
 # resolve_backend's answers by (backend name, device type, T): a function of those alone, since a
 # backend's unavailable_reason holds for the whole process. Spares every call the availability checks
 # (torch.cuda.is_available, the device's capability: microseconds each).
-_RESOLVED: dict[tuple[str, str, int], Backend] = {}
+_RESOLVED = memo()
 
 
 def _derive() -> None:
@@ -160,10 +160,7 @@ def _backend_for(backend, x: torch.Tensor, device_type: str) -> Backend:
     key = (backend, device_type, x.shape[1])
     resolved = _RESOLVED.get(key)
     if resolved is None:
-        resolved = _choose_backend(backend, x)
-        if len(_RESOLVED) > 1024:  # many distinct T
-            _RESOLVED.clear()
-        _RESOLVED[key] = resolved
+        resolved = remember(_RESOLVED, key, _choose_backend(backend, x))
     return resolved
 
 

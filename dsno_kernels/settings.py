@@ -3,10 +3,10 @@ it, and the one validator. The README's table lists the same variables.
 
 Run-time variables are read on every call (a change takes effect on the next call) through `get`,
 which raises a ValueError naming the variable for any value outside the allowed ones; an unset or
-empty variable means its default. The CUDA kernels read DSNO_KERNELS_FP32 and DSNO_KERNELS_CUDA_PATH
-themselves (C++ getenv, csrc/cuda) with the same allowed values; the public functions validate them
-here first, so a bad value is the same ValueError on every backend. setup.py loads this file by path
-(it must not import the package it builds) for the two build-time variables: keep it stdlib-only.
+empty variable means its default. No other code reads these variables: the CUDA kernels
+receive DSNO_KERNELS_FP32 and DSNO_KERNELS_CUDA_PATH as validated here (backends/cpp.py,
+apply_cuda_settings). setup.py loads this file by path (it must not import the package it builds)
+for the two build-time variables: keep it stdlib-only.
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ def get(name: str, choices: tuple[str, ...] | None = None) -> str:
     value = _VALIDATED.get(key)
     if value is None:
         value = _validated(name, os.environ.get(name, ""), choices)
-        if len(_VALIDATED) > 1024:  # distinct values seen: a handful in practice
+        if len(_VALIDATED) > 1024:  # distinct values seen: a handful in practice (_cache.py's bound)
             _VALIDATED.clear()
         _VALIDATED[key] = value
     return value

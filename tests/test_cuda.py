@@ -4,8 +4,9 @@ test_ops.py runs the shared sample inputs, gradcheck, opcheck and torch.compile 
 included. Those samples have few channels and pixel counts that are mostly not multiples of 8, so they
 exercise the general path; the tests here force each path on shapes picked for it (ragged channel
 tiles, pixel tiles that cross batch items, T = 1 to 16, Q = 1 / 2 / 4 terms), then T up to 1024, the
-determinism of dweight, and that every launch goes to the current stream (CUDA graph capture fails
-otherwise). All but the registration test need a GPU.
+determinism of grad_weight, and that every launch goes to the current stream (CUDA graph capture fails
+otherwise). All but the registration and settings tests need a GPU. The ops are called directly, with
+the settings in force handed over first (cuda_kernels), as the public functions do.
 """
 
 from __future__ import annotations
@@ -14,10 +15,13 @@ import pytest
 import torch
 from common import TF32_TOLERANCE, TOLERANCE, assert_close_to_reference
 
+import dsno_kernels
+from dsno_kernels import settings
 from dsno_kernels.backends import cpp as cpp_backend
 from dsno_kernels.backends.reference import spectral_time_conv_reference, time_conv_reference
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+CPU_UNAVAILABLE = dsno_kernels.get_backend("cpu").unavailable_reason()
 
 OPS = ("spectral_time_conv", "time_conv", "spectral_time_conv_backward", "time_conv_backward")
 
@@ -30,7 +34,7 @@ def _extension_links_cuda() -> bool:
         return b"libc10_cuda.so" in library.read()
 
 
-@pytest.mark.skipif(cpp_backend._IMPORT_ERROR is not None, reason="the C++ extension is not built")
+@pytest.mark.skipif(CPU_UNAVAILABLE is not None, reason=f"the C++ extension is not built: {CPU_UNAVAILABLE}")
 def test_cuda_kernels_registered_when_built_with_cuda():
     if not _extension_links_cuda():
         pytest.skip("the extension was built without CUDA")
@@ -39,10 +43,48 @@ def test_cuda_kernels_registered_when_built_with_cuda():
     assert cpp_backend.has_cuda_kernels()
 
 
+requires_cuda_kernels = pytest.mark.skipif(
+    not cpp_backend.has_cuda_kernels(), reason="the extension is not built, or built without CUDA kernels"
+)
+
+
+@requires_cuda_kernels
+def test_the_cuda_kernels_take_every_validated_setting_and_nothing_else(monkeypatch):
+    """settings.py validates DSNO_KERNELS_FP32 and DSNO_KERNELS_CUDA_PATH and the CUDA kernels receive
+    the values: each allowed value is taken, a bad one is a ValueError naming the variable before the
+    kernels see it, and the C++ side refuses a value that did not come through settings.py."""
+    for name in (settings.FP32, settings.CUDA_PATH):
+        for value in settings.VARIABLES[name].choices:
+            monkeypatch.setenv(name, value)
+            cpp_backend.apply_cuda_settings()
+        monkeypatch.setenv(name, "fast")
+        with pytest.raises(ValueError, match=name):
+            cpp_backend.apply_cuda_settings()
+        monkeypatch.delenv(name)
+    with pytest.raises(RuntimeError, match="settings.py"):
+        torch.ops.dsno_kernels.set_cuda_settings("fast", "auto")
+    with pytest.raises(RuntimeError, match="settings.py"):
+        torch.ops.dsno_kernels.set_cuda_settings("tf32", "fast")
+    cpp_backend.apply_cuda_settings()
+
+
+class _OpsWithSettings:
+    """torch.ops.dsno_kernels, each call preceded by cpp.apply_cuda_settings (as in the public functions)."""
+
+    def __getattr__(self, name):
+        op = getattr(torch.ops.dsno_kernels, name)
+
+        def call(*args):
+            cpp_backend.apply_cuda_settings()
+            return op(*args)
+
+        return call
+
+
 @pytest.fixture
 def cuda_kernels():
     assert cpp_backend.has_cuda_kernels(), "a GPU is present but the extension was built without CUDA kernels"
-    return torch.ops.dsno_kernels
+    return _OpsWithSettings()
 
 
 # (B, T, K, C_in, C_out, trailing): every pixel count is a multiple of 8, so each qualifies for the fused path.
@@ -51,7 +93,7 @@ FUSED_SHAPES = [
     (1, 6, 2, 24, 130, (8,)),  # two output-channel tiles, the second nearly empty
     (3, 1, 1, 17, 136, (8,)),  # T = 1, one term
     (2, 2, 2, 33, 65, (2, 4)),  # DC and Nyquist only: two real terms
-    (5, 8, 2, 8, 8, (8,)),  # 64-pixel tiles span 8 batch items; dweight with a one-stage pipeline on an A100
+    (5, 8, 2, 8, 8, (8,)),  # 64-pixel tiles span 8 batch items; grad_weight with a one-stage pipeline on an A100
     (3, 5, 1, 300, 20, (24,)),  # C_in over several pipeline stages, pixel tiles across batch items
     (2, 4, 2, 256, 256, (16, 16)),  # DSNO's CIFAR-10 layer
 ]
@@ -89,10 +131,10 @@ def _check_all_ops(ops, x, w, dy, w_sq, dy_sq, tol, slope=0.2):
     what = f"{x.dtype} {tuple(x.shape)}"
     y = ops.spectral_time_conv(x, w)
     assert_close_to_reference(y, spectral_time_conv_reference(x.double(), w.double()), tol, f"forward {what}")
-    dx, dw = ops.spectral_time_conv_backward(dy, x, w)
-    ref_dx, ref_dw = _reference_grads(spectral_time_conv_reference, x, w, dy)
-    assert_close_to_reference(dx, ref_dx, tol, f"dx {what}")
-    assert_close_to_reference(dw, ref_dw, tol, f"dweight {what}")
+    grad_x, grad_weight = ops.spectral_time_conv_backward(dy, x, w)
+    ref_grad_x, ref_grad_weight = _reference_grads(spectral_time_conv_reference, x, w, dy)
+    assert_close_to_reference(grad_x, ref_grad_x, tol, f"grad_x {what}")
+    assert_close_to_reference(grad_weight, ref_grad_weight, tol, f"grad_weight {what}")
 
     y = ops.time_conv(x, w_sq, slope)
     assert_close_to_reference(y, time_conv_reference(x.double(), w_sq.double(), slope), tol, f"time_conv {what}")
@@ -100,10 +142,10 @@ def _check_all_ops(ops, x, w, dy, w_sq, dy_sq, tol, slope=0.2):
     s = spectral_time_conv_reference(x.double(), w_sq.double())
     ambiguous = s.abs() <= 4 * tol * max(1.0, s.abs().max().item())
     dy_sq = dy_sq.masked_fill(ambiguous, 0)
-    dx, dw = ops.time_conv_backward(dy_sq, x, w_sq, slope)
-    ref_dx, ref_dw = _reference_grads(lambda a, b: time_conv_reference(a, b, slope), x, w_sq, dy_sq)
-    assert_close_to_reference(dx, ref_dx, tol, f"time_conv dx {what}")
-    assert_close_to_reference(dw, ref_dw, tol, f"time_conv dweight {what}")
+    grad_x, grad_weight = ops.time_conv_backward(dy_sq, x, w_sq, slope)
+    ref_grad_x, ref_grad_weight = _reference_grads(lambda a, b: time_conv_reference(a, b, slope), x, w_sq, dy_sq)
+    assert_close_to_reference(grad_x, ref_grad_x, tol, f"time_conv grad_x {what}")
+    assert_close_to_reference(grad_weight, ref_grad_weight, tol, f"time_conv grad_weight {what}")
 
 
 def _unless_too_big_for_the_device(check):
@@ -132,7 +174,7 @@ def test_fused_path_matches_reference(cuda_kernels, monkeypatch, shape, dtype, f
 @requires_cuda
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 def test_fused_forward_at_the_largest_T(cuda_kernels, monkeypatch, dtype):
-    """T = 16 forward (two pipeline stages of 16 time steps fit an H100; its dweight does not)."""
+    """T = 16 forward (two pipeline stages of 16 time steps fit an H100; its grad_weight does not)."""
     monkeypatch.setenv("DSNO_KERNELS_CUDA_PATH", "fused")
     x, w, _ = _inputs((3, 16, 2, 40, 24, (8,)), dtype, square=False)
     expected = spectral_time_conv_reference(x.double(), w.double())
@@ -168,8 +210,8 @@ def test_large_T_general_path(cuda_kernels, T, K, C, B, dtype):
 @pytest.mark.parametrize(
     "path, dtype", [("fused", torch.bfloat16), ("fused", torch.float32), ("general", torch.float32)], ids=str
 )
-def test_dweight_is_deterministic(cuda_kernels, monkeypatch, path, dtype):
-    """dweight sums many per-block partials; a fixed order makes repeated runs bitwise equal."""
+def test_grad_weight_is_deterministic(cuda_kernels, monkeypatch, path, dtype):
+    """grad_weight sums many per-block partials; a fixed order makes repeated runs bitwise equal."""
     monkeypatch.setenv("DSNO_KERNELS_CUDA_PATH", path)
     x, w, dy = _inputs((8, 4, 2, 256, 256, (32, 32)), dtype, square=True)
     first = cuda_kernels.time_conv_backward(dy, x, w, 0.2)
@@ -195,16 +237,16 @@ def test_ops_capture_into_a_cuda_graph(cuda_kernels, monkeypatch, path):
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         y = cuda_kernels.time_conv(x, w, 0.2)
-        dx, dw = cuda_kernels.time_conv_backward(dy, x, w, 0.2)
+        grad_x, grad_weight = cuda_kernels.time_conv_backward(dy, x, w, 0.2)
     x_new, _, dy_new = _inputs((2, 4, 2, 64, 64, (8, 8)), torch.bfloat16, square=True, seed=5)
     x.copy_(x_new)
     dy.copy_(dy_new)
     graph.replay()
     torch.cuda.synchronize()
     assert torch.equal(y, cuda_kernels.time_conv(x, w, 0.2))
-    eager_dx, eager_dw = cuda_kernels.time_conv_backward(dy, x, w, 0.2)
-    assert torch.equal(dx, eager_dx)
-    assert torch.equal(dw, eager_dw)
+    eager_grad_x, eager_grad_weight = cuda_kernels.time_conv_backward(dy, x, w, 0.2)
+    assert torch.equal(grad_x, eager_grad_x)
+    assert torch.equal(grad_weight, eager_grad_weight)
 
 
 @requires_cuda
@@ -257,5 +299,5 @@ def test_fused_path_names_why_it_refuses(cuda_kernels, monkeypatch, shape, dtype
 def test_unknown_switch_values_are_errors(cuda_kernels, monkeypatch, variable):
     x, w, _ = _inputs((1, 4, 2, 8, 8, (8,)), torch.float32, square=False)
     monkeypatch.setenv(variable, "fast")
-    with pytest.raises(RuntimeError, match=variable):
+    with pytest.raises(ValueError, match=variable):
         cuda_kernels.spectral_time_conv(x, w)

@@ -60,6 +60,6 @@ def test_time_conv_replays_from_a_cuda_graph(backend, dtype, direction):
     graph.replay()
     torch.cuda.synchronize()
     eager = step()
-    names = ("y", "dx", "dweight")
+    names = ("y", "grad_x", "grad_weight")
     for name, replayed, expected in zip(names, captured, eager):
         assert torch.equal(replayed, expected), f"{backend} {direction}: the replayed {name} differs from eager"

@@ -1,4 +1,4 @@
-"""The triton backend's launch plan (DESIGN.md), asserted on the CPU with Triton's launcher stubbed:
+"""The triton backend's launch plan (docs/design.md), asserted on the CPU with Triton's launcher stubbed:
 
     forward   one kernel launch, no aten op but the output's allocation;
     backward  at most two kernels plus one deterministic reduction, no aten op but allocations,
@@ -17,11 +17,11 @@ import pytest
 import torch
 
 import dsno_kernels
-from benchmarks import kernel_report
-from benchmarks.harness import GPU_SHAPES
 from dsno_kernels.backends import triton as triton_backend
+from dsno_kernels.backends.triton import introspection
+from dsno_kernels.shapes import GPU_SHAPES
 
-pytestmark = pytest.mark.skipif(triton_backend._TRITON_IMPORT_ERROR is not None, reason="Triton is not installed")
+pytestmark = pytest.mark.skipif(triton_backend.TRITON_IMPORT_ERROR is not None, reason="Triton is not installed")
 ALLOCATIONS = {"aten::empty", "aten::new_empty", "aten::empty_like", "aten::empty_strided"}
 OPS = ["spectral_time_conv", "time_conv"]
 
@@ -29,7 +29,7 @@ OPS = ["spectral_time_conv", "time_conv"]
 @pytest.fixture(autouse=True)
 def _planned_for_an_h100():
     """The triton backend on CPU tensors, planning for an H100's limits, its kernels never run."""
-    with kernel_report.triton_on_cpu(), kernel_report.gpu_limits(90):
+    with introspection.triton_on_cpu(triton_backend.H100):
         yield
 
 
@@ -47,8 +47,8 @@ def _call(op, x, w):
 @pytest.mark.parametrize("op", OPS)
 def test_forward_is_one_launch_and_one_allocation(op):
     x, w = _inputs(requires_grad=False)
-    with kernel_report.recorded_launches() as launches:
-        ops = kernel_report.aten_ops(lambda: _call(op, x, w))
+    with introspection.recorded_launches() as launches:
+        ops = introspection.aten_ops(lambda: _call(op, x, w))
     assert [launch.name for launch in launches] == ["_spectral_mix_kernel"]
     assert len(ops) == 1 and set(ops) <= ALLOCATIONS, ops
 
@@ -58,8 +58,8 @@ def test_backward_is_two_kernels_and_allocations(op):
     x, w = _inputs(requires_grad=True)
     dy = torch.randn_like(x)
     y = _call(op, x, w)
-    with kernel_report.recorded_launches() as launches:
-        ops = kernel_report.aten_ops(lambda: torch.autograd.grad(y, (x, w), dy))
+    with introspection.recorded_launches() as launches:
+        ops = introspection.aten_ops(lambda: torch.autograd.grad(y, (x, w), dy))
     names = [launch.name for launch in launches]
     if op == "time_conv":
         assert names == ["_spectral_mix_kernel", "_spectral_backward_kernel"], names
@@ -80,7 +80,7 @@ def test_backward_writes_nothing_of_forward_size_but_dx(name, dtype):
     """At the GPU benchmark shapes, planned for an H100: the backward's launches write dx, a bit mask,
     and weight-gradient partials of at most 10% of |x| (or, in one slice, grad_weight itself)."""
     shape = GPU_SHAPES[name]
-    launches = kernel_report.shape_launches(shape, dtype, 90)
+    launches = introspection.shape_launches(shape.x_shape, shape.K, dtype, triton_backend.H100)
     x_bytes = shape.x_numel * dtype.itemsize
     forward = launches["forward"]
     assert [l.name for l in forward] == ["_spectral_mix_kernel"]
@@ -90,7 +90,7 @@ def test_backward_writes_nothing_of_forward_size_but_dx(name, dtype):
     mask = mask_pass.args["mask_ptr"]
     assert mask.dtype == torch.int32 and _bytes(mask) <= 4 * (-(-shape.x_numel // 32) + shape.B * shape.T * shape.C)
     assert mask_pass.args["STORE_MASK"] and main.args["mask_ptr"] is mask
-    partial = main.args["dw_ptr"]
+    partial = main.args["grad_weight_ptr"]
     if main.args["NUM_SLICES"] == 1:
         assert not reduce and partial.shape == (shape.C, shape.C, shape.K, 2) and partial.dtype == dtype
     else:
@@ -110,13 +110,13 @@ def test_backward_writes_nothing_of_forward_size_but_dx(name, dtype):
 def test_launch_plans_are_cached_per_shape(op):
     x, w = _inputs(requires_grad=True)
     dy = torch.randn_like(x)
-    triton_backend.clear_launch_plans()
-    with kernel_report.recorded_launches():
+    dsno_kernels.clear_caches()
+    with introspection.recorded_launches():
         for _ in range(3):
             torch.autograd.grad(_call(op, x, w), (x, w), dy)
-    assert triton_backend._forward_calls.cache_info().misses == 1
-    assert triton_backend._backward_calls.cache_info().misses == 1
-    assert triton_backend._forward_calls.cache_info().hits == 2
+    assert triton_backend.forward_call.cache_info().misses == 1
+    assert triton_backend.backward_call.cache_info().misses == 1
+    assert triton_backend.forward_call.cache_info().hits == 2
 
 
 def test_allocations_and_launches_do_not_depend_on_the_data():
@@ -127,7 +127,7 @@ def test_allocations_and_launches_do_not_depend_on_the_data():
         x, w = _inputs(requires_grad=True)
         with torch.no_grad():
             x.fill_(fill)
-        with kernel_report.recorded_launches() as launches:
+        with introspection.recorded_launches() as launches:
             y = _call("time_conv", x, w)
             torch.autograd.grad(y, (x, w), torch.ones_like(y))
         plans.append(
@@ -140,9 +140,18 @@ def test_allocations_and_launches_do_not_depend_on_the_data():
     assert plans[0] == plans[1] == plans[2]
 
 
+def _dsno_ops(fn) -> list[str]:
+    """The dsno_kernels ops fn() dispatches (the profiler records every dispatcher op)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    return [e.name for e in prof.events() if e.name.startswith("dsno_kernels::")]
+
+
 def test_eager_calls_skip_the_op_layer_and_traced_calls_use_it():
-    """In eager mode the kernels are launched directly; under a dispatch mode (as when torch.compile
-    or opcheck trace) the call goes through the registered torch.library op."""
+    """In eager mode the kernels are launched directly, the backward too; under a dispatch mode (as
+    when torch.compile or opcheck trace) the call goes through the registered torch.library op."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     seen = []
@@ -153,8 +162,15 @@ def test_eager_calls_skip_the_op_layer_and_traced_calls_use_it():
             return func(*args, **(kwargs or {}))
 
     x, w = _inputs(requires_grad=False)
-    assert triton_backend._launches_directly(x, w)
-    with kernel_report.recorded_launches() as launches, Record():
+    with introspection.recorded_launches() as launches:
+        assert _dsno_ops(lambda: _call("time_conv", x, w)) == []
+    assert len(launches) == 1
+    x, w = _inputs(requires_grad=True)
+    with introspection.recorded_launches() as launches:
+        assert _dsno_ops(lambda: torch.autograd.grad(_call("time_conv", x, w), (x, w), torch.ones_like(x))) == []
+    assert len(launches) == 3  # forward, mask pass, dx + grad_weight
+    x, w = _inputs(requires_grad=False)
+    with introspection.recorded_launches() as launches, Record():
         _call("time_conv", x, w)
     assert any("dsno_kernels.triton_time_conv" in name for name in seen), seen
     assert len(launches) == 1
@@ -169,9 +185,9 @@ def test_an_eager_backward_runs_with_its_forwards_settings(monkeypatch):
     monkeypatch.setenv(settings.FP32, "ieee")
     y = _call("time_conv", x, w)
     monkeypatch.setenv(settings.FP32, "tf32")
-    with kernel_report.recorded_launches() as launches:
+    with introspection.recorded_launches() as launches:
         torch.autograd.grad(y, (x, w), torch.ones_like(y))
     assert [l.args["INPUT_PRECISION"] for l in launches] == ["ieee", "ieee"]
-    with kernel_report.recorded_launches() as launches:
+    with introspection.recorded_launches() as launches:
         _call("time_conv", x.detach(), w.detach())
     assert launches[0].args["INPUT_PRECISION"] == "tf32"  # the next call reads the variable again

@@ -1,4 +1,4 @@
-"""The Triton backend (dsno_kernels/backends/triton.py) beyond tests/test_ops.py's generic checks:
+"""The Triton backend (dsno_kernels/backends/triton/) beyond tests/test_ops.py's generic checks:
 several channel and pixel blocks with masked edges, the largest T, the LeakyReLU mask in low precision,
 the weight-gradient reduction (slices, atomics), layouts the kernels write through, the compile-time
 DFT constants, the launch configurations, and a compile of every kernel for sm_80 and sm_90 that needs
@@ -12,7 +12,6 @@ tests run on CUDA tensors, plus the CIFAR-10 layer shape.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import math
 import os
@@ -25,11 +24,12 @@ import torch
 from common import DTYPE_IDS, TOLERANCE, assert_close_to_reference, tolerance
 
 import dsno_kernels
-from benchmarks import kernel_report
-from benchmarks.harness import OpShape
+from dsno_kernels import settings
 from dsno_kernels.api import resolve_backend
 from dsno_kernels.backends import triton as triton_backend
 from dsno_kernels.backends.reference import spectral_bases, spectral_time_conv_reference
+from dsno_kernels.backends.triton import introspection
+from dsno_kernels.shapes import OpShape
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 TRITON = dsno_kernels.get_backend("triton")
@@ -45,7 +45,7 @@ ALL_DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
 def _untimed_configurations(monkeypatch):
     """One launch configuration per problem: on a GPU every distinct shape would otherwise compile
     and time up to four. The tests of autotuning set the variable back."""
-    monkeypatch.setenv(triton_backend.AUTOTUNE_ENV_VAR, "0")
+    monkeypatch.setenv(settings.TRITON_AUTOTUNE, "0")
 
 
 def _random(*shape, dtype, seed, scale=1.0):
@@ -74,29 +74,40 @@ def _reference_grads(op, x, w, grad_out, slope, mask_source=None):
     return torch.autograd.grad(out, (x64, w64), grad_out.double())
 
 
-def _check_op(op, x, w, dtype, slope=0.2, what=""):
-    """Forward and both gradients of the triton backend against the fp64 reference."""
-    x = x.detach().requires_grad_()
-    w = w.detach().requires_grad_()
+def _public_call(op, slope):
+    """run(x, w, grad_out) -> (out, grad_x, grad_weight) through the public function and autograd."""
     kwargs = {} if op == "spectral_time_conv" else {"negative_slope": slope}
-    out = getattr(dsno_kernels, op)(x, w, backend="triton", **kwargs)
+
+    def run(x, w, grad_out):
+        x = x.detach().requires_grad_()
+        w = w.detach().requires_grad_()
+        out = getattr(dsno_kernels, op)(x, w, backend="triton", **kwargs)
+        return (out, *torch.autograd.grad(out, (x, w), grad_out))
+
+    return run
+
+
+def _check_op(op, x, w, dtype, slope=0.2, what="", run=None):
+    """Forward and both gradients of the triton backend (through the public function, or `run` as
+    _public_call's) against the fp64 reference."""
+    kwargs = {} if op == "spectral_time_conv" else {"negative_slope": slope}
+    grad_out = _random(x.shape[0], x.shape[1], w.shape[1], *x.shape[3:], dtype=dtype, seed=7)
+    out, grad_x, grad_weight = (run or _public_call(op, slope))(x, w, grad_out)
     tol = tolerance(dtype, "triton", DEVICE)
     assert out.dtype == dtype and out.shape == (x.shape[0], x.shape[1], w.shape[1], *x.shape[3:])
     x64, w64 = x.detach().double(), w.detach().double()
     expected = getattr(dsno_kernels, op + "_reference")(x64, w64, **kwargs)
     assert_close_to_reference(out, expected, tol, f"{what} forward")
 
-    grad_out = _random(*out.shape, dtype=dtype, seed=7)
-    grad_x, grad_w = torch.autograd.grad(out, (x, w), grad_out)
     mask_source = None
     if op == "time_conv" and (dtype in LOW_PRECISION or tol != TOLERANCE[dtype]):
         mask_source = dsno_kernels.spectral_time_conv(x.detach(), w.detach(), backend="triton")
     ref_gx, ref_gw = _reference_grads(op, x, w, grad_out, slope, mask_source)
-    assert grad_x.dtype == dtype and grad_x.shape == x.shape and grad_w.shape == w.shape
+    assert grad_x.dtype == dtype and grad_x.shape == x.shape and grad_weight.shape == w.shape
     # The weight gradient sums B * P * T products per entry: its tolerance grows with their sqrt.
     terms = max(1, x.shape[0] * x.shape[1] * x[0, 0, 0].numel()) ** 0.5
     assert_close_to_reference(grad_x, ref_gx, tol, f"{what} grad_x")
-    assert_close_to_reference(grad_w, ref_gw, tol * terms, f"{what} grad_weight")
+    assert_close_to_reference(grad_weight, ref_gw, tol * terms, f"{what} grad_weight")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -110,10 +121,10 @@ def test_compile_time_dft_constants_match_the_reference_bases(T):
     F, G = spectral_bases(T, K)
     row = 0
     for k in range(K):
-        for imag in (False, True) if not triton_backend._is_real_mode(k, T) else (False,):
+        for imag in (False, True) if not triton_backend.is_real_mode(k, T) else (False,):
             for t in range(T):
-                f = triton_backend._basis(k, t, T, imag, False)
-                g = triton_backend._basis(k, t, T, imag, True)
+                f = triton_backend.basis(k, t, T, imag, False)
+                g = triton_backend.basis(k, t, T, imag, True)
                 # The reference evaluates cos / sin at unreduced angles (up to 2 pi * 16 * 31), the
                 # kernels at 2 pi (k t mod T) / T: they agree to the reference's rounding, ~1e-13.
                 assert abs(f - F[row, t].item()) < 1e-12 and abs(g - G[t, row].item()) < 1e-12, (k, t, imag)
@@ -192,47 +203,58 @@ def test_empty_inputs():
         x, w = x.requires_grad_(), w.requires_grad_()
         out = dsno_kernels.spectral_time_conv(x, w, backend="triton")
         assert out.shape == (x.shape[0], 4, 2, *x.shape[3:])
-        grad_x, grad_w = torch.autograd.grad(out.sum(), (x, w))
-        assert grad_x.shape == x.shape and torch.equal(grad_w, torch.zeros_like(grad_w))
+        grad_x, grad_weight = torch.autograd.grad(out.sum(), (x, w))
+        assert grad_x.shape == x.shape and torch.equal(grad_weight, torch.zeros_like(grad_weight))
 
 
 def test_offsets_beyond_32_bits_are_refused():
     x = torch.empty_strided((1, 2, 3, 4), (1, 2**31, 1, 3), device="meta")
     with pytest.raises(ValueError, match="2\\^31"):
-        triton_backend._check_32_bit_offsets(x.shape, x.stride(), (3, 3, 2, 2))
-    triton_backend._check_32_bit_offsets(x[:, :1].shape, x.stride(), (3, 3, 1, 2))
+        triton_backend.check_32_bit_offsets(x.shape, x.stride(), (3, 3, 2, 2))
+    triton_backend.check_32_bit_offsets(x[:, :1].shape, x.stride(), (3, 3, 1, 2))
 
 
 @pytest.fixture
 def fresh_launch_plans():
-    """Launch plans are cached per shape: a test that changes what they depend on starts and ends afresh."""
-    triton_backend.clear_launch_plans()
+    """Launch plans are cached per shape: a test that counts on fresh ones starts and ends afresh."""
+    dsno_kernels.clear_caches()
     yield
-    triton_backend.clear_launch_plans()
+    dsno_kernels.clear_caches()
+
+
+def _backward_call(grad_out, x, w, slope, slices=None):
+    """The backward call of these tensors as the eager path plans it (slices: forced), and grad_x."""
+    grad_x = torch.empty_like(x)
+    call = triton_backend.backward_call(
+        grad_out.shape, grad_out.stride(), x.shape, x.stride(), grad_x.stride(), w.shape, w.stride(), x.dtype,
+        triton_backend.device_limits(x.device), slope, triton_backend.fp32_precision(x.dtype), False, slices,
+    )  # fmt: skip
+    return call, grad_x
 
 
 @pytest.mark.parametrize("op", ["spectral_time_conv", "time_conv"])
-def test_weight_gradient_in_several_slices_matches_one(op, monkeypatch, fresh_launch_plans):
+def test_weight_gradient_in_several_slices_matches_one(op, fresh_launch_plans):
     """Several pixel slices summed in order by the reduction kernel give the one-slice gradient, which
     the kernel writes straight into grad_weight."""
     x = _random(3, 4, 20, 23, dtype=torch.float32, seed=10)
     w = _random(20, 20, 2, 2, dtype=torch.float32, seed=11, scale=0.2)
     grad_out = _random(3, 4, 20, 23, dtype=torch.float32, seed=12)
-    args = (grad_out, x, w) if op == "spectral_time_conv" else (grad_out, x, w, 0.1)
+    slope = None if op == "spectral_time_conv" else 0.1
     grads = {}
     for slices in (1, 3):
-        monkeypatch.setattr(triton_backend, "_weight_grad_slices", lambda *_, n=slices: n)
-        triton_backend.clear_launch_plans()
-        grads[slices] = triton_backend._OPS[f"{op}_backward"](*args)
-        plan = triton_backend._backward_plan(3, 4, 2, 20, 20, 23, 4, None)
+        call, grad_x = _backward_call(grad_out, x, w, slope, slices)
+        grads[slices] = triton_backend.launch_backward(call, grad_out, x, w, grad_x)
+        plan = triton_backend.backward_plan(3, 4, 2, 20, 20, 23, 4, None, slices)
         assert plan.slices == slices and (plan.reduce is None) == (slices == 1)
+        assert call.slices == slices and (call.reduce is None) == (slices == 1)
     assert torch.equal(grads[1][0], grads[3][0])
     assert_close_to_reference(grads[3][1], grads[1][1].double(), 1e-5, "slices")
 
 
-def _persistent(launch, programs: int):
-    """A one-configuration mix launch in the persistent mode, with `programs` programs."""
-    return dataclasses.replace(launch, grid=(programs,), meta={**launch.meta, "PERSISTENT": 1})
+def _persistent(bound, programs: int):
+    """A bound one-configuration mix launch in the persistent mode, with `programs` programs."""
+    launch = bound.launch
+    return bound.rebound(triton_backend.Launch(launch.kernel, (programs,), {**launch.meta, "PERSISTENT": 1}))
 
 
 # (op, dtype, B, T, K, C_in, C_out, trailing dims, programs, tiles of the interpreter's configuration):
@@ -247,57 +269,69 @@ PERSISTENT_CASES = [
 
 @pytest.mark.parametrize("case", PERSISTENT_CASES, ids=lambda c: "{}-{}-B{}-P{}-programs{}".format(
     c[0], DTYPE_IDS[c[1]], c[2], "x".join(map(str, c[7])), c[8]))  # fmt: skip
-def test_persistent_mode(case, fresh_launch_plans, monkeypatch):
+def test_persistent_mode(case, fresh_launch_plans):
     """The mix kernel's persistent mode (the forward's, and time_conv's mask pass's, extra autotuning
     candidates on a GPU), forced with a few programs: the same output as one program per tile, and
     the gradients of the reference."""
     op, dtype, B, T, K, C_in, C_out, trailing, programs, expected_tiles = case
     x = _random(B, T, C_in, *trailing, dtype=dtype, seed=20)
     w = _random(C_in, C_out, K, 2, dtype=dtype, seed=21, scale=(C_in * K) ** -0.5)
-    kwargs = {} if op == "spectral_time_conv" else {"negative_slope": 0.2}
-    one_per_tile = getattr(dsno_kernels, op)(x, w, backend="triton", **kwargs)
-    plan = triton_backend._mix_plan
-    meta = plan(B, T, K, C_in, C_out, math.prod(trailing), dtype.itemsize, None, False).meta
+    slope = None if op == "spectral_time_conv" else 0.2
+    one_per_tile = getattr(dsno_kernels, op)(
+        x, w, backend="triton", **({} if slope is None else {"negative_slope": slope})
+    )
+    meta = triton_backend.mix_plan(B, T, K, C_in, C_out, math.prod(trailing), dtype.itemsize, None, False).meta
     tiles = B * -(-math.prod(trailing) // meta["BLOCK_P"]) * -(-C_out // meta["BLOCK_OUT"])
     assert tiles == expected_tiles, (tiles, meta)
-    # lru_cache: clear_launch_plans clears the patched function too
-    patched = functools.lru_cache(maxsize=None)(lambda *args, **kw: _persistent(plan(*args, **kw), programs))
-    monkeypatch.setattr(triton_backend, "_mix_plan", patched)
-    triton_backend.clear_launch_plans()
-    with kernel_report.recorded_launches() as launches:
-        getattr(dsno_kernels, op)(x, w, backend="triton", **kwargs)
+
+    def forward(x):
+        call = triton_backend.forward_call(
+            x.shape, x.stride(), w.shape, w.stride(), dtype, triton_backend.device_limits(x.device), slope,
+            triton_backend.fp32_precision(dtype), False,
+        )  # fmt: skip
+        return dataclasses.replace(call, launch=_persistent(call.launch, programs))
+
+    with introspection.recorded_launches() as launches:
+        triton_backend.launch_forward(forward(x), x, w)
     assert launches[0].grid == (programs,) and launches[0].args["PERSISTENT"] == 1
-    persistent = getattr(dsno_kernels, op)(x, w, backend="triton", **kwargs)
+    persistent = triton_backend.launch_forward(forward(x), x, w)
     assert torch.equal(persistent, one_per_tile)
-    _check_op(op, x, w, dtype, slope=0.2, what=f"persistent {case}")
+
+    def run(x, w, grad_out):  # the backward with its mask pass (time_conv) persistent too
+        call, grad_x = _backward_call(grad_out, x, w, slope)
+        if call.mask is not None:
+            mask_shape, mask_pass = call.mask
+            call = dataclasses.replace(call, mask=(mask_shape, _persistent(mask_pass, programs)))
+        return (persistent, *triton_backend.launch_backward(call, grad_out, x, w, grad_x))
+
+    _check_op(op, x, w, dtype, slope=0.2, what=f"persistent {case}", run=run)
 
 
-def test_persistent_candidates_follow_the_first_guess(monkeypatch, fresh_launch_plans):
+def test_persistent_candidates_follow_the_first_guess():
     """With autotuning, the forward's first candidate is the one-configuration launch's, and the
     persistent ones come last, with grids of at most the resident programs per SM."""
-    monkeypatch.setenv(triton_backend.AUTOTUNE_ENV_VAR, "1")
-    for arch in (80, 90):
-        with kernel_report.gpu_limits(arch):
-            for element_size, P in [(2, 1024), (2, 64), (4, 1024)]:
-                tuned = triton_backend._mix_variants(4, 2, 256, 256, P, element_size, 0, True)
-                untuned = triton_backend._mix_variants(4, 2, 256, 256, P, element_size, 0, False)
-                assert tuned[0] == untuned[0] and untuned[0][1] == 0
-                flags = [persistent for _, persistent in tuned]
-                assert flags == sorted(flags, key=bool) and 0 < sum(map(bool, flags)) <= 2, tuned
-                for config, persistent in tuned:
-                    if persistent:
-                        meta = triton_backend._mix_kwargs(config, persistent)
-                        grid = triton_backend._mix_grid(32, P, 256, kernel_report.MULTIPROCESSORS[arch], meta)
-                        assert grid[0] <= kernel_report.MULTIPROCESSORS[arch] * persistent
+    for limits in (triton_backend.A100, triton_backend.H100):
+        for element_size, P in [(2, 1024), (2, 64), (4, 1024)]:
+            tuned = triton_backend.mix_variants(4, 2, 256, 256, P, element_size, limits, True)
+            untuned = triton_backend.mix_variants(4, 2, 256, 256, P, element_size, limits, False)
+            assert tuned[0] == untuned[0] and untuned[0][1] == 0 and len(untuned) == 1
+            flags = [persistent for _, persistent in tuned]
+            assert flags == sorted(flags, key=bool) and 0 < sum(map(bool, flags)) <= 2, tuned
+            for config, persistent in tuned:
+                if persistent:
+                    grid = triton_backend.mix_grid(
+                        32, P, 256, limits.processors, triton_backend.mix_meta(config, persistent)
+                    )
+                    assert grid[0] <= limits.processors * persistent
 
 
 def test_fp32_precision_setting(monkeypatch):
     x = _random(2, 4, 5, 6, dtype=torch.float32, seed=13)
     w = _random(5, 5, 2, 2, dtype=torch.float32, seed=14, scale=0.3)
-    monkeypatch.setenv(triton_backend.FP32_PRECISION_ENV_VAR, "fp16")
-    with pytest.raises(ValueError, match=triton_backend.FP32_PRECISION_ENV_VAR):
+    monkeypatch.setenv(settings.FP32, "fp16")
+    with pytest.raises(ValueError, match=settings.FP32):
         dsno_kernels.spectral_time_conv(x, w, backend="triton")
-    monkeypatch.setenv(triton_backend.FP32_PRECISION_ENV_VAR, "ieee")
+    monkeypatch.setenv(settings.FP32, "ieee")
     out = dsno_kernels.spectral_time_conv(x, w, backend="triton")
     expected = spectral_time_conv_reference(x.double(), w.double())
     assert_close_to_reference(out, expected, TOLERANCE[torch.float32], "ieee")
@@ -307,7 +341,7 @@ def test_fp32_precision_setting(monkeypatch):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=DTYPE_IDS.get)
 def test_cifar10_layer_shape(dtype, monkeypatch):
     """DSNO's CIFAR-10 temporal layer (T=4, K=2, C=256, 32x32), batch 2, through the autotuner."""
-    monkeypatch.setenv(triton_backend.AUTOTUNE_ENV_VAR, "1")
+    monkeypatch.setenv(settings.TRITON_AUTOTUNE, "1")
     x = _random(2, 4, 256, 32, 32, dtype=dtype, seed=15)
     w = _random(256, 256, 2, 2, dtype=dtype, seed=16, scale=(256 * 2) ** -0.5)
     _check_op("time_conv", x, w, dtype, slope=0.01, what="cifar10")
@@ -319,26 +353,32 @@ def test_cifar10_layer_shape(dtype, monkeypatch):
 
 @pytest.mark.parametrize(
     "kernel,T,K,C_in,C_out,pixels",
-    [("mix", 4, 2, 256, 256, 1024), ("mix", 9, 5, 3, 7, 5), ("weight_grad", 4, 2, 192, 384, 64),
-     ("mix", 32, 17, 64, 64, 4096), ("weight_grad", 32, 17, 64, 64, 4096)],
+    [("mix", 4, 2, 256, 256, 1024), ("mix", 9, 5, 3, 7, 5), ("grad_weight", 4, 2, 192, 384, 64),
+     ("mix", 32, 17, 64, 64, 4096), ("grad_weight", 32, 17, 64, 64, 4096)],
 )  # fmt: skip
 def test_launch_configs(kernel, T, K, C_in, C_out, pixels, monkeypatch):
-    monkeypatch.setenv(triton_backend.AUTOTUNE_ENV_VAR, "1")
-    configs = triton_backend.launch_configs(kernel, T, K, C_in, C_out, pixels, 2, 227 * 1024)
-    assert configs and len(set(configs)) == len(configs)
-    if triton_backend.INTERPRETING:
-        assert len(configs) == 1
+    limits = triton_backend.H100
+    configs = triton_backend.launch_configs(kernel, T, K, C_in, C_out, pixels, 2, limits.shared_memory)
+    assert configs and len(set(configs)) == len(configs) and len(configs) <= triton_backend.MAX_TIMED_CONFIGS
     for config in configs:
         *blocks, warps, stages = config
         assert all(block >= 16 and block & (block - 1) == 0 for block in blocks), config
         assert warps in (1, 2, 4, 8) and stages >= 1
-    extents = {"mix": (C_out, C_in, pixels), "weight_grad": (C_in, C_out, pixels)}[kernel]
-    smallest = triton_backend._MIX_CANDIDATES[-1] if kernel == "mix" else triton_backend._WEIGHT_GRAD_CANDIDATES[-1]
+    extents = {"mix": (C_out, C_in, pixels), "grad_weight": (C_in, C_out, pixels)}[kernel]
+    candidates = triton_backend.MIX_CANDIDATES if kernel == "mix" else triton_backend.GRAD_WEIGHT_CANDIDATES
     for config in configs:
-        if config != smallest:
+        if config != candidates[-1]:
             assert all(block <= max(16, 2 * extent) for block, extent in zip(config, extents)), config
-    monkeypatch.setenv(triton_backend.AUTOTUNE_ENV_VAR, "0")
-    assert triton_backend.launch_configs(kernel, T, K, C_in, C_out, pixels, 2, 227 * 1024) == configs[:1]
+    # Without autotuning (DSNO_KERNELS_TRITON_AUTOTUNE=0, and always in the interpreter) the first runs.
+    monkeypatch.setenv(settings.TRITON_AUTOTUNE, "1")
+    assert triton_backend.autotuning() == (not triton_backend.INTERPRETING)
+    monkeypatch.setenv(settings.TRITON_AUTOTUNE, "0")
+    assert not triton_backend.autotuning()
+    if kernel == "mix":
+        assert triton_backend.mix_variants(T, K, C_in, C_out, pixels, 2, limits, False) == [(configs[0], 0)]
+    else:
+        meta = triton_backend.backward_plan(1, T, K, C_in, C_out, pixels, 2, limits).launch.meta
+        assert tuple(meta[f"GRAD_WEIGHT_BLOCK_{n}"] for n in ("IN", "OUT", "P")) == configs[0][:3]
 
 
 def test_registration():
@@ -363,23 +403,23 @@ def _compile_cases() -> list:
     ]
 
 
-def compile_for_gpus(archs=(80, 90)) -> list[dict]:
-    """Compile every kernel variant the launcher chooses for _compile_cases for sm_80 and sm_90, and
-    the forward's persistent candidates for the CIFAR-10 layer in bf16 and fp32."""
+def compile_for_gpus(gpus=(triton_backend.A100, triton_backend.H100)) -> list[dict]:
+    """Compile every kernel variant the launcher chooses for _compile_cases for an A100 (sm_80) and an
+    H100 (sm_90), and the forward's persistent candidates for the CIFAR-10 layer in bf16 and fp32."""
     results, seen = [], set()
-    for arch in archs:
+    for limits in gpus:
+        arch = limits.arch
         for shape, dtype, pixels_last in _compile_cases():
-            for direction, launches in kernel_report.shape_launches(
-                shape, dtype, arch, pixels_last=pixels_last
-            ).items():
+            planned = introspection.shape_launches(shape.x_shape, shape.K, dtype, limits, pixels_last=pixels_last)
+            for direction, launches in planned.items():
                 if direction == "forward" and shape.name == "cifar10" and dtype in (torch.bfloat16, torch.float32):
-                    launches = launches + kernel_report.persistent_variants(launches[0], arch)
+                    launches = launches + introspection.persistent_variants(launches[0], limits)
                 for launch in launches:
-                    key = (arch, kernel_report.variant_key(launch))
+                    key = (arch, introspection.variant_key(launch))
                     if key in seen:
                         continue
                     seen.add(key)
-                    facts = kernel_report.compile_launch(launch, arch)
+                    facts = introspection.compile_launch(launch, limits)
                     name = launch.name + ("-persistent" if launch.args.get("PERSISTENT") else "")
                     case = f"{shape.name}-{DTYPE_IDS[dtype]}-{name}"
                     results.append(
@@ -392,21 +432,18 @@ def _without_interpreter(script: str) -> subprocess.CompletedProcess:
     """Run `script` in a fresh Python in this directory without TRITON_INTERPRET (under it,
     @triton.jit builds interpreter functions, which can be neither compiled nor traced)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    root = str(Path(__file__).resolve().parents[1])  # for benchmarks.kernel_report
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
     return subprocess.run(
         [sys.executable, "-c", script], cwd=Path(__file__).parent, env=env, capture_output=True, text=True, timeout=1200
     )
 
 
 def trace_triton_ops() -> str:
-    """The graph AOTAutograd traces from time_conv and its backward on fake CUDA tensors (a device
-    with H100 limits is assumed, so no GPU is needed): the triton_op bodies decompose into
+    """The graph AOTAutograd traces from time_conv and its backward on fake CUDA tensors (planned for
+    the GPU's limits, or without a GPU with none): the triton_op bodies decompose into
     triton_kernel_wrapper_functional calls, which is what lets Inductor compile the kernels."""
     from torch._functorch.aot_autograd import aot_function
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    triton_backend._device_limits = lambda index: kernel_report.device_limits(90)
     graphs = []
 
     def keep_graph(graph_module, example_inputs):
@@ -428,7 +465,7 @@ def test_triton_ops_trace_into_their_kernels():
     run = _without_interpreter("import test_triton; print(test_triton.trace_triton_ops())")
     assert run.returncode == 0, run.stderr[-4000:]
     graph = run.stdout
-    # forward; backward: the LeakyReLU mask pass, then dx and dweight in one launch (one slice here)
+    # forward; backward: the LeakyReLU mask pass, then dx and grad_weight in one launch (one slice here)
     assert graph.count("triton_kernel_wrapper_functional(") == 3, graph
     assert "dsno_kernels.triton_" not in graph, graph
 
@@ -444,7 +481,9 @@ def test_every_kernel_compiles_for_sm80_and_sm90():
     persistent = [r for r in results if r["persistent"]]
     assert persistent and all(r["persistent"] <= r["ctas_per_sm"] for r in persistent), persistent
     for result in results:
-        assert result["shared"] <= kernel_report.SHARED_MEMORY_LIMIT[result["arch"]], result
+        assert result["shared"] <= {80: triton_backend.A100, 90: triton_backend.H100}[result["arch"]].shared_memory, (
+            result
+        )
     # The layer that matters (T=4, K=2, C=256) on an A100 and an H100: the configurations the launcher
     # picks for each, persistent ones included, fit the register file without spilling.
     hot = [r for r in results if r["case"].startswith(("cifar10-bf16", "cifar10-fp16", "cifar10-fp32"))]

@@ -371,10 +371,10 @@ __global__ void __launch_bounds__(kFusedThreads, 1) fused_apply_kernel(const App
   cp_async_wait(0);
 }
 
-// Tile geometry of the fused dweight kernel: rows = input channels, columns = output channels, the
+// Tile geometry of the fused grad_weight kernel: rows = input channels, columns = output channels, the
 // reduction runs over kBK pixel columns per stage.
 template <typename scalar_t>
-struct DweightTile {
+struct GradWeightTile {
   static constexpr int kElem = sizeof(scalar_t);
   static constexpr int kVec = 16 / kElem;
   static constexpr int kBM = 128;
@@ -390,7 +390,7 @@ struct DweightTile {
   }
 };
 
-struct DweightParams {
+struct GradWeightParams {
   const void* x;   // [B, T, C_in, P]
   const void* g;   // [B, T, C_out, P]: dL/ds
   float* partial;  // [splits, num_terms, C_in, C_out]
@@ -401,8 +401,8 @@ struct DweightParams {
 };
 
 template <Math kMath, typename scalar_t>
-__global__ void __launch_bounds__(kFusedThreads, 1) fused_dweight_kernel(const DweightParams p) {
-  using Tile = DweightTile<scalar_t>;
+__global__ void __launch_bounds__(kFusedThreads, 1) fused_grad_weight_kernel(const GradWeightParams p) {
+  using Tile = GradWeightTile<scalar_t>;
   constexpr int kVec = Tile::kVec, kBM = Tile::kBM, kBN = Tile::kBN, kBK = Tile::kBK;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   __shared__ __align__(16) float basis_x[kMaxFusedT * kFusedTerms];

@@ -162,10 +162,9 @@ __global__ void __launch_bounds__(kGemmThreads)
 
 // partial[slot0 + split][q] = sum over this split's columns n of X[q, :, n] dY[q, :, n]^T; grid z = split * Q + q.
 template <typename acc_t>
-__global__ void __launch_bounds__(kGemmThreads) general_dweight_kernel(const acc_t* X, const acc_t* dY, acc_t* partial,
-                                                                      int64_t Q, int64_t C_in, int64_t C_out,
-                                                                      int64_t columns, int64_t split_columns,
-                                                                      int64_t slot0, int64_t z0) {
+__global__ void __launch_bounds__(kGemmThreads)
+    general_grad_weight_kernel(const acc_t* X, const acc_t* dY, acc_t* partial, int64_t Q, int64_t C_in, int64_t C_out,
+                               int64_t columns, int64_t split_columns, int64_t slot0, int64_t z0) {
   const int64_t z = z0 + blockIdx.z, q = z % Q, split = z / Q;
   const int64_t k_begin = split * split_columns;
   const int64_t k_end = k_begin + split_columns < columns ? k_begin + split_columns : columns;

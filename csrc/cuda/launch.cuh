@@ -1,5 +1,5 @@
 // Host side of the kernels: the call's shape, device facts, and one launcher per kernel family (the
-// fused apply and dweight kernels, the general path's kernel sequences, the shared term kernels).
+// fused apply and grad_weight kernels, the general path's kernel sequences, the shared term kernels).
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -131,12 +131,12 @@ at::Tensor term_weights(const at::Tensor& weight, const Shape& s, bool adjoint, 
 }
 
 template <typename acc_t, typename scalar_t>
-void launch_dweight_reduce(const at::Tensor& partial, int64_t slots, const Shape& s, at::Tensor& grad_w,
-                           cudaStream_t stream) {
+void launch_grad_weight_reduce(const at::Tensor& partial, int64_t slots, const Shape& s, at::Tensor& grad_weight,
+                               cudaStream_t stream) {
   const int64_t n = s.C_in * s.C_out * s.K;
   constexpr int kThreads = 256;
-  dweight_reduce_kernel<acc_t, scalar_t><<<static_cast<unsigned>(ceil_div(n, kThreads)), kThreads, 0, stream>>>(
-      ptr<acc_t>(partial), mutable_ptr<scalar_t>(grad_w), slots, s.Q, s.C_in, s.C_out, s.K, s.T);
+  grad_weight_reduce_kernel<acc_t, scalar_t><<<static_cast<unsigned>(ceil_div(n, kThreads)), kThreads, 0, stream>>>(
+      ptr<acc_t>(partial), mutable_ptr<scalar_t>(grad_weight), slots, s.Q, s.C_in, s.C_out, s.K, s.T);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -188,10 +188,10 @@ void launch_fused_apply(const Shape& s, const at::Tensor& u, const at::Tensor& w
 }
 
 template <Math kMath, typename scalar_t>
-void launch_fused_dweight(const Shape& s, const at::Tensor& x, const at::Tensor& g, at::Tensor& grad_w, int stages,
-                          const DeviceInfo& info, cudaStream_t stream) {
-  using Tile = DweightTile<scalar_t>;
-  DweightParams p{};
+void launch_fused_grad_weight(const Shape& s, const at::Tensor& x, const at::Tensor& g, at::Tensor& grad_weight,
+                              int stages, const DeviceInfo& info, cudaStream_t stream) {
+  using Tile = GradWeightTile<scalar_t>;
+  GradWeightParams p{};
   p.x = x.const_data_ptr();
   p.g = g.const_data_ptr();
   p.T = s.T;
@@ -214,12 +214,12 @@ void launch_fused_dweight(const Shape& s, const at::Tensor& x, const at::Tensor&
   at::Tensor partial = at::empty({splits, s.Q, s.C_in, s.C_out}, x.options().dtype(at::kFloat));
   p.partial = partial.mutable_data_ptr<float>();
   const int64_t smem = Tile::smem_bytes(s.T, stages);
-  auto kernel = fused_dweight_kernel<kMath, scalar_t>;
+  auto kernel = fused_grad_weight_kernel<kMath, scalar_t>;
   allow_dynamic_smem(reinterpret_cast<const void*>(kernel), smem);
   kernel<<<dim3(static_cast<unsigned>(tiles), static_cast<unsigned>(splits)), kFusedThreads, static_cast<size_t>(smem),
            stream>>>(p);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  launch_dweight_reduce<float, scalar_t>(partial, splits, s, grad_w, stream);
+  launch_grad_weight_reduce<float, scalar_t>(partial, splits, s, grad_weight, stream);
 }
 
 template <typename acc_t>
@@ -278,8 +278,8 @@ void general_apply(const Shape& s, const at::Tensor& u, const at::Tensor& weight
 }
 
 template <typename scalar_t>
-void general_dweight(const Shape& s, const at::Tensor& x, const at::Tensor& g, at::Tensor& grad_w,
-                     const DeviceInfo& info, cudaStream_t stream) {
+void general_grad_weight(const Shape& s, const at::Tensor& x, const at::Tensor& g, at::Tensor& grad_weight,
+                         const DeviceInfo& info, cudaStream_t stream) {
   using acc_t = typename Num<scalar_t>::acc;
   const at::Tensor bases = general_bases<acc_t>(s, x, stream);
   const int64_t chunk = batch_chunk(s, s.Q * (s.C_in + s.C_out), sizeof(acc_t));
@@ -305,14 +305,14 @@ void general_dweight(const Shape& s, const at::Tensor& x, const at::Tensor& g, a
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     const int64_t z_total = splits * s.Q;
     for (int64_t z0 = 0; z0 < z_total; z0 += kMaxGridZ) {
-      general_dweight_kernel<acc_t>
+      general_grad_weight_kernel<acc_t>
           <<<gemm_grid(s.C_in, s.C_out, std::min(kMaxGridZ, z_total - z0)), kGemmThreads, 0, stream>>>(
               ptr<acc_t>(X), ptr<acc_t>(dY), mutable_ptr<acc_t>(partial), s.Q, s.C_in, s.C_out, columns, split_columns,
               c * splits, z0);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
   }
-  launch_dweight_reduce<acc_t, scalar_t>(partial, num_chunks * splits, s, grad_w, stream);
+  launch_grad_weight_reduce<acc_t, scalar_t>(partial, num_chunks * splits, s, grad_weight, stream);
 }
 
 }  // namespace

@@ -1,6 +1,6 @@
 // CUDA backend of the dsno_kernels ops (schemas in csrc/spectral_time_conv.cpp): which path runs a call,
-// and the ops' forward and backward as sequences of `apply` and `dweight` (csrc/cuda/terms.cuh has the
-// maths of both).
+// and the ops' forward and backward as sequences of `apply` and `compute_grad_weight` (csrc/cuda/terms.cuh
+// has the maths of both).
 //
 // Two implementations of each:
 //   fused (fp16/bf16/fp32, T <= 16, Q <= 4, pixel count a multiple of one 16-byte vector, aligned
@@ -11,21 +11,23 @@
 //     m16n8k8 tf32 for fp32) with fp32 accumulators in registers; the inverse DFT and the epilogue run
 //     on the accumulators, staged through shared memory so y leaves in coalesced 16-byte stores. Blocks
 //     are persistent and walk tiles output-channel block first, so the blocks of one pixel tile run
-//     together and share u through L2: u is read from DRAM once, the output written once. fp32 uses tf32 unless DSNO_KERNELS_FP32=ieee selects exact fp32 FMAs. As in
-//     any fp16 tensor-core GEMM, the DFT'd operands are fp16: sums over T of |x| must stay below 65504.
-//     dweight: the same tiles over (C_in, C_out) with the pixels as the reduction, both operands
+//     together and share u through L2: u is read from DRAM once, the output written once. fp32 uses
+//     tf32 unless DSNO_KERNELS_FP32=ieee selects exact fp32 FMAs. As in any fp16 tensor-core GEMM, the
+//     DFT'd operands are fp16: sums over T of |x| must stay below 65504.
+//     grad_weight: the same tiles over (C_in, C_out) with the pixels as the reduction, both operands
 //     DFT'd on load, per-block partial sums over a fixed pixel range, then a second kernel that adds
 //     the partials in a fixed order (deterministic, no atomics).
 //   general (any dtype incl. fp64, any T, K, channels, trailing dims): the same terms as plain FMA GEMMs
 //     (64 x 64 tiles) through fp32 (fp64) buffers: X = Bin u, Z_q = M_q X_q, out = epilogue(Bout Z),
 //     over batch chunks that keep the buffers under 1 GiB.
 // DSNO_KERNELS_CUDA_PATH=general forces the general path, =fused requires the fused one (an error names
-// why an input does not qualify); both are for tests and benchmarks, the default "auto" picks.
+// why an input does not qualify); both are for tests and benchmarks, the default "auto" picks. The
+// settings arrive validated from dsno_kernels/settings.py (set_cuda_settings below).
 //
 // The pieces, one header per concern:
-//   terms.cuh            the Gauss terms of the DFT; the term-weight and dweight-reduce kernels
+//   terms.cuh            the Gauss terms of the DFT; the term-weight and grad_weight-reduce kernels
 //   sm80.cuh             element types, 16-byte vectors, cp.async / ldmatrix / mma.sync
-//   fused_kernels.cuh    the fused apply and dweight kernels
+//   fused_kernels.cuh    the fused apply and grad_weight kernels
 //   general_kernels.cuh  the general path's FMA GEMM kernels
 //   launch.cuh           shapes, device facts, and the launchers of both paths
 
@@ -41,8 +43,8 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <cstdint>
-#include <cstdlib>
 #include <initializer_list>
 #include <string>
 #include <tuple>
@@ -58,42 +60,40 @@ namespace dsno_kernels {
 namespace {
 
 // ------------------------------------------------------------------------------------------------------
-// Settings, read on every call. dsno_kernels/settings.py is where the DSNO_KERNELS_* variables, their
-// values and their meaning are written down (and the README's table); the public functions validate them
-// there first, and these accept exactly the same values, so that a direct torch.ops call agrees too.
+// Settings. dsno_kernels/settings.py is the one place that reads, validates and documents
+// DSNO_KERNELS_CUDA_PATH and DSNO_KERNELS_FP32; the cuda backend hands the validated values to
+// set_cuda_settings whenever they change (dsno_kernels/backends/cpp.py). Until then, the defaults.
 
-// The value of the environment variable `name` without surrounding white space, `fallback` when it is
-// unset or empty; anything not in `allowed` is an error that names the variable.
-std::string env_setting(const char* name, const char* fallback, std::initializer_list<const char*> allowed) {
-  const char* raw = std::getenv(name);
-  const char* space = " \t\n\r\f\v";
-  std::string value = raw == nullptr ? "" : raw;
-  const size_t first = value.find_first_not_of(space);
-  value = first == std::string::npos ? fallback : value.substr(first, value.find_last_not_of(space) - first + 1);
-  std::string options;
-  for (const char* option : allowed) {
-    if (value == option) return value;
-    options += options.empty() ? option : std::string(", ") + option;
-  }
-  TORCH_CHECK(false, "environment variable ", name, " must be one of ", options, ", got '", raw, "'");
+enum class PathChoice : int { kAuto, kFused, kGeneral };
+
+std::atomic<PathChoice> g_path_choice{PathChoice::kAuto};
+std::atomic<bool> g_fp32_uses_tf32{true};
+
+// DSNO_KERNELS_CUDA_PATH: "auto" picks, "fused" makes an input the fused kernels refuse an error that says
+// why, "general" always takes the general kernels; for tests and benchmarks.
+PathChoice path_choice() { return g_path_choice.load(std::memory_order_relaxed); }
+
+// DSNO_KERNELS_FP32: fp32 GEMMs on tf32 tensor cores ("tf32") or in exact fp32 ("ieee"). "tf32x3" is the
+// Triton backend's three-pass tf32 (close to fp32); these kernels have no three-pass path and run it as
+// exact fp32 FMAs, which is at least as accurate.
+bool fp32_uses_tf32() { return g_fp32_uses_tf32.load(std::memory_order_relaxed); }
+
+// dsno_kernels::set_cuda_settings: the values settings.py validated, so anything else is a caller's bug.
+void set_cuda_settings(c10::string_view fp32, c10::string_view cuda_path) {
+  TORCH_CHECK(fp32 == "tf32" || fp32 == "tf32x3" || fp32 == "ieee",
+              "set_cuda_settings takes DSNO_KERNELS_FP32 as dsno_kernels/settings.py validates it, got '", fp32, "'");
+  TORCH_CHECK(cuda_path == "auto" || cuda_path == "fused" || cuda_path == "general",
+              "set_cuda_settings takes DSNO_KERNELS_CUDA_PATH as dsno_kernels/settings.py validates it, got '",
+              cuda_path, "'");
+  g_fp32_uses_tf32.store(fp32 == "tf32", std::memory_order_relaxed);
+  g_path_choice.store(cuda_path == "fused"     ? PathChoice::kFused
+                      : cuda_path == "general" ? PathChoice::kGeneral
+                                               : PathChoice::kAuto,
+                      std::memory_order_relaxed);
 }
-
-enum class PathChoice { kAuto, kFused, kGeneral };
-
-// DSNO_KERNELS_CUDA_PATH: "auto" (default), "fused" (an input the fused kernels refuse is an error that
-// says why) or "general"; for tests and benchmarks.
-PathChoice path_choice() {
-  const std::string v = env_setting("DSNO_KERNELS_CUDA_PATH", "auto", {"auto", "fused", "general"});
-  return v == "fused" ? PathChoice::kFused : v == "general" ? PathChoice::kGeneral : PathChoice::kAuto;
-}
-
-// DSNO_KERNELS_FP32: fp32 GEMMs on tf32 tensor cores ("tf32", the default) or in exact fp32 ("ieee").
-// "tf32x3" is the Triton backend's three-pass tf32 (close to fp32); the CUDA kernels have no three-pass
-// path and run it as "ieee", exact fp32 FMAs, which is at least as accurate.
-bool fp32_uses_tf32() { return env_setting("DSNO_KERNELS_FP32", "tf32", {"tf32", "ieee", "tf32x3"}) == "tf32"; }
 
 // ------------------------------------------------------------------------------------------------------
-// The path chooser: one rule for apply and dweight.
+// The path chooser: one rule for apply and compute_grad_weight.
 
 bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
@@ -178,18 +178,19 @@ void apply(const Shape& s, const at::Tensor& u, const at::Tensor& weight, bool a
   }
 }
 
-// grad_w from x and g = dL/ds on the fused path when it takes the input, else on the general path.
+// grad_weight from x and g = dL/ds on the fused path when it takes the input, else on the general path.
 template <typename scalar_t>
-void dweight(const Shape& s, const at::Tensor& x, const at::Tensor& g, at::Tensor& grad_w, const DeviceInfo& info,
-             cudaStream_t stream) {
+void compute_grad_weight(const Shape& s, const at::Tensor& x, const at::Tensor& g, at::Tensor& grad_weight,
+                         const DeviceInfo& info, cudaStream_t stream) {
   const int stages = fused_stages(
-      s, x.scalar_type(), info, {&x, &g}, [&](int st) { return DweightTile<scalar_t>::smem_bytes(s.T, st); }, 1,
-      "the dweight pipeline");
+      s, x.scalar_type(), info, {&x, &g}, [&](int st) { return GradWeightTile<scalar_t>::smem_bytes(s.T, st); }, 1,
+      "the grad_weight pipeline");
   if (stages > 0) {
-    with_fused_math<scalar_t>(
-        [&](auto math) { launch_fused_dweight<decltype(math)::value, scalar_t>(s, x, g, grad_w, stages, info, stream); });
+    with_fused_math<scalar_t>([&](auto math) {
+      launch_fused_grad_weight<decltype(math)::value, scalar_t>(s, x, g, grad_weight, stages, info, stream);
+    });
   } else {
-    general_dweight<scalar_t>(s, x, g, grad_w, info, stream);
+    general_grad_weight<scalar_t>(s, x, g, grad_weight, info, stream);
   }
 }
 
@@ -241,12 +242,13 @@ std::tuple<at::Tensor, at::Tensor> backward_cuda(const at::Tensor& grad_out, con
   check_grad_out(grad_out, x_in, weight_in);
   const c10::cuda::CUDAGuard guard(x_in.device());
   at::Tensor grad_x = at::empty(x_in.sizes(), x_in.options().memory_format(at::MemoryFormat::Contiguous));
-  at::Tensor grad_w = at::empty(weight_in.sizes(), weight_in.options().memory_format(at::MemoryFormat::Contiguous));
+  at::Tensor grad_weight =
+      at::empty(weight_in.sizes(), weight_in.options().memory_format(at::MemoryFormat::Contiguous));
   const Shape s = describe(x_in, weight_in);
   if (grad_out.numel() == 0 || s.C_in == 0) {  // nothing flows: zero gradients
     grad_x.zero_();
-    grad_w.zero_();
-    return {grad_x, grad_w};
+    grad_weight.zero_();
+    return {grad_x, grad_weight};
   }
   const at::Tensor x = x_in.contiguous(), weight = weight_in.contiguous();
   const at::Tensor dy = grad_out.to(x.scalar_type()).contiguous();
@@ -261,13 +263,18 @@ std::tuple<at::Tensor, at::Tensor> backward_cuda(const at::Tensor& grad_out, con
     }
     apply<scalar_t>(s, g, weight, true, time_conv ? kAddAux : kStore, time_conv ? &dy : nullptr, grad_x, slope, info,
                     stream);
-    dweight<scalar_t>(s, x, g, grad_w, info, stream);
+    compute_grad_weight<scalar_t>(s, x, g, grad_weight, info, stream);
   });
-  return {grad_x, grad_w};
+  return {grad_x, grad_weight};
 }
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(dsno_kernels, CUDA, m) { Ops<forward_cuda, backward_cuda>::register_impls(m); }
+
+// Defined here, beside the kernels that follow it (the ops' schemas are in csrc/spectral_time_conv.cpp).
+TORCH_LIBRARY_FRAGMENT(dsno_kernels, m) {
+  m.def("set_cuda_settings(str fp32, str cuda_path) -> ()", &set_cuda_settings);
+}
 
 }  // namespace dsno_kernels

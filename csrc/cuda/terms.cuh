@@ -1,9 +1,11 @@
 // The Gauss terms of the truncated real DFT, shared by host and device, and the two kernels that both
-// paths use to move weights into term form and dweight back out of it.
+// paths use to move weights into term form and grad_weight back out of it.
 //
 // Per pixel column the layer is three linear maps (see dsno_kernels/backends/reference.py): a truncated real DFT
 // along T, a complex channel mix per mode k, and the inverse DFT. The kernels compute the complex products
-// with Gauss's three real multiplications, so every piece is one real GEMM per *term* q:
+// with Gauss's three real multiplications, so every piece is one real GEMM per *term* q. (A term is one
+// row of reference.py's F in Gauss's form, where a complex mode has three rows instead of two: Q terms where
+// reference.py has R rows; the cpu backend's "products" are these GEMMs where it takes Gauss's form.)
 //
 //   real mode k (DC / Nyquist):  one term    F'_q = Fr,       W_q = Wr,        G'_q = Gr
 //   complex mode k:            three terms   F'_q = Fr,       W_q = Wr,        G'_q = Gr - Gi
@@ -20,7 +22,8 @@
 //   apply:    out = epilogue(sum_q Bout[:, q] (M_q (sum_t Bin[q, t] u[t])))
 //     forward:  u = x,  Bin = F',    M_q = W_q^T, Bout = G'
 //     adjoint:  u = g,  Bin = G'^T,  M_q = W_q,   Bout = F'^T      (dx; g = dy, or dy * LeakyReLU'(s))
-//   dweight:  dW_q = sum over pixels (F'_q x)(G'_q^T g)^T,  dWr = dW_re + dW_sum, dWi = dW_im + dW_sum
+//   grad_weight:  grad_W_q = sum over pixels (F'_q x)(G'_q^T g)^T,
+//                 grad_Wr = grad_W_re + grad_W_sum, grad_Wi = grad_W_im + grad_W_sum
 //
 // Epilogues: store; time_conv's x + leaky_relu(s); the LeakyReLU mask dy * (s > 0 ? 1 : slope) that
 // recomputes s for the backward; dx + dy (the residual's gradient).
@@ -125,10 +128,10 @@ __global__ void term_weights_kernel(const src_t* weight, dst_t* out, int64_t C_i
   }
 }
 
-// dweight[i, o, k, :] from the per-slot term sums partial[slot][q][i][o], slots added in order.
+// grad_weight[i, o, k, :] from the per-slot term sums partial[slot][q][i][o], slots added in order.
 template <typename acc_t, typename scalar_t>
-__global__ void dweight_reduce_kernel(const acc_t* partial, scalar_t* dweight, int64_t slots, int64_t terms,
-                                      int64_t C_in, int64_t C_out, int64_t K, int64_t T) {
+__global__ void grad_weight_reduce_kernel(const acc_t* partial, scalar_t* grad_weight, int64_t slots, int64_t terms,
+                                          int64_t C_in, int64_t C_out, int64_t K, int64_t T) {
   const int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (e >= C_in * C_out * K) return;
   const int64_t k = e % K, io = e / K;  // io = i * C_out + o
@@ -144,8 +147,8 @@ __global__ void dweight_reduce_kernel(const acc_t* partial, scalar_t* dweight, i
       im += ps[plane] + sum;
     }
   }
-  dweight[2 * e] = Num<scalar_t>::from_acc(re);
-  dweight[2 * e + 1] = Num<scalar_t>::from_acc(im);
+  grad_weight[2 * e] = Num<scalar_t>::from_acc(re);
+  grad_weight[2 * e + 1] = Num<scalar_t>::from_acc(im);
 }
 
 

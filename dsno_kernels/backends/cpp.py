@@ -13,10 +13,12 @@ with CPU kernels always and CUDA kernels when the extension was built with them,
     dsno_kernels::cpu_path(Tensor x, Tensor weight) -> str
 
 which names the path ("direct", "gemm" or "batched") the CPU kernels take for such inputs
-(tests/test_cpu_paths.py holds a sample to each). This module registers
-their fakes and autograd (_library.register_ops) and the two backends. The C++ kernels read
-DSNO_KERNELS_FP32 and DSNO_KERNELS_CUDA_PATH themselves; the cuda backend validates them first
-(settings.py), so a bad value is a ValueError naming the variable.
+(tests/test_cpu_paths.py holds a sample to each). This module registers their fakes and autograd
+(_library.register_ops) and the two backends. The CUDA kernels follow DSNO_KERNELS_FP32 and
+DSNO_KERNELS_CUDA_PATH as settings.py validates them (a bad value is a ValueError naming the variable):
+the cuda backend hands them over on every call that changes them (apply_cuda_settings), through
+dsno_kernels::set_cuda_settings (csrc/cuda/spectral_time_conv_cuda.cu). A direct torch.ops call follows
+the values last handed over (the defaults until then).
 """
 
 from __future__ import annotations
@@ -66,20 +68,29 @@ def _unavailable_cuda():
     return None
 
 
+_cuda_settings_in_force: tuple[str, str] | None = None  # what the CUDA kernels last received
+
+
+def apply_cuda_settings() -> None:
+    """DSNO_KERNELS_FP32 and DSNO_KERNELS_CUDA_PATH, validated (settings.py), handed to the CUDA kernels
+    when they differ from what those last received."""
+    global _cuda_settings_in_force
+    values = (settings.get(settings.FP32), settings.get(settings.CUDA_PATH))
+    if values != _cuda_settings_in_force and _HAS_CUDA_KERNELS:
+        torch.ops.dsno_kernels.set_cuda_settings(*values)
+        _cuda_settings_in_force = values
+
+
 if _IMPORT_ERROR is None:
     _OPS = {role: getattr(torch.ops.dsno_kernels, role).default for role in ROLES}
     _spectral_time_conv, _time_conv = register_ops(_OPS)
 
-    def _check_cuda_settings():
-        settings.get(settings.FP32)
-        settings.get(settings.CUDA_PATH)
-
     def _cuda_spectral_time_conv(x, weight):
-        _check_cuda_settings()
+        apply_cuda_settings()
         return _spectral_time_conv(x, weight)
 
     def _cuda_time_conv(x, weight, negative_slope):
-        _check_cuda_settings()
+        apply_cuda_settings()
         return _time_conv(x, weight, negative_slope)
 
 else:

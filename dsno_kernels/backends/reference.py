@@ -20,7 +20,9 @@ In real arithmetic, with a[k, t] = 2 pi k t / T, each pixel's [T, C_in] column g
 where c_0 = 1, c_k = 2 for 0 < k < T/2 and c_{T/2} = 1 for even T. The DC bin and, for even T, the
 Nyquist bin have sin(a) = 0 for every t: their imaginary rows are identically zero on the way in and
 dropped by irfft on the way out, so those modes keep only their real row (and only Wr). R counts the
-rows kept. `spectral_bases` builds F and G in that row order; every backend uses the same order.
+rows kept. `spectral_bases` builds F and G in that row order; every backend uses the same order. (The
+cuda backend, and the cpu one where the GEMMs dominate, use Gauss's form instead, three rows and GEMMs
+per complex mode: csrc/cuda's Q "terms", the CPU code's "products"; docs/design.md.)
 
 G = F^T D with D = diag(c_k / T) (one scalar per mode), so the transposed chain of the backward is the
 forward chain with other weights: F^T M^T G^T = G D^-1 M^T D F = G M* F, where M* is M of the
