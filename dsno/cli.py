@@ -32,10 +32,10 @@ from .config import ConfigError, dump_config, load_config, presets, set_value, v
 
 __all__ = ["build_parser", "main", "THREADS"]
 
-# Default torch CPU threads of every command. Measured on a 2-core machine (benchmarks/threads.py,
-# benchmarks/results/2026-12-07-threads/): the tiny preset's gen-traj and train run faster with 1 thread
-# than with 2 when idle, and several times faster when another job keeps a core busy. More threads pay for
-# larger models on cores nothing else uses; torchrun already gives each rank 1 (OMP_NUM_THREADS=1).
+# Default torch CPU threads of every command. Measured on a 2-core machine shared with other jobs
+# (benchmarks/threads.py, benchmarks/results/2026-12-07-threads/): the tiny preset's gen-traj and train
+# took 4-5x as long with 2 threads as with 1, with and without one more core kept busy. More threads can pay
+# only for large operations on cores nothing else uses; torchrun already gives each rank 1.
 THREADS = 1
 
 # (flag, config key, type, help); type bool means a store_true flag setting the key to True
