@@ -89,10 +89,24 @@ def _write_temporary(path: Path, write) -> str:
             os.fsync(handle.fileno())
     except BaseException as error:
         os.unlink(temporary)
+        interrupt = _interrupt_behind(error)
+        if interrupt is not None and interrupt is not error:
+            # Ctrl-C inside torch.save: its zip writer then fails to close ("unexpected pos ..."), and that
+            # RuntimeError would hide the interrupt behind a traceback
+            raise interrupt from None
         if isinstance(error, OSError):
             raise _with_filename(error, path) from error
         raise
     return temporary
+
+
+def _interrupt_behind(error: BaseException | None) -> KeyboardInterrupt | None:
+    """The KeyboardInterrupt that `error` was raised while handling, if any (or `error` itself)."""
+    while error is not None:
+        if isinstance(error, KeyboardInterrupt):
+            return error
+        error = error.__context__
+    return None
 
 
 def _atomic_write(path: str | os.PathLike, write) -> None:
