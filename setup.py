@@ -1,7 +1,8 @@
 """Builds dsno_kernels._C: the C++ CPU kernels always, the CUDA kernels when a CUDA toolkit and a CUDA
 build of torch are present.
 
-    pip install -e . --no-build-isolation      (torch must already be installed; see README.md)
+    pip install -e . --no-build-isolation      (torch and numpy must already be installed; README.md's
+                                                "Install" has a CPU-only and a CUDA recipe)
 
 Switches: DSNO_KERNELS_CUDA=0|1 (skip / require the CUDA part; default: build it when possible),
 DSNO_KERNELS_CUDA_ARCHS (default "80;90"), both defined and validated in dsno_kernels/settings.py;
@@ -21,8 +22,9 @@ try:
 except ImportError:
     sys.exit(
         "dsno-kernels compiles against the torch you run, so torch must be installed first and the build "
-        "must not be isolated:\n    pip install torch\n    pip install -e . --no-build-isolation\n"
-        "(a plain `pip install -e .` builds in an isolated environment without torch)."
+        "must not be isolated:\n    pip install torch numpy\n    pip install -e . --no-build-isolation\n"
+        "(a plain `pip install -e .` builds in an isolated environment without torch; README.md's "
+        '"Install" has a CPU-only and a CUDA recipe).'
     )
 
 # nvcc may be a wrapper script on PATH (/usr/local/bin/nvcc) from which torch guesses a wrong CUDA_HOME;

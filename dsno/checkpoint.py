@@ -89,10 +89,24 @@ def _write_temporary(path: Path, write) -> str:
             os.fsync(handle.fileno())
     except BaseException as error:
         os.unlink(temporary)
+        interrupt = _interrupt_behind(error)
+        if interrupt is not None and interrupt is not error:
+            # Ctrl-C inside torch.save: its zip writer then fails to close ("unexpected pos ..."), and that
+            # RuntimeError would hide the interrupt behind a traceback
+            raise interrupt from None
         if isinstance(error, OSError):
             raise _with_filename(error, path) from error
         raise
     return temporary
+
+
+def _interrupt_behind(error: BaseException | None) -> KeyboardInterrupt | None:
+    """The KeyboardInterrupt that `error` was raised while handling, if any (or `error` itself)."""
+    while error is not None:
+        if isinstance(error, KeyboardInterrupt):
+            return error
+        error = error.__context__
+    return None
 
 
 def _atomic_write(path: str | os.PathLike, write) -> None:
@@ -187,13 +201,26 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:
     _atomic_write(path, lambda handle: torch.save(state, handle))
 
 
+_ZIP, _PICKLE = b"PK\x03\x04", b"\x80"  # how torch.save's files begin: a zip archive (or, before torch 1.6, a pickle)
+
+
 def load_tensor_file(path: str | os.PathLike, what: str, map_location: str | torch.device = "cpu") -> Any:
-    """torch.load(path, weights_only=True), with a one-line ValueError saying what is wrong with the file.
+    """torch.load(path, weights_only=True), with a one-line ValueError saying in words what is wrong with the file.
 
     `what` says what the file should be ("checkpoint", "teacher weights (teacher.weights)", ...)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(errno.ENOENT, f"{what} not found", str(path))
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        head = handle.read(16)
+    if not head:
+        raise ValueError(f"{path}: {what} is empty (0 bytes); restore it or write it again")
+    if not head.startswith((_ZIP, _PICKLE)):
+        raise ValueError(
+            f"{path}: {what} is not a file written by torch.save: it begins with {head!r}, where torch.save "
+            f"writes a zip archive (b'PK...'); give the file that dsno or torch.save wrote"
+        )
     try:
         with warnings.catch_warnings():  # about foreign pickle protocols: the error below says what matters
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
@@ -210,12 +237,17 @@ def load_tensor_file(path: str | os.PathLike, what: str, map_location: str | tor
                 f"plain data, and loading them could run code; use a file written by dsno or "
                 f"torch.save(model.state_dict())"
             ) from error
-        raise ValueError(f"{path}: {what} is corrupt (not a torch.save file): {error}") from error
-    except Exception as error:  # the unpickler fails in many ways on a damaged file (EOFError, IndexError, ...)
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ValueError(
-            f"{path}: {what} is truncated or corrupt ({first_line}); restore it or write it again"
-        ) from error
+        raise ValueError(_damaged(path, what, size, head)) from error
+    except Exception as error:  # the reader fails in many ways on a damaged file (RuntimeError, EOFError, ...)
+        raise ValueError(_damaged(path, what, size, head)) from error
+
+
+def _damaged(path: Path, what: str, size: int, head: bytes) -> str:
+    form = "zip archive" if head.startswith(_ZIP) else "pickle"
+    return (
+        f"{path}: {what} is truncated or damaged: it begins as torch.save's {form} but its {size:,} bytes "
+        f"cannot be read as one; restore it or write it again"
+    )
 
 
 _CHECKPOINT_KEYS = ("version", "step", "model", "ema", "config", "logsnr", "t", "noise_shape", "num_classes")

@@ -8,10 +8,12 @@ the resolved config. Multi-GPU: `torchrun --nproc_per_node 8 -m dsno train -c ci
 `eval` and `demo` are provided by the modules dsno.metrics and dsno.demo: each must define
 `main(args) -> int | None`, and may define `add_arguments(parser)` to add its own options.
 
-Errors: a bad setting prints the command's usage and one line naming the key, the value and what is
+Every command takes `--threads` (torch's CPU threads; see THREADS) and `--debug`.
+
+Errors are one line `dsno COMMAND: error: ...`: a bad option or setting names it, the value and what is
 allowed (exit 2); any other expected failure (missing or damaged file, full disk, unusable device,
-mismatched checkpoint) prints one line `dsno COMMAND: error: ...` (exit 1). `--debug` or DSNO_DEBUG=1
-shows the traceback instead.
+mismatched checkpoint) names the file or setting (exit 1). `--debug` or DSNO_DEBUG=1 shows the traceback
+instead. Ctrl-C says what a rerun of the same command starts from (exit 130).
 """
 
 from __future__ import annotations
@@ -24,9 +26,17 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import torch
+
 from .config import ConfigError, dump_config, load_config, presets, set_value, validate_config
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "main", "THREADS"]
+
+# Default torch CPU threads of every command. Measured on a 2-core machine shared with other jobs
+# (benchmarks/threads.py, benchmarks/results/2026-12-07-threads/): the tiny preset's gen-traj and train
+# took 4-5x as long with 2 threads as with 1, with and without one more core kept busy. More threads can pay
+# only for large operations on cores nothing else uses; torchrun already gives each rank 1.
+THREADS = 1
 
 # (flag, config key, type, help); type bool means a store_true flag setting the key to True
 _FLAGS: dict[str, list[tuple[str, str, Any, str]]] = {
@@ -106,13 +116,47 @@ _EXTENSIONS = {
 }
 
 
-def _add_config_options(parser: argparse.ArgumentParser) -> None:
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose mistakes are one line, like every other error of `dsno` (exit 2)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (`{self.prog} --help` lists the options)\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def _add_common_options(parser: argparse.ArgumentParser) -> None:
+    """--threads and --debug: every command has them."""
+    parser.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=THREADS,
+        metavar="N",
+        help=f"torch CPU threads (default {THREADS}: fastest for small models, and robust when other jobs "
+        f"share the cores; raise it for large models on cores nothing else uses)",
+    )
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error (or set DSNO_DEBUG=1)")
+
+
+def _add_config_options(parser: argparse.ArgumentParser, config_help: str | None = None, *aliases: str) -> None:
+    """-c/--config (and `aliases` of it) and --set."""
     parser.add_argument(
         "-c",
         "--config",
+        *aliases,
+        dest="config",
         required=True,
         metavar="PRESET|FILE",
-        help=f"a preset ({', '.join(presets())}) or a YAML file (which may start from a preset with `base: NAME`)",
+        help=config_help
+        or f"a preset ({', '.join(presets())}) or a YAML file (which may start from a preset with `base: NAME`)",
     )
     parser.add_argument(
         "--set",
@@ -124,12 +168,8 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_debug_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--debug", action="store_true", help="show the traceback of an error (or set DSNO_DEBUG=1)")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="dsno",
         description=__doc__.split("\n\n")[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -149,33 +189,22 @@ def build_parser() -> argparse.ArgumentParser:
                 sub.add_argument(flag, dest=key, type=kind, default=None, metavar=metavar, help=f"{text} (sets {key})")
         if command != "config":
             sub.add_argument("--no-progress", action="store_true", help="no progress bar")
-        _add_debug_option(sub)
+        _add_common_options(sub)
         sub.set_defaults(subparser=sub)
     convert = commands.add_parser("convert", help=_SUMMARIES["convert"], description=_DESCRIPTIONS["convert"])
     convert.add_argument("official", metavar="OFFICIAL.pt", help="checkpoint of DSNO's code (solver-model_*.pt)")
-    convert.add_argument(
-        "--preset",
-        required=True,
-        metavar="PRESET|FILE",
-        help="the config the checkpoint was trained with: cifar10, imagenet64, or a YAML file",
+    _add_config_options(  # -c as everywhere else; --preset is this command's earlier spelling
+        convert, "the config the checkpoint was trained with: cifar10, imagenet64, or a YAML file", "--preset"
     )
     convert.add_argument("--out", required=True, metavar="OURS.pt", help="checkpoint to write (must not exist)")
-    convert.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="override a config key of the preset (repeatable)",
-    )
-    _add_debug_option(convert)
+    _add_common_options(convert)
     convert.set_defaults(subparser=convert)
     for command, (module_name, text) in _EXTENSIONS.items():
         sub = commands.add_parser(command, help=text, description=text)
         module = importlib.import_module(module_name)
         if hasattr(module, "add_arguments"):
             module.add_arguments(sub)
-        _add_debug_option(sub)
+        _add_common_options(sub)
         sub.set_defaults(extension=module_name, subparser=sub)
     return parser
 
@@ -230,7 +259,7 @@ def _run(args: argparse.Namespace, config: dict[str, Any]) -> int:
 def _convert(args: argparse.Namespace) -> int:
     from .official import convert_official_checkpoint
 
-    config = load_config(args.preset, args.overrides)
+    config = load_config(args.config, args.overrides)
     try:
         state = convert_official_checkpoint(args.official, config, args.out)
     except KeyError as error:  # the state_dict is of another architecture: say which tensors
@@ -268,32 +297,53 @@ def _dispatch(args: argparse.Namespace) -> int:
     return _run(args, config)
 
 
+def _after_interrupt(args: argparse.Namespace) -> str:
+    """What a rerun of the interrupted command starts from."""
+    if args.command == "train":
+        from .train import resume_note
+
+        return resume_note(_resolve(args))
+    if args.command == "gen-traj":
+        from .trajectories import resume_note
+
+        return resume_note(_resolve(args))
+    if args.command == "demo":
+        return "the same command starts it again"
+    return "nothing was written, and earlier outputs are as they were"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
-    if unknown:  # reported with the command's usage, as argparse does for every other mistake in it
+    if unknown:  # named by the command's parser, as argparse does for every other mistake in it
         args.subparser.error(f"unrecognized arguments: {' '.join(unknown)}")
     debug = args.debug or os.environ.get("DSNO_DEBUG", "") not in ("", "0")
+    prog = args.subparser.prog
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
     try:
         return _dispatch(args)
     except ConfigError as error:
         if debug:
             raise
-        args.subparser.error(_describe(error))  # the command's usage, then the message; exit 2
+        print(f"{prog}: error: {_describe(error)}", file=sys.stderr)
+        return 2
     except (ValueError, OSError) as error:  # expected failures: bad or missing files, full disk, no device
         if debug:
             raise
-        print(f"{args.subparser.prog}: error: {_describe(error)}", file=sys.stderr)
+        print(f"{prog}: error: {_describe(error)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         if debug:
             raise
-        print(
-            f"{args.subparser.prog}: interrupted (finished shards and checkpoints are kept; the same command resumes)",
-            file=sys.stderr,
-        )
+        try:
+            note = _after_interrupt(args)
+        except Exception:  # e.g. a checkpoint being replaced: the interrupt is what to report
+            note = "rerun the same command to continue"
+        print(f"{prog}: interrupted; {note}", file=sys.stderr)
         return 130
-    return 0
+    finally:
+        torch.set_num_threads(threads)  # main() leaves the calling process as it found it
 
 
 if __name__ == "__main__":

@@ -44,7 +44,7 @@ Output folder (--out, default ./dsno-demo):
     samples_{teacher,dsno,kd,ddim1,ddim2,ddim4}.npy
                                     [N, 1, 8, 8] float32 in [-1, 1], row i from noise i
     noise.npy                       [N, 1, 8, 8] the held-out noises (also re-derivable from eval_seed)
-    samples.png                     rows: teacher, DSNO, KD, DDIM-1, DDIM-2; one column per noise
+    samples.png                     rows: teacher, DSNO, KD, DDIM-1, DDIM-2, DDIM-4; one column per noise
     loss.png                        training loss per step (DSNO per time point, KD at the endpoint)
     teacher_gmm.npz, traj/, train/, kd/   the teacher, the trajectory dataset and the two training runs
     ablation.json, ablation.png, ablation/   (--ablation) the table, its figure and the training runs
@@ -96,6 +96,7 @@ GRID_ROWS = (
     ("kd", "KD (1 pass)"),
     ("ddim1", "DDIM-1"),
     ("ddim2", "DDIM-2"),
+    ("ddim4", "DDIM-4"),
 )
 # Luhman & Luhman's knowledge distillation: one output point (the endpoint), hence one Fourier mode
 KD_OVERRIDES = {"model.overrides.num_time_points": 1, "model.overrides.num_modes": 1, "train.time_points": [-1]}
@@ -347,7 +348,8 @@ def _save_grid(path: Path, samples: dict[str, np.ndarray], columns: int) -> None
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(0.75 * columns + 1.4, 0.8 * len(GRID_ROWS) + 0.3), dpi=100)
+    height = 0.8 * len(GRID_ROWS) + 0.9
+    figure = Figure(figsize=(0.75 * columns + 1.4, height), dpi=100)
     FigureCanvasAgg(figure)
     axes = figure.subplots(len(GRID_ROWS), columns, squeeze=False)
     for row, (name, label) in enumerate(GRID_ROWS):
@@ -358,8 +360,15 @@ def _save_grid(path: Path, samples: dict[str, np.ndarray], columns: int) -> None
             axis.set_yticks([])
             if column == 0:
                 axis.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=9)
+            if row == 0:
+                axis.set_title(f"noise {column}", fontsize=8)
+    figure.suptitle(
+        f"The same {columns} held-out noises (columns) through each sampler (rows): the teacher's ODE endpoint, "
+        f"one DSNO or KD pass, DDIM with 1, 2 and 4 steps",
+        fontsize=9,
+    )
     figure.subplots_adjust(
-        left=1.3 / (0.75 * columns + 1.4), right=0.99, top=0.97, bottom=0.03, wspace=0.08, hspace=0.08
+        left=1.3 / (0.75 * columns + 1.4), right=0.99, top=1 - 0.75 / height, bottom=0.03, wspace=0.08, hspace=0.08
     )
     figure.savefig(path)
 
@@ -716,33 +725,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="train for this many steps instead (the lr milestones scale with it)",
     )
     parser.add_argument("--device", default="cpu", help="cpu (default) | cuda | auto")
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="torch CPU threads (default 1). More help on an idle machine with cores to spare; on a "
-        "busy one the tiny model's many small ops get many times slower with more threads",
-    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def main(args: argparse.Namespace) -> int:
+    from .checkpoint import check_output_dir
+    from .distributed import resolve_device
+
     settings = QUICK if args.quick else DEFAULT
     if args.train_steps is not None and args.train_steps < 1:
-        raise SystemExit(f"--train-steps must be positive, got {args.train_steps}")
-    if args.threads < 1:
-        raise SystemExit(f"--threads must be positive, got {args.threads}")
-    torch.set_num_threads(args.threads)
-    try:  # the settings, checked before any work (run_* check them again)
-        _pipeline_config(settings, Path(args.out), args.device, args.train_steps)
-    except (ValueError, FileNotFoundError) as error:
-        raise SystemExit(f"dsno demo: {error}") from None
+        raise ValueError(f"--train-steps must be positive, got {args.train_steps}")
+    # the settings, the device and the output folder, checked before anything is created (run_* check again)
+    _pipeline_config(settings, Path(args.out), args.device, args.train_steps)
+    resolve_device(args.device)
+    check_output_dir(args.out, "--out")
     run = run_ablation if args.ablation else run_demo
     try:
         summary = run(
             args.out, settings, device=args.device, train_steps=args.train_steps, progress=not args.no_progress
         )
     except MissingDependency as error:
-        raise SystemExit(str(error)) from None
+        raise ValueError(str(error)) from None
     values = summary["rows"] if args.ablation else summary["samplers"].values()
     return 0 if all(math.isfinite(v["mse_to_teacher"]) for v in values) else 1

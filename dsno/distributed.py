@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
+import re
 import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -50,6 +51,8 @@ def current() -> DistInfo:
 
 def resolve_device(device: str = "auto", local_rank: int = 0) -> torch.device:
     """ "auto" is cuda:LOCAL_RANK when CUDA is available, else cpu; "cuda" means cuda:LOCAL_RANK."""
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
+        raise ValueError(f"device {device!r}: must be auto, cpu, cuda or cuda:N")
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda":

@@ -133,33 +133,47 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "noises in the same order). Accepts .npy files of N samples, [N, ...] with N >= 2 "
         "(e.g. [N, C, H, W] images, or `dsno gen-traj`'s shard-*.noise.npy), and [N, M, C, H, W] "
         "trajectories (`dsno sample`'s trajectory.npy, a shard's .traj.npy), which are compared "
-        "by their last time point. The FD fits a D-dimensional Gaussian (D values per "
+        "by their last time point; a folder made by `dsno gen-traj` stands for the last time point of all "
+        "its trajectories (the teacher's samples). The FD fits a D-dimensional Gaussian (D values per "
         "sample): it needs N > D samples to be meaningful, and more (10x) to be stable; fewer "
         "gives a warning."
     )
-    parser.add_argument("samples", nargs="+", help="sample files to evaluate (.npy)")
-    parser.add_argument("--reference", required=True, help="reference samples (.npy)")
+    parser.add_argument("samples", nargs="+", help="sample files to evaluate (.npy, or a `dsno gen-traj` folder)")
+    parser.add_argument(
+        "--reference", required=True, help="reference samples (.npy, or a `dsno gen-traj` folder: its last time point)"
+    )
     parser.add_argument("--json", dest="json_out", metavar="FILE", help="also write the results as JSON (atomically)")
 
 
 def _load_samples(path: str) -> np.ndarray:
+    """[N, ...] samples from a .npy file (a trajectory's last time point) or a trajectory dataset folder."""
+    if Path(path).is_dir():  # the teacher's samples
+        from .trajectories import TrajectoryDataset
+
+        array = TrajectoryDataset(path).final_states()
+    else:
+        array = _read_npy(path)
+    if array.shape[0] < 2:
+        raise ValueError(f"{path}: {array.shape[0]} sample; a Frechet distance needs at least 2")
+    return array
+
+
+def _read_npy(path: str) -> np.ndarray:
     try:
         array = np.load(path, allow_pickle=False)
     except FileNotFoundError:
         raise
     except (ValueError, OSError, EOFError) as error:
         raise ValueError(
-            f"{path}: not a readable .npy array ({' '.join(str(error).split())}); give .npy files of samples [N, ...]"
+            f"{path}: not a readable .npy array ({' '.join(str(error).split())}); give .npy files of samples "
+            f"[N, ...] or a `dsno gen-traj` folder"
         ) from None
     if not isinstance(array, np.ndarray) or array.ndim < 2 or array.dtype.kind not in "fiu":
         raise ValueError(
             f"{path}: holds {getattr(array, 'dtype', type(array))} of shape "
             f"{getattr(array, 'shape', '?')}; expected numbers of shape [N, ...] (N samples)"
         )
-    array = array[:, -1] if array.ndim == 5 else array
-    if array.shape[0] < 2:
-        raise ValueError(f"{path}: {array.shape[0]} sample; a Frechet distance needs at least 2")
-    return array
+    return array[:, -1] if array.ndim == 5 else array
 
 
 def _warn_if_few(path: str, samples: np.ndarray) -> None:

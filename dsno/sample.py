@@ -4,8 +4,10 @@ Writes, under sample.out:
     trajectory.npy   [N, M, C, H, W] float32, the model's states at its M time points (the last is the sample)
     noise.npy        [N, C, H, W] the starting noise
     labels.npy       [N] int64, class-conditional models only
-    samples.png      grid of the final states (the first 256, enlarged sample.png_scale times)
-    trajectory.png   one row per sample (up to 8): the noise, then the M states
+    samples.png      figure: the final states (the first 256, enlarged sample.png_scale times), rows and
+                     columns numbered by sample, titled with the checkpoint, step and seed
+    trajectory.png   figure: one row per sample (up to 8), its noise then its M states, columns labelled
+                     with their time points
     images/          sample.images=folder: 000000.png, 000001.png, ... the final states
     images.zip       sample.images=zip: the same PNGs in one zip (EDM's fid.py reads a folder or a zip)
     samples.npz      sample.npz=true: arr_0 [N, H, W, 3] uint8 (the .npz that ADM's evaluator reads)
@@ -20,14 +22,16 @@ scripts run on CUDA) the noise is DSNO's.
 
 Images are mapped from [-1, 1] to uint8 by sample.uint8: "truncate" is DSNO's rule
 ((x + 1) * 127.5, clamped to [0, 255], then truncated), "round" rounds to the nearest level. 1- and
-3-channel data are shown as they are, other channel counts by their first channel. PNGs are written
-with zlib alone, so no imaging library is needed.
+3-channel data are shown as they are, other channel counts by their first channel. The two figures are
+drawn with matplotlib; the images for FID tools (images/, images.zip) are PNGs of exactly those uint8
+pixels, written with zlib alone.
 The files are written all or nothing (temporary files, renamed once all are complete), so a failed
 or killed run leaves an earlier run's outputs as they were.
 """
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import shutil
@@ -35,7 +39,7 @@ import struct
 import tempfile
 import zipfile
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +68,8 @@ __all__ = [
     "to_uint8_images",
     "dsno_noise",
     "image_grid",
+    "grid_figure",
+    "figure_png",
     "png_bytes",
     "write_png",
     "write_png_zip",
@@ -197,6 +203,48 @@ def image_grid(images: np.ndarray, columns: int, pad: int = 2, scale: int = 1) -
     return grid
 
 
+def grid_figure(
+    images: np.ndarray,
+    title: str,
+    row_labels: Sequence[str],
+    column_labels: Sequence[str],
+    *,
+    row_title: str = "",
+    column_title: str = "",
+    scale: int = 1,
+):
+    """A matplotlib Figure of images [R, C, H, W, 3] uint8: R rows and C columns of images (enlarged `scale`
+    times), each row and column labelled, axis titles and a title above."""
+    from matplotlib.figure import Figure
+
+    rows, columns, height, width, _ = images.shape
+    pad = 2
+    grid = image_grid(images.reshape(rows * columns, height, width, 3), columns, pad=pad, scale=scale)
+    cell = max(64, height * scale)  # pixels each image is shown at (at least: room for the labels)
+    size = (max(480, columns * (cell + pad) + 160) / 100, (rows * (cell + pad) + 130) / 100)
+    figure = Figure(figsize=size, dpi=100, layout="constrained")
+    axis = figure.subplots()
+    axis.imshow(grid, interpolation="nearest")
+    step_y, step_x = height * scale + pad, width * scale + pad
+    axis.set_xticks([pad + step_x * c + (step_x - pad) / 2 for c in range(columns)], list(column_labels), fontsize=8)
+    axis.set_yticks([pad + step_y * r + (step_y - pad) / 2 for r in range(rows)], list(row_labels), fontsize=8)
+    axis.tick_params(length=0)
+    for side in axis.spines.values():
+        side.set_visible(False)
+    axis.set_xlabel(column_title, fontsize=9)
+    axis.set_ylabel(row_title, fontsize=9)
+    axis.set_title(title, fontsize=9)
+    return figure
+
+
+def figure_png(figure) -> bytes:
+    """A matplotlib Figure as PNG bytes (its title in the file's Title field)."""
+    buffer = io.BytesIO()
+    title = figure.axes[0].get_title() if figure.axes else ""
+    figure.savefig(buffer, format="png", metadata={"Title": title})
+    return buffer.getvalue()
+
+
 def png_bytes(image: np.ndarray) -> bytes:
     """An [H, W, 3] uint8 image as an 8-bit RGB PNG file's bytes (no filtering, zlib-compressed)."""
     image = np.ascontiguousarray(image, dtype=np.uint8)
@@ -279,6 +327,28 @@ def sample(
     scale = cfg["png_scale"]
     grid = finals[:256]
     rows = np.concatenate([shown_noise[:, None], shown_trajectory], axis=1)  # [shown, 1 + M, C, H, W]
+    columns = math.ceil(math.sqrt(len(grid)))
+    blank = np.full((columns * math.ceil(len(grid) / columns) - len(grid), *grid.shape[1:]), 255, np.uint8)
+    samples_figure = grid_figure(
+        np.concatenate([grid, blank]).reshape(-1, columns, *grid.shape[1:]),
+        f"{len(grid)}{f' of {count}' if count > len(grid) else ''} samples (the last time point, "
+        f"t = {meta['t'][-1]:.3g})\n{Path(checkpoint).name}, step {meta['step']}, seed {cfg['seed']}",
+        [str(start) for start in range(0, len(grid), columns)],
+        [f"+{column}" for column in range(columns)],
+        row_title="sample (row start)",
+        column_title="sample (+ column)",
+        scale=scale,
+    )
+    trajectory_figure = grid_figure(
+        to_uint8_images(rows, cfg["uint8"]),
+        f"One forward pass from noise to all M = {len(meta['t'])} time points\n"
+        f"{Path(checkpoint).name}, step {meta['step']}",
+        [str(index) for index in range(len(rows))],
+        ["noise\n(t = 1)"] + [f"t =\n{t:.3g}" for t in meta["t"]],
+        row_title="sample",
+        column_title="time point",
+        scale=scale,
+    )
     for name in _OUTPUTS:  # temporaries left by a killed earlier run
         remove_stale_temporaries(out, f".{name}.*.tmp")
     written = {}
@@ -288,14 +358,8 @@ def sample(
             outputs.write("noise.npy", lambda handle: np.save(handle, noise))
         if labels is not None:
             outputs.write("labels.npy", lambda handle: np.save(handle, labels))
-        samples_png = png_bytes(image_grid(grid, columns=math.ceil(math.sqrt(len(grid))), scale=scale))
-        outputs.write("samples.png", lambda handle: handle.write(samples_png))
-        trajectory_png = png_bytes(
-            image_grid(
-                to_uint8_images(rows, cfg["uint8"]).reshape(-1, *finals.shape[1:]), columns=rows.shape[1], scale=scale
-            )
-        )
-        outputs.write("trajectory.png", lambda handle: handle.write(trajectory_png))
+        outputs.write("samples.png", lambda handle: handle.write(figure_png(samples_figure)))
+        outputs.write("trajectory.png", lambda handle: handle.write(figure_png(trajectory_figure)))
         if cfg["images"] == "zip":
             written["images"] = outputs.write("images.zip", lambda handle: write_png_zip(handle, finals))
         if cfg["npz"]:

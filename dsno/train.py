@@ -65,6 +65,7 @@ __all__ = [
     "WarmupMultiStep",
     "ResumableDistributedSampler",
     "train",
+    "resume_note",
 ]
 
 
@@ -368,3 +369,18 @@ def train(
             bar.update(1)
     distributed.barrier()
     return {"step": total_steps, "start_step": start_step, "loss": loss_value, "out": str(out)}
+
+
+def resume_note(config: dict[str, Any]) -> str:
+    """Where a rerun of train(config) starts: from its checkpoint's step, or from step 0."""
+    cfg = config["train"]
+    path = Path(cfg["out"]) / CHECKPOINT
+    if not cfg["resume"]:
+        return "train.resume is false: the same command starts again from step 0"
+    if not path.is_file():
+        return (
+            f"no checkpoint was written yet (one every train.save_every={cfg['save_every']} steps): the same "
+            f"command starts again from step 0"
+        )
+    step = torch.load(path, map_location="cpu", mmap=True, weights_only=True)["step"]  # mmap: reads only what it needs
+    return f"the same command resumes from step {step} ({path})"

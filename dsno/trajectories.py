@@ -56,6 +56,7 @@ __all__ = [
     "TrajectoryDataset",
     "spec_from_config",
     "generate_from_config",
+    "resume_note",
 ]
 
 MANIFEST = "manifest.json"
@@ -447,6 +448,18 @@ def generate_from_config(config: dict[str, Any], *, progress: bool = True) -> di
     )
 
 
+def resume_note(config: dict[str, Any]) -> str:
+    """Where a rerun of generate_from_config(config) starts: the shards finished so far are kept."""
+    traj = config["traj"]
+    total = -(-traj["num_samples"] // traj["shard_size"])
+    finished = sum(_marker_path(Path(traj["out"]), shard).is_file() for shard in range(total))
+    if not finished:
+        return "no shard was finished yet: the same command starts again"
+    return (
+        f"{finished} of {total} shards are finished and kept: the same command generates the other {total - finished}"
+    )
+
+
 class TrajectoryDataset(torch.utils.data.Dataset):
     """(noise, trajectory[, label]) pairs from a generated dataset, read through memory maps.
 
@@ -485,6 +498,12 @@ class TrajectoryDataset(torch.utils.data.Dataset):
             files = self.shards[position]["files"]
             self._arrays[position] = {key: np.load(self.root / name, mmap_mode="r") for key, name in files.items()}
         return self._arrays[position]
+
+    def final_states(self) -> np.ndarray:
+        """[N, C, H, W] float32: every sample's state at the last time point (the teacher's sample), in order."""
+        return np.concatenate(
+            [np.asarray(self._shard_arrays(i)["traj"][:, -1], dtype=np.float32) for i in range(len(self.shards))]
+        )
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         if not 0 <= index < len(self):

@@ -183,7 +183,9 @@ def test_info_reports_backends_versions_and_settings():
     for backend in dsno_kernels.registered_backends():
         assert f"  {backend.name:<10} " in out
     assert "  cpu        runs here" in out
-    if not torch.cuda.is_available():
+    if not dsno_kernels.backends.cpp.has_cuda_kernels():  # the CPU-only install
+        assert "  cuda       cannot run here: the C++ extension was built without CUDA kernels" in out
+    elif not torch.cuda.is_available():
         assert "  cuda       cannot run here: no CUDA device is visible" in out
     assert "cpu tensors: cpu" in out
     if dsno_kernels.backends.cpp.has_cuda_kernels():

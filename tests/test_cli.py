@@ -89,10 +89,66 @@ def test_config_overrides_and_flags(capsys):
     ],
 )
 def test_config_errors_are_reported_not_raised(argv, message, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        run_cli(*argv)
-    assert exit_info.value.code == 2
-    assert message in capsys.readouterr().err
+    assert run_cli(*argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and err.startswith("dsno config: error: ")
+
+
+COMMANDS = ("gen-traj", "train", "sample", "eval", "demo", "config", "convert")
+
+
+def test_every_command_takes_threads_from_one_definition():
+    parser = cli.build_parser()
+    subparsers = next(a for a in parser._actions if isinstance(a, cli.argparse._SubParsersAction)).choices
+    assert set(subparsers) == set(COMMANDS)
+    for command, sub in subparsers.items():
+        (threads,) = [a for a in sub._actions if "--threads" in a.option_strings]
+        assert threads.default == cli.THREADS == 1 and threads.type is cli._positive_int, command
+
+
+@pytest.mark.parametrize("command", ["gen-traj", "train", "sample", "eval", "demo"])
+def test_threads_apply_while_the_command_runs(command, monkeypatch, tmp_path):
+    """The command's work sees --threads (or the default); the calling process gets its own count back."""
+    import dsno.demo
+    import dsno.metrics
+    import dsno.sample
+    import dsno.train
+    import dsno.trajectories
+
+    seen = []
+
+    def record(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        raise ValueError("recorded")
+
+    targets = {
+        "gen-traj": (dsno.trajectories, "generate_from_config"),
+        "train": (dsno.train, "train"),
+        "sample": (dsno.sample, "sample"),
+        "eval": (dsno.metrics, "main"),
+        "demo": (dsno.demo, "main"),
+    }
+    monkeypatch.setattr(*targets[command], record)
+    argv = {"eval": ["eval", "a.npy", "--reference", "b.npy"], "demo": ["demo", "--out", str(tmp_path / "d")]}.get(
+        command, [command, "-c", "tiny", "--set", f"traj.out={tmp_path / 't'}"]
+    )
+    before = torch.get_num_threads()
+    assert run_cli(*argv, "--threads", 2) == 1 and run_cli(*argv) == 1
+    assert seen == [2, cli.THREADS] and torch.get_num_threads() == before
+
+
+def test_convert_takes_c_like_every_command(tmp_path, capsys):
+    for flag in ("-c", "--config", "--preset"):  # --preset: its earlier spelling, still accepted
+        args = cli.build_parser().parse_args(["convert", "x.pt", flag, "cifar10", "--out", "y.pt"])
+        assert args.config == "cifar10"
+        assert run_cli("convert", tmp_path / "missing.pt", flag, "cifar10", "--out", tmp_path / "y.pt") == 1
+        assert (
+            capsys.readouterr().err.strip()
+            == f"dsno convert: error: {tmp_path / 'missing.pt'}: DSNO checkpoint not found"
+        )
+    with pytest.raises(SystemExit):
+        run_cli("convert", "--help")
+    assert "-c PRESET|FILE, --config PRESET|FILE, --preset PRESET|FILE" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("name", ["default", *presets()])
@@ -157,12 +213,13 @@ def tiny_overrides(tmp_path, model_name):
     ]
 
 
-def check_png(path, height, width):
+def check_png(path, title):
     data = path.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     image = pytest.importorskip("PIL.Image").open(path)
     image.load()
-    assert image.size == (width, height) and image.mode == "RGB"
+    assert image.width >= 480 and image.height >= 200 and image.mode in ("RGB", "RGBA")  # a figure, not the bare grid
+    assert image.text["Title"].startswith(title), image.text
 
 
 def run_pipeline(tmp_path, model_name, train_steps, *train_flags):
@@ -176,10 +233,24 @@ def run_pipeline(tmp_path, model_name, train_steps, *train_flags):
     assert run_cli("sample", *common, "--num-samples", 6, "--batch-size", 4) == 0
     trajectory = np.load(tmp_path / "samples" / "trajectory.npy")
     assert trajectory.shape == (6, 4, 3, 8, 8) and np.isfinite(trajectory).all()
-    # 8x8 images shown 16x16 with 2-pixel gaps: 6 samples in 3 columns; 6 rows of noise + 4 points
-    check_png(tmp_path / "samples" / "samples.png", 2 + 2 * 18, 2 + 3 * 18)
-    check_png(tmp_path / "samples" / "trajectory.png", 2 + 6 * 18, 2 + 5 * 18)
+    check_png(tmp_path / "samples" / "samples.png", "6 samples (the last time point, t = 1e-05)")
+    check_png(tmp_path / "samples" / "trajectory.png", "One forward pass from noise to all M = 4 time points")
     return lines
+
+
+def test_sample_figures_label_their_rows_and_columns():
+    from dsno.sample import grid_figure
+
+    images = np.zeros((3, 5, 8, 8, 3), dtype=np.uint8)
+    columns = ["noise", "t = 0.5", "t = 0.25", "t = 0.1", "t = 0"]
+    figure = grid_figure(images, "a title", ["0", "1", "2"], columns, row_title="sample", column_title="time point")
+    (axis,) = figure.axes
+    assert axis.get_title() == "a title" and axis.get_xlabel() == "time point" and axis.get_ylabel() == "sample"
+    assert [t.get_text() for t in axis.get_xticklabels()] == columns
+    assert [t.get_text() for t in axis.get_yticklabels()] == ["0", "1", "2"]
+    # each label sits at the centre of its images: columns 8 px + 2 px gaps, from a 2 px border
+    assert list(axis.get_xticks()) == [2 + 10 * c + 4 for c in range(5)]
+    assert list(axis.get_yticks()) == [2 + 10 * r + 4 for r in range(3)]
 
 
 def test_gen_traj_train_sample_end_to_end(tmp_path):

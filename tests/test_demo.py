@@ -112,13 +112,19 @@ def test_dsno_is_closer_to_the_teacher_than_one_step_ddim(demo):
     assert per_sample_mse(np.roll(dsno, 1, axis=0), teacher).mean() > 2 * measured["dsno"][1]
 
 
-def test_missing_scikit_learn_is_a_clear_error(tmp_path, monkeypatch):
+def test_missing_scikit_learn_is_a_clear_error(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "sklearn", None)
     with pytest.raises(ImportError, match="pip install scikit-learn"):
         run_demo(tmp_path, QUICK, progress=False)
     assert not any(tmp_path.iterdir())
-    with pytest.raises(SystemExit, match="pip install scikit-learn"):
-        cli.main(["demo", "--quick", "--out", str(tmp_path)])
+    assert cli.main(["demo", "--quick", "--out", str(tmp_path)]) == 1
+    assert "pip install scikit-learn" in capsys.readouterr().err
+
+
+def test_the_samples_figure_shows_every_sampler_of_the_table():
+    from dsno.demo import GRID_ROWS
+
+    assert [name for name, _ in GRID_ROWS] == list(SAMPLERS)
 
 
 def test_digits_and_their_gaussian_mixture():
@@ -259,6 +265,6 @@ def test_the_digits_preset_is_what_the_demo_runs(demo):
 
 
 def test_bad_demo_settings_are_one_line_errors(tmp_path, capsys):
-    with pytest.raises(SystemExit, match="--train-steps must be positive"):
-        cli.main(["demo", "--quick", "--train-steps", "0", "--out", str(tmp_path / "x")])
+    assert cli.main(["demo", "--quick", "--train-steps", "0", "--out", str(tmp_path / "x")]) == 1
+    assert capsys.readouterr().err == "dsno demo: error: --train-steps must be positive, got 0\n"
     assert not (tmp_path / "x").exists()

@@ -3,10 +3,17 @@ loss (LPIPS with net="vgg", lpips=False), tested offline with randomly initialis
 
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
 import torch
 
 from dsno.losses import VGGPerceptualLoss, snr_weights, trajectory_loss
+
+# torchvision is optional (the [vgg] extra; the CPU-only install has none: PyPI's does not fit its torch)
+requires_torchvision = pytest.mark.skipif(
+    importlib.util.find_spec("torchvision") is None, reason="torchvision is not installed (the vgg loss needs it)"
+)
 
 
 def test_snr_weights_are_dsnos():
@@ -51,6 +58,7 @@ def lpips_baseline(x, y, features):
     return total.flatten()
 
 
+@requires_torchvision
 def test_vgg_loss_is_the_lpips_baseline(vgg):
     features = [layer for block in vgg.slices for layer in block]
     assert len(features) == 30 and [type(f).__name__ for f in features[-2:]] == ["Conv2d", "ReLU"]
@@ -65,6 +73,7 @@ def test_vgg_loss_is_the_lpips_baseline(vgg):
     assert not any(p.requires_grad for p in vgg.parameters()) and not vgg.train().training
 
 
+@requires_torchvision
 def test_vgg_trajectory_loss_averages_over_the_batch_then_weights(vgg):
     pred = torch.rand(2, 3, 3, 16, 16, dtype=torch.float64) * 2 - 1
     target = torch.rand(2, 3, 3, 16, 16, dtype=torch.float64) * 2 - 1
@@ -81,6 +90,7 @@ def test_vgg_trajectory_loss_averages_over_the_batch_then_weights(vgg):
         trajectory_loss(pred, target, weights, "vgg")
 
 
+@requires_torchvision
 def test_vgg_weights_load_from_torchvision_or_a_file(tmp_path, monkeypatch):
     import torchvision.models
 
@@ -103,6 +113,7 @@ def test_vgg_weights_load_from_torchvision_or_a_file(tmp_path, monkeypatch):
     assert "download.pytorch.org" in torchvision.models.VGG16_Weights.IMAGENET1K_V1.url
 
 
+@requires_torchvision
 def test_vgg_loss_checks_its_inputs(vgg):
     with pytest.raises(ValueError, match=r"\[N, 3, H, W\]"):
         vgg(torch.zeros(2, 1, 16, 16, dtype=torch.float64), torch.zeros(2, 1, 16, 16, dtype=torch.float64))
@@ -110,6 +121,7 @@ def test_vgg_loss_checks_its_inputs(vgg):
         vgg(torch.zeros(2, 3, 8, 8, dtype=torch.float64), torch.zeros(2, 3, 8, 8, dtype=torch.float64))
 
 
+@requires_torchvision
 def test_train_with_the_vgg_loss(tmp_path):
     import json
 

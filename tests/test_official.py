@@ -283,6 +283,7 @@ def small_preset(tmp_path, base: str, fields: dict) -> str:
 
 
 @pytest.mark.parametrize("base, fields", [("cifar10", SMALL), ("imagenet64", SMALL_CONDITIONAL)])
+@pytest.mark.usefixtures("single_thread")  # as `dsno sample` runs (its --threads default): the same fp32 rounding
 def test_convert_and_sample_official_checkpoints(tmp_path, capsys, base, fields):
     config = DSNOConfig(**fields)
     written = write_official_checkpoint(tmp_path / "official.pt", config, with_scheduler=True)

@@ -1,8 +1,12 @@
 """Every code block of README.md runs: ```python blocks are executed as they are (in order, one namespace
 per block); in ```bash blocks every `dsno COMMAND` named must exist and each option it uses must be one
-that `dsno COMMAND --help` lists, and the configs they name must resolve; other lines (pip, pytest) are what CI
-runs itself."""
+that `dsno COMMAND --help` lists, and the configs they name must resolve; the install recipes (```bash
+blocks marked `<!-- recipe: NAME -->`) are what .ci/run runs, and the test command `pytest` too. The
+numbers of the Install table and of the threads table are those of the committed measurements."""
 
+import importlib.util
+import json
+import math
 import re
 import shlex
 from pathlib import Path
@@ -13,7 +17,8 @@ from dsno import cli
 
 pytestmark = pytest.mark.usefixtures("single_thread")  # conftest.py
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+REPO = Path(__file__).resolve().parents[1]
+README = REPO / "README.md"
 
 
 def blocks(language: str) -> list[tuple[int, str]]:
@@ -71,3 +76,99 @@ def test_bash_dsno_command_parses(line, argv):
     assert args.command == argv[0]
     if hasattr(args, "config"):
         cli._resolve(args)  # preset, --set keys and flag values all valid
+
+
+# --------------------------------------------------------------------------------------------------
+# "Install": two recipes, which .ci/run runs as they are
+
+
+def _recipe_module():
+    spec = importlib.util.spec_from_file_location("recipe", REPO / ".ci" / "recipe.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+RECIPES = _recipe_module().recipes(README.read_text())
+
+
+def _pip_installs(code: str) -> list[str]:
+    return [line.split("#")[0] for line in code.splitlines() if "pip install" in line]
+
+
+def test_the_install_recipes_are_cpu_only_and_cuda():
+    assert set(RECIPES) == {"cpu", "gpu"}
+    cpu, gpu = RECIPES["cpu"], RECIPES["gpu"]
+    assert "torch==2.13.0" in cpu and "CUDA_HOME" not in cpu
+    assert 'DSNO_KERNELS_CUDA=0 python -m pip install -e ".[test]" --no-build-isolation' in cpu
+    assert "torch==2.14.1" in gpu and "export CUDA_HOME=/usr/local/cuda DSNO_KERNELS_CUDA=1" in gpu
+    assert 'python -m pip install -e ".[dev]" --no-build-isolation' in gpu
+    for name, code in RECIPES.items():
+        installs = _pip_installs(code)
+        torch_line = next(i for i, line in enumerate(installs) if " torch==" in line)
+        build_line = next(i for i, line in enumerate(installs) if " -e " in line)
+        # numpy before the build: the build imports torch, which warns "Failed to initialize NumPy" without it
+        assert torch_line < build_line and " numpy" in installs[torch_line], name
+        assert "source .venv/bin/activate" in code.splitlines()[0], name
+
+
+def test_the_extras_keep_each_recipes_torch():
+    tomllib = pytest.importorskip("tomllib", reason="Python >= 3.11 reads TOML")
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert not any(package.startswith(("torch", "dsno")) for package in extras["test"])  # CPU: torch stays 2.13.0
+    assert extras["dev"] == ["dsno-kernels[test]", "torchvision==0.29.1"]  # the release for the GPU recipe's torch
+    assert "torch==2.14.1" in RECIPES["gpu"]
+
+
+def test_ci_builds_both_recipes_from_the_readme():
+    ci = (REPO / ".ci" / "run").read_text()
+    assert 'eval "$(python3 .ci/recipe.py gpu)"' in ci
+    assert 'eval "$(python3 "$repo/.ci/recipe.py" cpu)"' in ci
+    assert "pip install" not in ci  # every install step comes from README.md
+
+
+def test_the_install_table_is_the_measured_one():
+    measured = json.loads((REPO / "benchmarks/results/2026-12-07-install/install.json").read_text())
+    text = README.read_text()
+    for entry in measured["recipes"]:
+        assert not entry["numpy_warning"], entry
+        row = f"| {entry['recipe']} | {entry['seconds']:.0f} s | {entry['venv_mb']:,} MB |"
+        assert row in text, row
+
+
+def test_the_threads_table_is_the_measured_one():
+    measured = json.loads((REPO / "benchmarks/results/2026-12-07-threads/threads.json").read_text())
+    text = README.read_text()
+    for phase, record in measured["phases"].items():
+        for command, by_threads in record["seconds"].items():
+            one, two = by_threads["1"]["median"], by_threads["2"]["median"]
+            row = f"| `{command}` | {phase} | {one:.1f} s | {two:.1f} s |"
+            assert row in text, row
+
+
+# --------------------------------------------------------------------------------------------------
+# "The DSNO system": `dsno eval` compares sample sets large enough for its Frechet distance
+
+
+def test_readme_eval_compares_enough_samples_for_its_frechet_distance():
+    """Each file or folder `dsno eval` reads in the README is made by a command before it; with N samples of D
+    values, N > D on both sides (else eval warns that the FD is mostly estimation bias)."""
+    made = {}  # path -> (N, D)
+    evals = 0
+    for line, argv in dsno_invocations():
+        if not argv or argv[0] not in ("gen-traj", "sample", "eval"):
+            continue
+        args, _ = cli.build_parser().parse_known_args(argv)
+        if argv[0] == "eval":
+            for path in [*args.samples, args.reference]:
+                count, dim = made[path]
+                assert count > dim, f"README.md:{line}: {path} holds {count} samples of {dim} values"
+            evals += 1
+            continue
+        config = cli._resolve(args)
+        dim = math.prod(config["data"]["shape"])
+        if argv[0] == "gen-traj":
+            made[config["traj"]["out"]] = (config["traj"]["num_samples"], dim)
+        else:
+            made[f"{config['sample']['out']}/trajectory.npy"] = (config["sample"]["num_samples"], dim)
+    assert evals >= 1
