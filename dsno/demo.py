@@ -217,17 +217,21 @@ def _time_points_for(config: dict[str, Any], num_points: int) -> list[int] | Non
 def _remove_stale_trajectories(config: dict[str, Any], log: Callable[[str], None]) -> None:
     """A rerun with the same settings reuses --out's trajectories; one with other settings (say --quick,
     then the full demo) replaces them, where `dsno gen-traj` itself would refuse to mix two datasets."""
-    import shutil
-
     from .teachers import build_teacher
-    from .trajectories import MANIFEST, read_manifest, spec_from_config
+    from .trajectories import MANIFEST, spec_from_config
 
     root = Path(config["traj"]["out"])
-    if not (root / MANIFEST).is_file():
-        return
-    _, teacher_info = build_teacher(config)
-    wanted = json.loads(json.dumps(dataclasses.asdict(spec_from_config(config, teacher_info))))
-    if read_manifest(root)["spec"] != wanted:
+    if (root / MANIFEST).is_file():
+        _replace_other_dataset(root, spec_from_config(config, build_teacher(config)[1]), log)
+
+
+def _replace_other_dataset(root: Path, spec, log: Callable[[str], None]) -> None:
+    """Keep root's trajectories when they were made with `spec`; remove them when made with other settings."""
+    import shutil
+
+    from .trajectories import MANIFEST, read_manifest
+
+    if (root / MANIFEST).is_file() and read_manifest(root)["spec"] != json.loads(json.dumps(dataclasses.asdict(spec))):
         log(f"    replacing {root}: it holds an earlier demo's trajectories, made with other settings")
         shutil.rmtree(root)
 
@@ -710,6 +714,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         f"ablation.json",
     )
     parser.add_argument(
+        "--claim",
+        action="store_true",
+        help="instead of the comparison, test DSNO against KD on two exact teachers with several seeds and "
+        "paired statistics into claim.json and claim.png (about 40 minutes on 2 idle CPU cores; see dsno.claim)",
+    )
+    parser.add_argument("--seeds", type=int, default=3, help="training seeds per model with --claim (default 3)")
+    parser.add_argument(
         "--train-steps",
         type=int,
         default=None,
@@ -727,6 +738,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.claim:
+        from .claim import main as claim_main
+
+        return claim_main(args)
     settings = QUICK if args.quick else DEFAULT
     if args.train_steps is not None and args.train_steps < 1:
         raise SystemExit(f"--train-steps must be positive, got {args.train_steps}")
