@@ -90,6 +90,7 @@ __all__ = [
     "run_width_sweep",
     "claim_table",
     "claim_summary",
+    "sweep_table",
     "main",
 ]
 
@@ -112,7 +113,7 @@ WIDTH_RULE = (
     "claim's full training) have an FD to the teacher of at least 2 times the floor; the smallest candidate "
     "if none qualifies"
 )
-KDE_WIDTH = 0.25
+KDE_WIDTH = 0.125
 
 
 @dataclasses.dataclass(frozen=True)
@@ -524,6 +525,25 @@ def _fd_table(summary: dict[str, Any]) -> str:
             fd = entry["models"][model]["curve"][-1]["fd_to_teacher"]
             cells.append(f"{fd['mean']:.3f} ({fd['min']:.3f}–{fd['max']:.3f})")
         lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def sweep_table(sweep: dict[str, Any]) -> str:
+    """The width sweep (width-sweep.json) as a Markdown table, the chosen width in bold."""
+    lines = [
+        "| width s | Heun-256 vs 2048 steps (MSE) | FD floor | DDIM-4 FD (× floor) | DSNO FD | KD FD "
+        "| one-pass FD, lower (× floor) | rule met |",
+        "|---:|---:|---:|---:|---:|---:|---:|:---:|",
+    ]
+    for row in sweep["rows"]:
+        width = f"**{row['width']:g}**" if row["width"] == sweep["chosen"] else f"{row['width']:g}"
+        fd = row["one_pass_fd_to_teacher"]
+        lines.append(
+            f"| {width} | {row['endpoint_mse_vs_fine_grid']:.1e} | {row['fd_floor']:.3f} | "
+            f"{row['ddim4']['fd_to_teacher']:.3f} ({row['ddim4_over_floor']:.1f}) | "
+            f"{fd['dsno']:.3f} | {fd['kd']:.3f} | "
+            f"{min(fd.values()):.3f} ({row['one_pass_over_floor']:.1f}) | {'yes' if row['qualifies'] else 'no'} |"
+        )
     return "\n".join(lines)
 
 
