@@ -90,6 +90,8 @@ __all__ = [
     "run_width_sweep",
     "claim_table",
     "claim_summary",
+    "fd_table",
+    "run_line",
     "sweep_table",
     "main",
 ]
@@ -514,13 +516,22 @@ def claim_table(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _fd_table(summary: dict[str, Any]) -> str:
+def fd_table(summary: dict[str, Any]) -> str:
+    """Per teacher: its solver's accuracy, the FD floor, and DDIM-4's and each model's FD to the teacher after
+    all steps (mean over seeds and their range)."""
     lines = [
-        "| teacher | teacher vs teacher (floor) | DDIM-4 | DSNO | KD | KD equal-compute |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| teacher | Heun-256 vs 2048 steps (MSE) | teacher vs teacher (FD floor) | DDIM-4 FD (MSE) "
+        "| DSNO FD | KD FD | KD equal-compute FD |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for teacher, entry in summary["teachers"].items():
-        cells = [_label(summary, teacher), f"{entry['fd_floor']:.3f}", f"{entry['ddim4']['fd_to_teacher']:.3f}"]
+        ddim4 = entry["ddim4"]
+        cells = [
+            _label(summary, teacher),
+            f"{entry['endpoint_mse_vs_fine_grid']:.1e}",
+            f"{entry['fd_floor']:.3f}",
+            f"{ddim4['fd_to_teacher']:.3f} ({_mse(ddim4['mse_to_teacher'])})",
+        ]
         for model in MODELS:
             fd = entry["models"][model]["curve"][-1]["fd_to_teacher"]
             cells.append(f"{fd['mean']:.3f} ({fd['min']:.3f}–{fd['max']:.3f})")
@@ -528,12 +539,28 @@ def _fd_table(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def run_line(summary: dict[str, Any]) -> str:
+    """How long the run took, on what, at what load, with its CPU time (what an idle machine's time is judged by)."""
+    run = summary["run"]
+    before, after = (run["machine"][when] for when in ("before", "after"))
+    cpu = run["cpu_seconds"]
+    return (
+        f"The run took {run['wall_seconds']:,.0f} s ({run['wall_seconds'] / 60:.0f} minutes) on {before['cpu']} with "
+        f"{before['cores']} cores, in {run['workers']} worker processes of {run['threads_per_worker']} thread, at "
+        f"1-minute load averages of {before['loadavg_1_5_15_min'][0]:.1f} (start) and "
+        f"{after['loadavg_1_5_15_min'][0]:.1f} (end); its {len(run['jobs'])} jobs used {cpu['jobs']:,.0f} s of CPU "
+        f"time ({cpu['worker_processes'] + cpu['this_process']:,.0f} s with the processes' start-up), so "
+        f"{run['workers']} workers on idle cores need at least {cpu['jobs'] / run['workers']:,.0f} s "
+        f"({cpu['jobs'] / run['workers'] / 60:.0f} minutes)."
+    )
+
+
 def sweep_table(sweep: dict[str, Any]) -> str:
     """The width sweep (width-sweep.json) as a Markdown table, the chosen width in bold."""
     lines = [
-        "| width s | Heun-256 vs 2048 steps (MSE) | FD floor | DDIM-4 FD (× floor) | DSNO FD | KD FD "
+        "| width s | Heun-256 vs 2048 steps (MSE) | FD floor | DDIM-4 FD (× floor) | DDIM-4 MSE | DSNO FD | KD FD "
         "| one-pass FD, lower (× floor) | rule met |",
-        "|---:|---:|---:|---:|---:|---:|---:|:---:|",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|:---:|",
     ]
     for row in sweep["rows"]:
         width = f"**{row['width']:g}**" if row["width"] == sweep["chosen"] else f"{row['width']:g}"
@@ -541,7 +568,7 @@ def sweep_table(sweep: dict[str, Any]) -> str:
         lines.append(
             f"| {width} | {row['endpoint_mse_vs_fine_grid']:.1e} | {row['fd_floor']:.3f} | "
             f"{row['ddim4']['fd_to_teacher']:.3f} ({row['ddim4_over_floor']:.1f}) | "
-            f"{fd['dsno']:.3f} | {fd['kd']:.3f} | "
+            f"{_mse(row['ddim4']['mse_to_teacher'])} | {fd['dsno']:.3f} | {fd['kd']:.3f} | "
             f"{min(fd.values()):.3f} ({row['one_pass_over_floor']:.1f}) | {'yes' if row['qualifies'] else 'no'} |"
         )
     return "\n".join(lines)
@@ -716,12 +743,11 @@ def run_claim(
     log("")
     log(claim_table(summary))
     log("")
-    log(_fd_table(summary))
+    log(fd_table(summary))
     log("")
     for line in summary["summary"]:
         log(line)
-    run = summary["run"]
-    log(f"total {run['wall_seconds']:.0f} s ({run['cpu_seconds']['jobs']:.0f} s CPU in the jobs). Files in {out}")
+    log(f"{run_line(summary)} Files in {out}")
     return summary
 
 
@@ -784,7 +810,10 @@ def run_width_sweep(
         "candidates": list(widths),
         "chosen": max(qualifying) if qualifying else min(widths),
         "rows": rows,
-        "settings": {**dataclasses.asdict(settings), "train_steps": config["train"]["steps"]},
+        "settings": {  # each row has its own width; settings.kde_width is not used
+            **{key: value for key, value in dataclasses.asdict(settings).items() if key != "kde_width"},
+            "train_steps": config["train"]["steps"],
+        },
         "run": {
             "wall_seconds": time.perf_counter() - started,
             "cpu_seconds": {

@@ -423,7 +423,7 @@ def test_the_readme_claim_section_is_the_committed_claim_run():
     import dataclasses
     from pathlib import Path
 
-    from dsno.claim import CLAIM, KDE_WIDTH, WIDTH_RULE, _fd_table, claim_summary, claim_table
+    from dsno.claim import CLAIM, KDE_WIDTH, WIDTH_RULE, claim_summary, claim_table, fd_table, run_line, sweep_table
 
     docs = Path(__file__).resolve().parents[1] / "docs" / "demo"
     readme = " ".join((docs.parents[1] / "README.md").read_text().split())
@@ -436,7 +436,7 @@ def test_the_readme_claim_section_is_the_committed_claim_run():
     sweep = json.loads((docs / "claim-width-sweep.json").read_text())
     assert sweep["rule"] == WIDTH_RULE and sweep["chosen"] == KDE_WIDTH == summary["settings"]["kde_width"]
     assert summary["summary"] == claim_summary(summary)
-    for text in (claim_table(summary), _fd_table(summary), *summary["summary"]):
+    for text in (claim_table(summary), fd_table(summary), *summary["summary"], run_line(summary), sweep_table(sweep)):
         assert " ".join(text.split()) in readme, text[:80]
 
 
