@@ -3,6 +3,7 @@ check DSNO's claim against its baselines.
 
     dsno demo                      # DSNO vs KD vs DDIM (a few minutes on 2 CPU cores); --quick: about 1
     dsno demo --ablation           # DSNO over M = 1, 2, 4 time points and K Fourier modes
+    dsno demo --claim              # DSNO vs KD on two exact teachers, 3 seeds, paired statistics (dsno.claim)
     dsno demo --out my-folder --quick
 
 What it does, end to end, with the package's own gen-traj / train pipeline and the `digits` preset
@@ -218,17 +219,21 @@ def _time_points_for(config: dict[str, Any], num_points: int) -> list[int] | Non
 def _remove_stale_trajectories(config: dict[str, Any], log: Callable[[str], None]) -> None:
     """A rerun with the same settings reuses --out's trajectories; one with other settings (say --quick,
     then the full demo) replaces them, where `dsno gen-traj` itself would refuse to mix two datasets."""
-    import shutil
-
     from .teachers import build_teacher
-    from .trajectories import MANIFEST, read_manifest, spec_from_config
+    from .trajectories import MANIFEST, spec_from_config
 
     root = Path(config["traj"]["out"])
-    if not (root / MANIFEST).is_file():
-        return
-    _, teacher_info = build_teacher(config)
-    wanted = json.loads(json.dumps(dataclasses.asdict(spec_from_config(config, teacher_info))))
-    if read_manifest(root)["spec"] != wanted:
+    if (root / MANIFEST).is_file():
+        _replace_other_dataset(root, spec_from_config(config, build_teacher(config)[1]), log)
+
+
+def _replace_other_dataset(root: Path, spec, log: Callable[[str], None]) -> None:
+    """Keep root's trajectories when they were made with `spec`; remove them when made with other settings."""
+    import shutil
+
+    from .trajectories import MANIFEST, read_manifest
+
+    if (root / MANIFEST).is_file() and read_manifest(root)["spec"] != json.loads(json.dumps(dataclasses.asdict(spec))):
         log(f"    replacing {root}: it holds an earlier demo's trajectories, made with other settings")
         shutil.rmtree(root)
 
@@ -598,12 +603,27 @@ def run_demo(
     _write_json(out / "metrics.json", summary)
     log("")
     log(_table(results, floor))
-    beaten = [name for name, won in summary["dsno_beats"].items() if won]
-    log(
-        f"DSNO's single pass is closer to the teacher than {', '.join(beaten) or 'none of the baselines'} "
-        f"(Frechet distance and MSE); total {summary['total_seconds']:.0f} s. Files in {out}"
-    )
+    log(_closing_line(summary, out))
     return summary
+
+
+def _closing_line(summary: dict[str, Any], out: Path) -> str:
+    """The run in one sentence: DSNO vs KD as measured (one training run each), then the DDIM baselines."""
+    versus, paired = summary["dsno_vs_kd"], summary["dsno_minus_kd_mse_per_noise"]
+    if abs(paired["mean"]) > 2 * paired["standard_error"]:
+        verdict = f"{'KD' if paired['mean'] > 0 else 'DSNO'} is closer to the teacher by MSE"
+    else:
+        verdict = "no MSE difference resolved"
+    beaten = [name for name, won in summary["dsno_beats"].items() if won and name != "kd"]
+    return (
+        f"DSNO vs KD, one training run each: FD to the teacher {versus['fd_to_teacher']['dsno']:.4f} vs "
+        f"{versus['fd_to_teacher']['kd']:.4f}, MSE {versus['mse_to_teacher']['dsno']:.5f} vs "
+        f"{versus['mse_to_teacher']['kd']:.5f}, DSNO - KD per noise {paired['mean']:+.5f} +- "
+        f"{paired['standard_error']:.5f} (standard error over the noises; `dsno demo --claim` measures the spread "
+        f"over training seeds): {verdict}. DSNO's single pass is closer to the teacher than "
+        f"{', '.join(beaten) or 'none of the DDIM baselines'} (FD and MSE); total {summary['total_seconds']:.0f} s. "
+        f"Files in {out}"
+    )
 
 
 def _save_ablation_figure(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -719,6 +739,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         f"ablation.json",
     )
     parser.add_argument(
+        "--claim",
+        action="store_true",
+        help="instead of the comparison, test DSNO against KD on two exact teachers with several seeds and "
+        "paired statistics into claim.json and claim.png (about 25 minutes on 2 idle CPU cores; see dsno.claim)",
+    )
+    parser.add_argument("--seeds", type=int, default=3, help="training seeds per model with --claim (default 3)")
+    parser.add_argument(
         "--train-steps",
         type=int,
         default=None,
@@ -732,6 +759,10 @@ def main(args: argparse.Namespace) -> int:
     from .checkpoint import check_output_dir
     from .distributed import resolve_device
 
+    if args.claim:
+        from .claim import main as claim_main
+
+        return claim_main(args)
     settings = QUICK if args.quick else DEFAULT
     if args.train_steps is not None and args.train_steps < 1:
         raise ValueError(f"--train-steps must be positive, got {args.train_steps}")

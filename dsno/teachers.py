@@ -34,6 +34,17 @@ N(alpha mu_k, S_k) with S_k = alpha^2 Sigma_k + sigma^2 I, and the posterior mea
 computed in each component's eigenbasis Sigma_k = U_k diag(l_k) U_k^T, where S_k is diagonal. For a
 single Gaussian the ODE itself has a closed form: in that eigenbasis (x - alpha mu) / sqrt(alpha^2 l + sigma^2)
 is constant along the flow (`GaussianMixtureTeacher.exact_flow`).
+
+KernelDensityTeacher: the empirical distribution of n points d_i smoothed by an isotropic Gaussian of
+width s, x0 ~ (1/n) sum_i N(d_i, s^2 I). Then x_t | i ~ N(alpha d_i, v I) with v = alpha^2 s^2 + sigma^2,
+and the posterior mean is exact:
+
+    E[x0 | x_t] = (sigma^2 / v) sum_i r_i(x_t) d_i + (alpha s^2 / v) x_t,
+    r = softmax_i((alpha x_t . d_i - alpha^2 |d_i|^2 / 2) / v)
+
+(the |x_t|^2 of |x_t - alpha d_i|^2 is the same for every i and drops out of the softmax). It is computed
+in float64, in batches of rows so that the [rows, n] logits stay small. Its flow map has one basin per
+point (for s well below the distances between points): a generator must carve them all out.
 """
 
 from __future__ import annotations
@@ -49,6 +60,7 @@ from .schedule import alpha_sigma
 __all__ = [
     "Teacher",
     "GaussianMixtureTeacher",
+    "KernelDensityTeacher",
     "NetworkTeacher",
     "as_teacher",
     "build_teacher",
@@ -201,6 +213,58 @@ class GaussianMixtureTeacher:
             chosen = component == k
             scaled = noise[chosen] * self.eigenvalues[k].sqrt()
             x0[chosen] = self.means[k] + scaled @ self.eigenvectors[k].T
+        return x0.reshape(n, *self.shape)
+
+
+class KernelDensityTeacher:
+    """Exact posterior mean of the points [n, *shape] smoothed by N(0, width^2 I) (see the module docstring)."""
+
+    LOGIT_BUDGET = 1 << 21  # float64 logits per batch of rows (16 MiB)
+
+    def __init__(self, points: torch.Tensor, width: float, shape: Sequence[int] | None = None):
+        points = torch.as_tensor(points, dtype=torch.float64)
+        if points.ndim < 2 or points.shape[0] < 1:
+            raise ValueError(f"points must be [n >= 1, ...], got {tuple(points.shape)}")
+        if not (isinstance(width, (int, float)) and math.isfinite(width) and width > 0):
+            raise ValueError(f"width must be a positive number, got {width!r}")
+        self.shape = tuple(shape) if shape is not None else tuple(points.shape[1:])
+        self.points = points.reshape(points.shape[0], -1)
+        if math.prod(self.shape) != self.dim:
+            raise ValueError(f"shape {self.shape} does not hold D={self.dim} values")
+        self.width = float(width)
+        # [d_i, |d_i|^2 / 2]: the logits of a batch are then one matrix product with [x alpha / v, -alpha^2 / v]
+        self.augmented = torch.cat([self.points, 0.5 * (self.points**2).sum(1, keepdim=True)], dim=1)
+
+    def to(self, device: str | torch.device) -> KernelDensityTeacher:
+        """Move the points (kept in float64) to device, in place; returns self."""
+        self.points, self.augmented = self.points.to(device), self.augmented.to(device)
+        return self
+
+    @property
+    def num_components(self) -> int:
+        return self.points.shape[0]
+
+    @property
+    def dim(self) -> int:
+        return self.points.shape[1]
+
+    def predict_x0(self, x_t: torch.Tensor, logsnr: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        n = x_t.shape[0]
+        x = x_t.reshape(n, self.dim).to(torch.float64)
+        alpha, sigma = alpha_sigma(_per_sample(logsnr, n, x))
+        alpha, sigma = alpha[:, None], sigma[:, None]
+        variance = alpha**2 * self.width**2 + sigma**2
+        queries = torch.cat([x * (alpha / variance), -(alpha**2) / variance], dim=1)
+        rows = max(1, self.LOGIT_BUDGET // self.num_components)
+        mean_point = torch.cat([torch.softmax(q @ self.augmented.T, dim=1) @ self.points for q in queries.split(rows)])
+        x0 = (sigma**2 / variance) * mean_point + (alpha * self.width**2 / variance) * x
+        return x0.reshape(x_t.shape).to(x_t.dtype)
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """n draws of x0, [n, *shape] float64."""
+        chosen = torch.randint(self.num_components, (n,), generator=generator)
+        noise = torch.randn(n, self.dim, generator=generator, dtype=torch.float64)
+        x0 = self.points[chosen.to(self.points.device)] + self.width * noise.to(self.points.device)
         return x0.reshape(n, *self.shape)
 
 

@@ -268,3 +268,209 @@ def test_bad_demo_settings_are_one_line_errors(tmp_path, capsys):
     assert cli.main(["demo", "--quick", "--train-steps", "0", "--out", str(tmp_path / "x")]) == 1
     assert capsys.readouterr().err == "dsno demo: error: --train-steps must be positive, got 0\n"
     assert not (tmp_path / "x").exists()
+
+
+# ------------------------------------------------------------------------------------------------------
+# `dsno demo --claim`: DSNO vs KD on two exact teachers, several seeds, paired statistics
+
+
+QUICK_CLAIM_STEPS = [4, 8, 12, 16]  # the quick claim's 16 steps, measured at each quarter
+
+
+@pytest.fixture(scope="module")
+def claim(tmp_path_factory):
+    out = tmp_path_factory.mktemp("claim")
+    threads = torch.get_num_threads()
+    try:
+        assert cli.main(["demo", "--claim", "--quick", "--seeds", "2", "--out", str(out), "--threads", "1"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
+def _independent_paired(a, b, t_quantile):
+    """The claim's paired statistics, recomputed here from the per-noise MSEs [seeds, noises]."""
+    d = a - b
+    seeds, noises = d.shape
+    means = d.mean(1)
+    noise_se = d.mean(0).std(ddof=1) / np.sqrt(noises)
+    se = np.sqrt(means.var(ddof=1) / seeds + noise_se**2)
+    return means, d.std(1, ddof=1) / np.sqrt(noises), means.mean(), se, t_quantile * se
+
+
+def test_claim_reports_every_seed_and_its_paired_statistics(claim):
+    from scipy.stats import t
+
+    from dsno.claim import COMPARISONS, MODELS, QUICK_CLAIM, TEACHERS, claim_summary
+
+    summary = json.loads((claim / "claim.json").read_text())
+    per_noise = np.load(claim / "claim-per-noise.npz")
+    data = (claim / "claim.png").read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and struct.unpack(">II", data[16:24])[0] >= 600
+    steps = QUICK_CLAIM_STEPS
+    assert load_config("digits", QUICK_CLAIM.overrides)["train"]["steps"] == steps[-1] == 4 * steps[0]
+    assert list(summary["teachers"]) == list(TEACHERS) and summary["settings"]["seeds"] == 2
+    for name, teacher in summary["teachers"].items():
+        assert teacher["endpoint_mse_vs_fine_grid"] < 1e-7, name  # Heun-256 is the ODE's endpoint
+        assert teacher["fd_floor"] > 0 and np.isfinite(teacher["ddim4"]["fd_to_teacher"])
+        assert list(teacher["models"]) == list(MODELS)
+        for model, entry in teacher["models"].items():
+            mse = per_noise[f"{name}/{model}"]
+            assert mse.shape == (2, len(steps), QUICK_CLAIM.eval_samples)
+            assert [point["step"] for point in entry["curve"]] == steps
+            for point, values in enumerate(entry["curve"]):
+                assert values["mse_to_teacher"]["per_seed"] == pytest.approx(mse[:, point].mean(1), rel=1e-12)
+                assert len(values["fd_to_teacher"]["per_seed"]) == 2
+        for comparison, (a, b) in COMPARISONS.items():
+            for point, entry in enumerate(teacher["comparisons"][comparison]):
+                means, ses, mean, se, half = _independent_paired(
+                    per_noise[f"{name}/{a}"][:, point], per_noise[f"{name}/{b}"][:, point], t.ppf(0.975, 1)
+                )
+                assert [s["mean"] for s in entry["per_seed"]] == pytest.approx(means, rel=1e-9)
+                assert [s["standard_error"] for s in entry["per_seed"]] == pytest.approx(ses, rel=1e-9)
+                assert entry["mean"] == pytest.approx(mean, rel=1e-9) and entry["standard_error"] == pytest.approx(se)
+                assert entry["interval_95"] == pytest.approx([mean - half, mean + half], rel=1e-9)
+                assert entry["resolved"] == (abs(mean) > half)
+                assert entry["lower"] == ((a if mean < 0 else b) if abs(mean) > half else None)
+    assert summary["summary"] == claim_summary(summary) and len(summary["summary"]) == 2
+    assert all("DSNO − KD = " in line and "DSNO − KD equal-compute = " in line for line in summary["summary"])
+    run = summary["run"]
+    assert len(run["jobs"]) == 2 + 2 * 3 * 2 and run["threads_per_worker"] == 1 and run["workers"] >= 1
+    assert all(job["cpu_seconds"] > 0 and len(job["loadavg_1_5_15_min_at_end"]) == 3 for job in run["jobs"])
+    assert run["cpu_seconds"]["worker_processes"] >= 0.9 * run["cpu_seconds"]["jobs"] > 0
+
+
+def test_claim_models_share_data_seeds_and_optimiser_and_are_measured_as_recorded(claim):
+    from dsno.checkpoint import load_checkpoint
+    from dsno.claim import MODELS, TEACHERS
+    from dsno.sample import load_sampler
+    from dsno.trajectories import TrajectoryDataset
+
+    summary = json.loads((claim / "claim.json").read_text())
+    per_noise = np.load(claim / "claim-per-noise.npz")
+    for name in TEACHERS:
+        folder = claim / "claim" / name
+        dataset = TrajectoryDataset(folder / "traj")
+        assert dataset.spec.solver == "heun" and dataset.spec.num_steps == 256
+        assert dataset.spec.teacher["kind"] == {"mixture": "gmm", "kde": "kde"}[name]
+        noise = np.load(folder / "noise.npy")
+        trained_on = {dataset[i]["noise"].numpy().tobytes() for i in range(len(dataset))}
+        assert not trained_on & {row.tobytes() for row in noise}
+        endpoint = np.load(folder / "teacher_endpoints.npy")
+        for seed in range(2):
+            states = {model: load_checkpoint(folder / f"seed{seed}" / model / "checkpoint.pt") for model in MODELS}
+            assert not list((folder / f"seed{seed}").glob("*/checkpoint-*.pt"))  # measured, then removed
+            dsno, kd, kd_equal = (states[m]["config"] for m in MODELS)
+            for config in (dsno, kd, kd_equal):
+                assert config["train"]["seed"] == seed and config["train"]["data"] == str(folder / "traj")
+            for section in ("train", "traj", "schedule", "teacher", "data"):
+                differ = {key for key in dsno[section] if kd_equal[section][key] != dsno[section][key]}
+                assert differ <= {"out", "time_points", "batch_size"}, (section, differ)
+            model_differ = {k for k, v in dsno["model"]["overrides"].items() if kd_equal["model"]["overrides"][k] != v}
+            assert model_differ == {"num_time_points", "num_modes"} and kd["model"] == kd_equal["model"]
+            assert kd["train"] == {
+                **kd_equal["train"],
+                "batch_size": dsno["train"]["batch_size"],
+                "out": kd["train"]["out"],
+            }
+            assert kd_equal["train"]["batch_size"] == 4 * dsno["train"]["batch_size"]
+            assert kd["train"]["time_points"] == [-1] and kd["model"]["overrides"]["num_time_points"] == 1
+            assert dsno["train"]["time_points"] is None and dsno["model"]["overrides"]["num_time_points"] == 4
+            evaluations = {m: summary["teachers"][name]["models"][m]["backbone_evaluations_per_step"] for m in MODELS}
+            assert evaluations["dsno"] == evaluations["kd_equal"] == 4 * evaluations["kd"]
+            for model in MODELS:
+                assert states[model]["step"] == QUICK_CLAIM_STEPS[-1]
+                sampler, meta = load_sampler(folder / f"seed{seed}" / model / "checkpoint.pt")
+                with torch.no_grad():
+                    samples = sampler(torch.from_numpy(noise), torch.tensor(meta["logsnr"]))[:, -1].clamp(-1, 1)
+                np.testing.assert_allclose(
+                    per_sample_mse(samples, endpoint), per_noise[f"{name}/{model}"][seed, -1], rtol=1e-6, atol=1e-9
+                )
+
+
+def test_claim_teacher_endpoints_are_the_exact_teachers_from_the_held_out_noises(claim):
+    from dsno.claim import QUICK_CLAIM
+    from dsno.digits import fit_gaussian_mixture, load_digits
+    from dsno.schedule import LogSNRSchedule, time_grid
+    from dsno.teachers import KernelDensityTeacher, solve
+    from dsno.trajectories import sample_noise
+
+    summary = json.loads((claim / "claim.json").read_text())
+    digits, labels = load_digits()
+    teachers = {
+        "mixture": fit_gaussian_mixture(digits, labels),
+        "kde": KernelDensityTeacher(torch.from_numpy(digits), summary["teachers"]["kde"]["description"]["width"]),
+    }
+    rows = [0, 1, QUICK_CLAIM.eval_samples - 1]
+    noise, _ = sample_noise(rows, [1, 8, 8], QUICK_CLAIM.eval_seed)
+    for name, teacher in teachers.items():
+        expected = solve(teacher, noise, LogSNRSchedule().logsnr(time_grid(256)), [256], solver="heun")[:, 0]
+        saved = np.load(claim / "claim" / name / "teacher_endpoints.npy")[rows]
+        np.testing.assert_allclose(saved, expected.clamp(-1, 1).numpy(), rtol=0, atol=1e-6, err_msg=name)
+
+
+def _exit_code(argv: list[str]) -> int:
+    try:
+        return cli.main(argv)
+    except SystemExit as exit:  # argparse's own mistakes (exit 2)
+        return exit.code
+
+
+def test_bad_claim_settings_are_one_line_errors_before_any_output(tmp_path, capsys):
+    for argv, message, code in (
+        (["--seeds", "0"], "--seeds must be positive, got 0", 1),
+        (["--ablation"], "choose one", 1),
+        (["--train-steps", "6"], "multiple of 4", 1),
+        (["--threads", "0"], "--threads: must be a positive integer, got '0'", 2),
+        (["--device", "cuda:7"], "device", 1),
+    ):
+        assert _exit_code(["demo", "--claim", "--out", str(tmp_path / "x"), *argv]) == code, argv
+        err = capsys.readouterr().err
+        assert err.startswith("dsno demo: error: ") and message in err and err.count("\n") == 1, (argv, err)
+        assert not (tmp_path / "x").exists(), argv
+    (tmp_path / "file").write_text("")
+    assert cli.main(["demo", "--claim", "--quick", "--out", str(tmp_path / "file" / "x")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("dsno demo: error: ") and "--out" in err and err.count("\n") == 1, err
+
+
+def test_the_readme_claim_section_is_the_committed_claim_run():
+    import dataclasses
+    from pathlib import Path
+
+    from dsno.claim import CLAIM, KDE_WIDTH, WIDTH_RULE, claim_summary, claim_table, fd_table, run_line, sweep_table
+
+    docs = Path(__file__).resolve().parents[1] / "docs" / "demo"
+    readme = " ".join((docs.parents[1] / "README.md").read_text().split())
+    summary = json.loads((docs / "claim.json").read_text())
+    assert (docs / "claim.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the committed run is the default one, with the width the sweep's rule chose
+    for key, value in dataclasses.asdict(CLAIM).items():
+        assert summary["settings"][key] == (list(value) if isinstance(value, tuple) else value), key
+    assert summary["settings"]["train_steps"] == load_config("digits")["train"]["steps"]
+    sweep = json.loads((docs / "claim-width-sweep.json").read_text())
+    assert sweep["rule"] == WIDTH_RULE and sweep["chosen"] == KDE_WIDTH == summary["settings"]["kde_width"]
+    assert summary["summary"] == claim_summary(summary)
+    for text in (claim_table(summary), fd_table(summary), *summary["summary"], run_line(summary), sweep_table(sweep)):
+        assert " ".join(text.split()) in readme, text[:80]
+
+
+def test_the_closing_line_states_dsno_versus_kd_as_measured(demo):
+    import copy
+
+    from dsno.demo import _closing_line
+
+    metrics = json.loads((demo / "metrics.json").read_text())
+    line = _closing_line(metrics, demo)
+    for key, digits in (("fd_to_teacher", 4), ("mse_to_teacher", 5)):
+        assert (
+            f"{metrics['samplers']['kd'][key]:.{digits}f}" in line
+            and f"{metrics['samplers']['dsno'][key]:.{digits}f}" in line
+        )
+    paired = metrics["dsno_minus_kd_mse_per_noise"]
+    assert f"{paired['mean']:+.5f} +- {paired['standard_error']:.5f}" in line
+    for mean, verdict in ((5.0, "KD is closer"), (-5.0, "DSNO is closer"), (1.0, "no MSE difference resolved")):
+        changed = copy.deepcopy(metrics)
+        changed["dsno_minus_kd_mse_per_noise"] = {"mean": mean * 1e-3, "standard_error": 1e-3}
+        assert verdict in _closing_line(changed, demo), mean
+    assert "than ddim1" in line  # test_dsno_is_closer_to_the_teacher_than_one_step_ddim: DSNO beats DDIM-1
