@@ -1,6 +1,6 @@
 """Print one of README.md's install recipes: the ```bash block that follows the line `<!-- recipe: NAME -->`.
 
-    python3 .ci/recipe.py cpu|gpu
+    python3 .ci/recipe.py cpu|gpu|neuralop
 
 .ci/run builds its environments by running these blocks, so CI installs exactly what README.md tells a user
 (tests/test_readme.py checks what each recipe holds). Standard library only: it runs before any venv exists.

@@ -79,7 +79,7 @@ def test_bash_dsno_command_parses(line, argv):
 
 
 # --------------------------------------------------------------------------------------------------
-# "Install": two recipes, which .ci/run runs as they are
+# "Install": two recipes (and neuraloperator's), which .ci/run runs as they are
 
 
 def _recipe_module():
@@ -97,13 +97,14 @@ def _pip_installs(code: str) -> list[str]:
 
 
 def test_the_install_recipes_are_cpu_only_and_cuda():
-    assert set(RECIPES) == {"cpu", "gpu"}
+    assert set(RECIPES) == {"cpu", "gpu", "neuralop"}
     cpu, gpu = RECIPES["cpu"], RECIPES["gpu"]
     assert "torch==2.13.0" in cpu and "CUDA_HOME" not in cpu
     assert 'DSNO_KERNELS_CUDA=0 python -m pip install -e ".[test]" --no-build-isolation' in cpu
     assert "torch==2.14.1" in gpu and "export CUDA_HOME=/usr/local/cuda DSNO_KERNELS_CUDA=1" in gpu
     assert 'python -m pip install -e ".[dev]" --no-build-isolation' in gpu
-    for name, code in RECIPES.items():
+    for name in ("cpu", "gpu"):
+        code = RECIPES[name]
         installs = _pip_installs(code)
         torch_line = next(i for i, line in enumerate(installs) if " torch==" in line)
         build_line = next(i for i, line in enumerate(installs) if " -e " in line)
@@ -124,6 +125,7 @@ def test_ci_builds_both_recipes_from_the_readme():
     ci = (REPO / ".ci" / "run").read_text()
     assert 'eval "$(python3 .ci/recipe.py gpu)"' in ci
     assert 'eval "$(python3 "$repo/.ci/recipe.py" cpu)"' in ci
+    assert 'eval "$(python3 .ci/recipe.py neuralop)"' in ci  # the interop test's optional dependency
     assert "pip install" not in ci  # every install step comes from README.md
 
 
