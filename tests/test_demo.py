@@ -474,3 +474,58 @@ def test_the_closing_line_states_dsno_versus_kd_as_measured(demo):
         changed["dsno_minus_kd_mse_per_noise"] = {"mean": mean * 1e-3, "standard_error": 1e-3}
         assert verdict in _closing_line(changed, demo), mean
     assert "than ddim1" in line  # test_dsno_is_closer_to_the_teacher_than_one_step_ddim: DSNO beats DDIM-1
+
+
+def test_the_readme_claim_prose_is_what_claim_json_says():
+    """The claim section's sentences around its tables, recomputed from the committed run."""
+    from pathlib import Path
+
+    docs = Path(__file__).resolve().parents[1] / "docs" / "demo"
+    readme = " ".join((docs.parents[1] / "README.md").read_text().split())
+    summary = json.loads((docs / "claim.json").read_text())
+    sweep = json.loads((docs / "claim-width-sweep.json").read_text())
+    teachers = summary["teachers"]
+
+    def final(teacher, model, metric):
+        return teachers[teacher]["models"][model]["curve"][-1][metric]["mean"]
+
+    # "At the end of training DSNO and KD are indistinguishable on both teachers; against KD with equal compute,
+    # DSNO is 18% closer on the kernel-density teacher and no difference is resolved on the mixture."
+    assert "At the end of training DSNO and KD are indistinguishable on both teachers" in readme
+    assert not any(teachers[t]["comparisons"]["dsno_minus_kd"][-1]["resolved"] for t in teachers)
+    equal = {t: teachers[t]["comparisons"]["dsno_minus_kd_equal"] for t in teachers}
+    assert not equal["mixture"][-1]["resolved"]
+    assert equal["kde"][-1]["resolved"] and equal["kde"][-1]["lower"] == "dsno"
+    assert f"DSNO is {-100 * equal['kde'][-1]['relative']:.0f}% closer on the kernel-density teacher" in readme
+    # "equal-compute KD is ahead early (resolved at step 600 on the mixture and step 300 on the kernel-density
+    # teacher)": the first step at which it is resolved and lower
+    first = {
+        t: next(c["step"] for c in equal[t] if c["resolved"] and c["lower"] == "kd_equal") for t in ("mixture", "kde")
+    }
+    assert f"resolved at step {first['mixture']} on the mixture and step {first['kde']} on the kernel-density" in readme
+    # its MSE rises again after step 600 while its FD keeps falling
+    curve = teachers["kde"]["models"]["kd_equal"]["curve"]
+    mse = [point["mse_to_teacher"]["mean"] for point in curve]
+    fd = [point["fd_to_teacher"]["mean"] for point in curve]
+    lowest = curve[mse.index(min(mse))]["step"]
+    assert f"its MSE rises again after step {lowest} while its FD keeps falling" in readme
+    assert all(a > b for a, b in zip(fd, fd[1:])) and mse[-1] > min(mse)
+    # DDIM-4 against DSNO and KD on the kernel-density teacher; only equal-compute KD beats it in FD
+    ddim4 = teachers["kde"]["ddim4"]
+    numbers = (
+        f"FD {ddim4['fd_to_teacher']:.3f} against {final('kde', 'dsno', 'fd_to_teacher'):.3f} and "
+        f"{final('kde', 'kd', 'fd_to_teacher'):.3f}, MSE {ddim4['mse_to_teacher']:.4f} against "
+        f"{final('kde', 'dsno', 'mse_to_teacher'):.3f} and {final('kde', 'kd', 'mse_to_teacher'):.3f}"
+    )
+    assert numbers in readme, numbers
+    assert final("kde", "kd_equal", "fd_to_teacher") < ddim4["fd_to_teacher"] < final("kde", "kd", "fd_to_teacher")
+    # the resolvable differences, relative to KD's MSE
+    share = {t: 100 * teachers[t]["comparisons"]["dsno_minus_kd"][-1]["relative_resolvable"] for t in teachers}
+    sentence = f"{share['mixture']:.1f}% of KD's MSE on the mixture and {share['kde']:.1f}% on the kernel-density"
+    assert sentence in readme, sentence
+    # the sweep: DDIM-4's FD over the floor at every width, and the chosen width's one-pass FD over it
+    ratios = [row["ddim4_over_floor"] for row in sweep["rows"]]
+    assert not any(row["qualifies"] for row in sweep["rows"])
+    assert f"within {min(ratios):.1f}-{max(ratios):.1f} times the floor at every width" in readme
+    chosen = next(row for row in sweep["rows"] if row["width"] == sweep["chosen"])
+    assert f"FD is {chosen['one_pass_over_floor']:.1f} times the floor" in readme
