@@ -70,10 +70,10 @@ from .configs import (
 from .dft import basis, is_real_mode, num_rows
 from .ops import OPS, autotuning, fp32_precision, launch_backward, launch_forward, stand_in
 from .plans import BackwardPlan, BoundLaunch, Launch, backward_plan, mix_grid, mix_meta, mix_plan, mix_variants
-from .runtime import INTERPRETING, MAX_TIME_POINTS, TRITON_IMPORT_ERROR
+from .runtime import INTERPRETING, MAX_FUSED_TIME_POINTS, TRITON_IMPORT_ERROR
 
 __all__ = [
-    "MAX_TIME_POINTS",
+    "MAX_FUSED_TIME_POINTS",
     "INTERPRETING",
     "TRITON_IMPORT_ERROR",
     "DeviceLimits",
