@@ -11,8 +11,8 @@ runtime values (one binary per configuration for every T and K):
 
 A spectrum is a contiguous [B * P, K, 2, C] tensor in the input dtype: row r = 2k + part of a row's
 [2K, C] block is mode k's real (part 0) or imaginary (part 1) part. DC and (even T) Nyquist have an
-imaginary row of zeros, which the basis makes exactly 0 (so their weight's imaginary part gets a zero
-gradient, as in the fused kernels). The spectra are dot operands only, rounded to the input dtype as
+imaginary row of exact zeros (_basis), so their weight's imaginary part gets a zero gradient, as in the
+fused kernels. The spectra are dot operands only, rounded to the input dtype as
 the fused kernels round their transformed tiles. The basis entries are computed in the kernels, in
 the accumulation dtype, from the integers k t mod T (_basis).
 """
@@ -51,16 +51,16 @@ def _series(r2, ODD: tl.constexpr, DTYPE: tl.constexpr):
 def _basis(rows, times, T, K, SCALED: tl.constexpr, DTYPE: tl.constexpr):
     """Entries of F (rows 2k: cos(2 pi k t / T), rows 2k + 1: -sin) or, SCALED, of G^T (the same times
     c_k / T: 1 / T for DC and Nyquist, 2 / T otherwise), for broadcastable int tensors of rows and
-    times; 0 for rows at or past 2K and for the imaginary rows of DC and Nyquist.
+    times; 0 for rows at or past 2K.
 
     No sin / cos call (libdevice's take a stack frame for their large-argument path): with
     j = k t mod T, the angle 2 pi j / T is q pi / 2 + r, q the nearest quarter turn and
     r = (4j - qT) pi / (2T) in [-pi/4, pi/4], both from integers; -sin(a) = cos(a + pi / 2), so an
     entry is +-cos(r) or +-sin(r) by the quarter q + imag: a short series, and exactly 0 or +-1 where
-    the angle is a multiple of pi / 2."""
+    the angle is a multiple of pi / 2 (r = 0). So the imaginary rows of DC and Nyquist (j = 0 or T / 2)
+    are exactly 0."""
     k = rows // 2
     imag = rows % 2
-    real_mode = (k == 0) | (2 * k == T)
     j = k * times % T
     q = (8 * j + T) // (2 * T)  # round(4j / T), in 0..4 (j >= 0)
     r = (4 * j - q * T).to(DTYPE) * tl.full(j.shape, 1.5707963267948966, DTYPE) / T
@@ -68,8 +68,9 @@ def _basis(rows, times, T, K, SCALED: tl.constexpr, DTYPE: tl.constexpr):
     quarter = (q + imag) % 4  # cos(q pi/2 + r): cos r, -sin r, -cos r, sin r for quarters 0..3
     value = tl.where(quarter % 2 == 1, r * _series(r2, 1, DTYPE), _series(r2, 0, DTYPE))
     value = tl.where((quarter == 1) | (quarter == 2), -value, value)
-    value = tl.where(((imag == 1) & real_mode) | (rows >= 2 * K), 0.0, value)
+    value = tl.where(rows >= 2 * K, 0.0, value)
     if SCALED:
+        real_mode = (k == 0) | (2 * k == T)
         value = value * tl.where(real_mode, 1.0, 2.0).to(DTYPE) / T
     return value
 
@@ -95,6 +96,19 @@ def _synthesized_tile(
     return s
 
 
+@triton.jit
+def _row_program(N, C, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
+    """This program's row (batch item, pixel; int64), and its block of an N-long axis (spectrum rows or
+    time points) and of the C channels: channel block fastest, then the N block, then the row."""
+    pid = tl.program_id(0)
+    num_c_blocks = tl.cdiv(C, BLOCK_C)
+    num_n_blocks = tl.cdiv(N, BLOCK_N)
+    n_block = (pid // num_c_blocks) % num_n_blocks
+    row = (pid // (num_c_blocks * num_n_blocks)).to(tl.int64)
+    offs_n = n_block * BLOCK_N + tl.arange(0, BLOCK_N)
+    return row, offs_n, (pid % num_c_blocks) * BLOCK_C + tl.arange(0, BLOCK_C)
+
+
 @triton.jit(do_not_specialize=["T", "K"])
 def _spectral_analysis_kernel(
     in_ptr,  # [B, T, C, P] strided: x, or dy
@@ -108,14 +122,7 @@ def _spectral_analysis_kernel(
 ):  # fmt: skip
     """One program: BLOCK_R spectrum rows by BLOCK_C channels of one row (batch item, pixel), looping
     over T in BLOCK_T steps."""
-    pid = tl.program_id(0)
-    num_c_blocks = tl.cdiv(C, BLOCK_C)
-    num_r_blocks = tl.cdiv(2 * K, BLOCK_R)
-    c_block = pid % num_c_blocks
-    r_block = (pid // num_c_blocks) % num_r_blocks
-    row = (pid // (num_c_blocks * num_r_blocks)).to(tl.int64)
-    chans = c_block * BLOCK_C + tl.arange(0, BLOCK_C)
-    rows = r_block * BLOCK_R + tl.arange(0, BLOCK_R)
+    row, rows, chans = _row_program(2 * K, C, BLOCK_R, BLOCK_C)
     chan_mask = chans < C
     in_ptr += (row // P) * stride_in_b + (row % P) * stride_in_p
     spec_ptr += row * (2 * K * C)
@@ -222,14 +229,7 @@ def _spectral_synthesis_kernel(
     BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_R: tl.constexpr,
 ):  # fmt: skip
     """One program: BLOCK_T time points by BLOCK_C channels of one row, s = G Y and the epilogue."""
-    pid = tl.program_id(0)
-    num_c_blocks = tl.cdiv(C, BLOCK_C)
-    num_t_blocks = tl.cdiv(T, BLOCK_T)
-    c_block = pid % num_c_blocks
-    t_block = (pid // num_c_blocks) % num_t_blocks
-    row = (pid // (num_c_blocks * num_t_blocks)).to(tl.int64)
-    chans = c_block * BLOCK_C + tl.arange(0, BLOCK_C)
-    times = t_block * BLOCK_T + tl.arange(0, BLOCK_T)
+    row, times, chans = _row_program(T, C, BLOCK_T, BLOCK_C)
     chan_mask = chans < C
     acc_dtype: tl.constexpr = tl.float64 if spec_ptr.dtype.element_ty == tl.float64 else tl.float32
     s = _synthesized_tile(
