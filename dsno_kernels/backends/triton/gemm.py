@@ -9,7 +9,9 @@ cached like the fused path's (calls.py binds them into ForwardCall / BackwardCal
 
 Every launch is a tl.dot loop; the only tensors besides the op's are the spectra, [B * P, K, 2, C] in
 the input dtype (2K / T of the size of x or y each; two in the forward, three or four in the backward).
-grad_weight is one deterministic pass over the rows (no slices, no atomics).
+grad_weight is one deterministic pass over the rows (no slices, no atomics). Each launch runs one
+configuration per problem (its blocks fitted to the extents); DSNO_KERNELS_TRITON_AUTOTUNE does not
+apply here yet.
 """
 
 from __future__ import annotations
