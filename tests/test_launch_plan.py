@@ -6,6 +6,10 @@
               and kept as 1 bit per element), weight-gradient partial sums of at most 10% of x's
               bytes at the GPU benchmark shapes;
 
+T > 32 (the FNO-1D layers) takes the DFT-as-GEMM path: the forward three launches (analysis, mix,
+synthesis), the backward five (spectral_time_conv) or six (time_conv), no aten op but allocations,
+nothing of forward size written but y and dx, the spectra [B * P, K, 2, C] in between;
+
 and the host path that makes it cheap: launches planned once per shape, kernels launched directly in
 eager mode, allocations that depend on shapes only (CUDA-graph safe: no host sync either, which would
 show up as an aten op such as _local_scalar_dense).
@@ -19,7 +23,7 @@ import torch
 import dsno_kernels
 from dsno_kernels.backends import triton as triton_backend
 from dsno_kernels.backends.triton import introspection
-from dsno_kernels.shapes import GPU_SHAPES
+from dsno_kernels.shapes import GPU_SHAPES, OpShape
 
 pytestmark = pytest.mark.skipif(triton_backend.TRITON_IMPORT_ERROR is not None, reason="Triton is not installed")
 ALLOCATIONS = {"aten::empty", "aten::new_empty", "aten::empty_like", "aten::empty_strided"}
@@ -75,7 +79,7 @@ def _bytes(t: torch.Tensor) -> int:
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
-@pytest.mark.parametrize("name", [n for n, s in GPU_SHAPES.items() if s.T <= triton_backend.MAX_TIME_POINTS])
+@pytest.mark.parametrize("name", [n for n, s in GPU_SHAPES.items() if s.T <= triton_backend.MAX_FUSED_TIME_POINTS])
 def test_backward_writes_nothing_of_forward_size_but_dx(name, dtype):
     """At the GPU benchmark shapes, planned for an H100: the backward's launches write dx, a bit mask,
     and weight-gradient partials of at most 10% of |x| (or, in one slice, grad_weight itself)."""
@@ -104,6 +108,95 @@ def test_backward_writes_nothing_of_forward_size_but_dx(name, dtype):
     big = {id(t) for l in launches["backward"] for t in l.args.values() if isinstance(t, torch.Tensor)
            and t.shape[:2] == (shape.B, shape.T) and t.numel() >= shape.x_numel}  # fmt: skip
     assert big == {id(main.args["x_ptr"]), id(main.args["dy_ptr"]), id(main.args["dx_ptr"])}
+
+
+GEMM_FORWARD = ["_spectral_analysis_kernel", "_complex_mix_kernel", "_spectral_synthesis_kernel"]
+GEMM_BACKWARD = {
+    "spectral_time_conv": ["_spectral_analysis_kernel", "_spectral_analysis_kernel", "_complex_mix_kernel",
+                           "_complex_mix_kernel", "_spectral_synthesis_kernel"],
+    "time_conv": ["_spectral_analysis_kernel", "_complex_mix_kernel", "_spectral_analysis_kernel",
+                  "_complex_mix_kernel", "_complex_mix_kernel", "_spectral_synthesis_kernel"],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_fno1d_calls_are_gemm_launches_and_allocations(op):
+    """T > 32, no trailing dims (B16 C64 T256 K16): the DFT-as-GEMM launches, and no aten op but the
+    output's, the spectra's and the gradients' allocations."""
+    x, w = _inputs(requires_grad=True, B=16, T=256, C=64, spatial=(), K=16)
+    x_plain, w_plain = x.detach(), w.detach()
+    with introspection.recorded_launches() as launches:
+        ops = introspection.aten_ops(lambda: _call(op, x_plain, w_plain))
+    assert [launch.name for launch in launches] == GEMM_FORWARD
+    assert set(ops) <= ALLOCATIONS and len(ops) == 3, ops  # y, X, Y
+    y = _call(op, x, w)
+    dy = torch.randn_like(y)
+    with introspection.recorded_launches() as launches:
+        ops = introspection.aten_ops(lambda: torch.autograd.grad(y, (x, w), dy))
+    assert [launch.name for launch in launches] == GEMM_BACKWARD[op]
+    # grad_x, grad_weight and the spectra (X, F g, dX; time_conv: Y): no copies, sums or host syncs
+    assert set(ops) <= ALLOCATIONS and len(ops) == 5 + (op == "time_conv"), ops
+
+
+def _fno_shapes():
+    return [GPU_SHAPES["fno1d"], OpShape("fno1d-t256", 16, 256, 16, 64), OpShape("fno1d-t200", 16, 200, 24, 48)]
+
+
+@pytest.mark.parametrize("limits", [triton_backend.H100, triton_backend.A100], ids=["h100", "a100"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
+@pytest.mark.parametrize("shape", _fno_shapes(), ids=lambda s: s.name)
+def test_fno1d_launch_plan(shape, dtype, limits):
+    """At the FNO-1D shapes, planned for an H100 and an A100: time_conv's forward and backward launch the
+    DFT-as-GEMM kernels in order, grids covering every row, mode and channel block; forward-size
+    tensors are only read (x, dy) or written once (y, dx); everything in between is a spectrum
+    [B, K, 2, C] (2K / T of x's or y's size) or the weight and its gradient."""
+    launches = introspection.shape_launches(shape.x_shape, shape.K, dtype, limits)
+    forward, backward = launches["forward"], launches["backward"]
+    assert [l.name for l in forward] == GEMM_FORWARD
+    assert [l.name for l in backward] == GEMM_BACKWARD["time_conv"]
+    analysis, mix, synthesis = forward
+    x, w = analysis.args["in_ptr"], mix.args["b_ptr"]
+    y = synthesis.args["out_ptr"]
+    B, T, K, C = shape.B, shape.T, shape.K, shape.C
+    spectrum = (B, K, 2, C)
+    assert analysis.args["out_ptr"].shape == spectrum and mix.args["a_ptr"] is analysis.args["out_ptr"]
+    assert mix.args["c_ptr"].shape == spectrum and synthesis.args["spec_ptr"] is mix.args["c_ptr"]
+    assert synthesis.args["res_ptr"] is x and y.shape == x.shape and w.shape == (C, C, K, 2)
+
+    def blocks(launch, *names):
+        return [launch.args[n] for n in names]
+
+    block_t, block_c, block_r = blocks(analysis, "BLOCK_T", "BLOCK_C", "BLOCK_R")
+    assert analysis.grid == (B * -(-2 * K // block_r) * -(-C // block_c),)
+    block_t, block_c, _ = blocks(synthesis, "BLOCK_T", "BLOCK_C", "BLOCK_R")
+    assert synthesis.grid == (B * -(-T // block_t) * -(-C // block_c),)
+    block_m, block_n, _ = blocks(mix, "BLOCK_M", "BLOCK_N", "BLOCK_L")
+    assert mix.grid == (K * -(-B // block_m) * -(-C // block_n),)
+
+    analysis_x, mix_y, analysis_dy, mix_dx, grad_weight, synthesis = backward
+    dy, dx = analysis_dy.args["in_ptr"], synthesis.args["out_ptr"]
+    assert analysis_x.args["in_ptr"].shape == dy.shape == dx.shape == x.shape
+    assert not analysis_x.args["GATED"] and analysis_dy.args["GATED"]
+    assert analysis_dy.args["spec_ptr"] is mix_y.args["c_ptr"]  # s = G Y recomputed from the forward's Y
+    # The gated analysis recomputes s with the forward synthesis's blocks (the same LeakyReLU branch).
+    assert blocks(analysis_dy, "BLOCK_T", "BLOCK_C", "BLOCK_R") == blocks(synthesis, "BLOCK_T", "BLOCK_C", "BLOCK_R")
+    assert mix_dx.args["CONJUGATE_B"] and mix_dx.args["a_ptr"] is analysis_dy.args["out_ptr"]
+    assert grad_weight.args["CONJUGATE_A"] and grad_weight.args["SCALE_MODES"]
+    assert (
+        grad_weight.args["a_ptr"] is analysis_x.args["out_ptr"]
+        and grad_weight.args["b_ptr"] is analysis_dy.args["out_ptr"]
+    )
+    assert grad_weight.args["c_ptr"].shape == (C, C, K, 2) and grad_weight.args["c_ptr"].dtype == dtype
+    assert synthesis.args["spec_ptr"] is mix_dx.args["c_ptr"] and synthesis.args["res_ptr"] is dy
+    for direction, big_ones in (
+        ("forward", {id(x), id(y)}),
+        ("backward", {id(analysis_x.args["in_ptr"]), id(dy), id(dx)}),
+    ):
+        for launch in launches[direction]:
+            for t in launch.args.values():
+                if isinstance(t, torch.Tensor) and id(t) not in big_ones:
+                    assert t.shape in (spectrum, (C, C, K, 2)), (direction, launch.name, t.shape)
+                    assert t.numel() <= 2 * K / T * shape.x_numel or t.shape == (C, C, K, 2)
 
 
 @pytest.mark.parametrize("op", OPS)

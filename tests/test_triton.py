@@ -114,7 +114,7 @@ def _check_op(op, x, w, dtype, slope=0.2, what="", run=None):
 # Numerics
 
 
-@pytest.mark.parametrize("T", range(1, triton_backend.MAX_TIME_POINTS + 1))
+@pytest.mark.parametrize("T", range(1, triton_backend.MAX_FUSED_TIME_POINTS + 1))
 def test_compile_time_dft_constants_match_the_reference_bases(T):
     """The kernels' F and G entries (constexpr, with 0 and +-1 exact) are reference.spectral_bases."""
     K = T // 2 + 1
@@ -185,14 +185,105 @@ def test_largest_time_axis(T, K):
     _check_op("spectral_time_conv", x, w, torch.float64, what=f"T{T}-K{K}")
 
 
-def test_longer_time_axis_is_handed_to_the_next_backend():
-    x = _random(1, triton_backend.MAX_TIME_POINTS + 1, 3, 2, dtype=torch.float32, seed=8)
-    assert TRITON.max_time_points == triton_backend.MAX_TIME_POINTS
-    assert resolve_backend("triton", x).name != "triton"
+# (B, T, K, C_in, C_out, trailing dims) of the DFT-as-GEMM path (T > MAX_FUSED_TIME_POINTS): odd and even
+# T and K, K = 1 and the largest K (with Nyquist for even T), C_in != C_out, rows, modes and channels
+# spanning several of the interpreter's 16-wide blocks, and trailing dims (rows are batch x pixel).
+GEMM_CASES = [
+    (2, 33, 1, 3, 5, ()),
+    (2, 34, 18, 4, 3, ()),
+    (1, 37, 19, 5, 2, ()),
+    (2, 40, 8, 3, 6, (3,)),
+    (2, 64, 17, 17, 19, ()),
+    (1, 65, 33, 3, 4, (2,)),
+    (2, 70, 36, 2, 3, ()),
+]
+# The cases run in fp32, bf16 and fp16 too (the interpreter is slow; fp64 runs them all).
+GEMM_LOW_PRECISION_CASES = GEMM_CASES[1:3] + GEMM_CASES[4:5]
+
+
+def _gemm_case_id(case):
+    B, T, K, C_in, C_out, trailing = case
+    return f"B{B}-T{T}-K{K}-Cin{C_in}-Cout{C_out}-S{'x'.join(map(str, trailing)) or 'none'}"
+
+
+def _gemm_params():
+    for dtype in ALL_DTYPES:
+        for case in GEMM_CASES if dtype == torch.float64 else GEMM_LOW_PRECISION_CASES:
+            yield pytest.param(case, dtype, id=f"{DTYPE_IDS[dtype]}-{_gemm_case_id(case)}")
+
+
+@pytest.mark.parametrize("op", ["spectral_time_conv", "time_conv"])
+@pytest.mark.parametrize("case,dtype", _gemm_params())
+def test_dft_as_gemm_path(case, dtype, op):
+    """T > 32: forward, grad_x and grad_weight of the DFT-as-GEMM launches against the fp64 reference."""
+    B, T, K, C_in, C_out, trailing = case
+    if op == "time_conv":
+        C_out = C_in
+    x = _random(B, T, C_in, *trailing, dtype=dtype, seed=30)
+    w = _random(C_in, C_out, K, 2, dtype=dtype, seed=31, scale=(C_in * K) ** -0.5)
+    with introspection.recorded_launches() as launches:
+        triton_backend.launch_forward(_forward_call(x, w, None if op == "spectral_time_conv" else 0.2), x, w)
+    assert [l.name for l in launches] == GEMM_FORWARD, launches
+    _check_op(op, x, w, dtype, what=f"{op}/{_gemm_case_id(case)}")
+    # The imaginary parts of DC's and Nyquist's weights do not reach the output: exactly zero gradient.
+    grad_out = _random(*x.shape[:2], C_out, *trailing, dtype=dtype, seed=7)
+    grad_weight = _public_call(op, 0.2)(x, w, grad_out)[2]
+    real_modes = [k for k in range(K) if triton_backend.is_real_mode(k, T)]
+    assert torch.all(grad_weight[:, :, real_modes, 1] == 0), grad_weight[:, :, real_modes, 1].abs().max()
+
+
+GEMM_FORWARD = ["_spectral_analysis_kernel", "_complex_mix_kernel", "_spectral_synthesis_kernel"]
+
+
+def _forward_call(x, w, slope):
+    return triton_backend.forward_call(
+        x.shape, x.stride(), w.shape, w.stride(), x.dtype, triton_backend.device_limits(x.device), slope,
+        triton_backend.fp32_precision(x.dtype), False,
+    )  # fmt: skip
+
+
+def test_dft_as_gemm_path_with_strided_inputs():
+    """T > 32 with x's batch and time permuted and its channels innermost, and a transposed weight."""
+    x = _random(3, 35, 4, 5, dtype=torch.float64, seed=32)
+    x = _pixels_strided(x.permute(1, 0, 2, 3).contiguous().permute(1, 0, 2, 3))
+    w = _random(4, 4, 6, 2, dtype=torch.float64, seed=33, scale=0.3).transpose(0, 1).contiguous().transpose(0, 1)
+    for op in ("spectral_time_conv", "time_conv"):
+        _check_op(op, x, w, torch.float64, what=f"{op}/strided")
+
+
+def test_dft_as_gemm_path_gradcheck_and_gradgradcheck():
+    """fp64 gradcheck and gradgradcheck of both ops at T = 33 (the backward ops are differentiable
+    through the same ops, on the same path), in fast mode (random projections of the Jacobians: the
+    full Jacobians take minutes in the interpreter)."""
+    x = _random(1, 33, 2, dtype=torch.float64, seed=34).requires_grad_()
+    w = _random(2, 3, 3, 2, dtype=torch.float64, seed=35, scale=0.5).requires_grad_()
+    w_square = _random(2, 2, 3, 2, dtype=torch.float64, seed=36, scale=0.5).requires_grad_()
+
+    def spectral(x, w):
+        return dsno_kernels.spectral_time_conv(x, w, backend="triton")
+
+    def time_conv(x, w):
+        return dsno_kernels.time_conv(x, w, negative_slope=0.2, backend="triton")
+
+    for fn, weight in ((spectral, w), (time_conv, w_square)):
+        assert torch.autograd.gradcheck(fn, (x, weight), fast_mode=True)
+        assert torch.autograd.gradgradcheck(fn, (x, weight), fast_mode=True)
+
+
+def test_longer_time_axis_takes_the_dft_as_gemm_path():
+    """T > MAX_FUSED_TIME_POINTS stays on the triton backend (no hand-off) and launches the DFT-as-GEMM
+    kernels, not the fused ones."""
+    x = _random(1, triton_backend.MAX_FUSED_TIME_POINTS + 1, 3, 2, dtype=torch.float32, seed=8)
+    assert TRITON.max_time_points is None
+    assert resolve_backend("triton", x).name == "triton"
     w = _random(3, 3, 2, 2, dtype=torch.float32, seed=9)
-    out = dsno_kernels.spectral_time_conv(x, w, backend="triton")
-    expected = spectral_time_conv_reference(x.double(), w.double())
-    assert_close_to_reference(out, expected, TOLERANCE[torch.float32], "T = 33")
+    with introspection.recorded_launches() as launches:
+        triton_backend.launch_forward(_forward_call(x, w, None), x, w)
+    assert [l.name for l in launches] == GEMM_FORWARD
+    x = x[:, :-1]
+    with introspection.recorded_launches() as launches:
+        triton_backend.launch_forward(_forward_call(x, w, None), x, w)
+    assert [l.name for l in launches] == ["_spectral_mix_kernel"]  # T = 32: the fused kernel
 
 
 def test_empty_inputs():
@@ -394,12 +485,15 @@ def test_registration():
 
 
 def _compile_cases() -> list:
-    """(name, shape, dtype, pixels last) of the launches compiled for real GPUs: the CIFAR-10 layer in
-    all four dtypes, and an odd shape (T=7, K=4, C=19, 37 pixels) with the channels innermost."""
+    """(name, shape, dtype, pixels last) of the launches compiled for real GPUs: the CIFAR-10 layer and
+    the FNO-1D one (the DFT-as-GEMM path) in all four dtypes, and odd shapes (T=7, K=4, C=19, 37
+    pixels; T=45, K=7, C=19, 5 pixels) with the channels innermost."""
     cifar10 = OpShape("cifar10", 32, 4, 2, 256, (32, 32))
+    fno1d = OpShape("fno1d", 64, 256, 32, 64)
     odd = OpShape("odd", 3, 7, 4, 19, (37,))
-    return [(cifar10, dtype, False) for dtype in ALL_DTYPES] + [
-        (odd, dtype, True) for dtype in LOW_PRECISION[:1] + (torch.float32,)
+    odd_long = OpShape("oddlong", 3, 45, 7, 19, (5,))
+    return [(shape, dtype, False) for shape in (cifar10, fno1d) for dtype in ALL_DTYPES] + [
+        (shape, dtype, True) for shape in (odd, odd_long) for dtype in LOW_PRECISION[:1] + (torch.float32,)
     ]
 
 
@@ -437,7 +531,7 @@ def _without_interpreter(script: str) -> subprocess.CompletedProcess:
     )
 
 
-def trace_triton_ops() -> str:
+def trace_triton_ops(T: int = 4, K: int = 2, C: int = 256, spatial: tuple = (16, 16)) -> str:
     """The graph AOTAutograd traces from time_conv and its backward on fake CUDA tensors (planned for
     the GPU's limits, or without a GPU with none): the triton_op bodies decompose into
     triton_kernel_wrapper_functional calls, which is what lets Inductor compile the kernels."""
@@ -455,18 +549,25 @@ def trace_triton_ops() -> str:
         return y, *torch.ops.dsno_kernels.triton_time_conv_backward(y, x, w, 0.01)
 
     with FakeTensorMode():
-        x = torch.empty(2, 4, 256, 16, 16, device="cuda", dtype=torch.bfloat16)
-        w = torch.empty(256, 256, 2, 2, device="cuda", dtype=torch.bfloat16)
+        x = torch.empty(2, T, C, *spatial, device="cuda", dtype=torch.bfloat16)
+        w = torch.empty(C, C, K, 2, device="cuda", dtype=torch.bfloat16)
         aot_function(layer_and_backward, fw_compiler=keep_graph)(x, w)
     return graphs[0]
 
 
-def test_triton_ops_trace_into_their_kernels():
-    run = _without_interpreter("import test_triton; print(test_triton.trace_triton_ops())")
+# (trace_triton_ops' arguments, the kernel launches traced): the fused path's forward, mask pass and
+# dx + grad_weight (one slice here); the DFT-as-GEMM path's forward (analysis, mix, synthesis) and
+# backward (analysis, mix, gated analysis, two mixes, synthesis).
+TRACE_CASES = {"fused": ("", 3), "dft-as-gemm": ("64, 8, 32, ()", 9)}
+
+
+@pytest.mark.parametrize("path", TRACE_CASES)
+def test_triton_ops_trace_into_their_kernels(path):
+    args, launches = TRACE_CASES[path]
+    run = _without_interpreter(f"import test_triton; print(test_triton.trace_triton_ops({args}))")
     assert run.returncode == 0, run.stderr[-4000:]
     graph = run.stdout
-    # forward; backward: the LeakyReLU mask pass, then dx and grad_weight in one launch (one slice here)
-    assert graph.count("triton_kernel_wrapper_functional(") == 3, graph
+    assert graph.count("triton_kernel_wrapper_functional(") == launches, graph
     assert "dsno_kernels.triton_" not in graph, graph
 
 
@@ -476,7 +577,10 @@ def test_every_kernel_compiles_for_sm80_and_sm90():
     assert run.returncode == 0, run.stderr[-4000:]
     results = json.loads(run.stdout.strip().splitlines()[-1])
     kernels = {r["case"].split("-")[2] for r in results}
-    assert kernels == {"_spectral_mix_kernel", "_spectral_backward_kernel", "_sum_slices_kernel"}, kernels
+    assert kernels == {
+        "_spectral_mix_kernel", "_spectral_backward_kernel", "_sum_slices_kernel",
+        "_spectral_analysis_kernel", "_complex_mix_kernel", "_spectral_synthesis_kernel",
+    }, kernels  # fmt: skip
     # A persistent grid holds no more programs per SM than stay resident.
     persistent = [r for r in results if r["persistent"]]
     assert persistent and all(r["persistent"] <= r["ctas_per_sm"] for r in persistent), persistent
@@ -487,5 +591,7 @@ def test_every_kernel_compiles_for_sm80_and_sm90():
     # The layer that matters (T=4, K=2, C=256) on an A100 and an H100: the configurations the launcher
     # picks for each, persistent ones included, fit the register file without spilling.
     hot = [r for r in results if r["case"].startswith(("cifar10-bf16", "cifar10-fp16", "cifar10-fp32"))]
+    # ... and so do the DFT-as-GEMM kernels, in every dtype and at the odd shape.
+    hot += [r for r in results if r["case"].startswith(("fno1d-", "oddlong-"))]
     assert {r["arch"] for r in hot} == {80, 90}
     assert all(r["stack"] == 0 and r["local"] == 0 for r in hot), [r for r in hot if r["stack"] or r["local"]]

@@ -7,10 +7,11 @@ the conjugate-transposed weight). With x [B, T, C_in, *S] seen as [B, T, C_in, P
     backward   dx = G M* F g                g = dy; time_conv: g = dy * leaky_relu'(s), dx gets + dy
                grad_weight = sum over the pixels of the products of F x and dY = D F g
 
-Launch plan: the forward is one launch; the backward is (time_conv) a mask pass that recomputes s and
-stores s > 0 as 1 bit per element, then one launch whose first programs compute dx and the others
-grad_weight's pixel slices, and, when there is more than one slice, one launch that sums the slices in
-a fixed order (deterministic). Nothing of forward size is written but y and dx.
+Launch plan (T <= 32; Coverage below for larger T): the forward is one launch; the backward is
+(time_conv) a mask pass that recomputes s and stores s > 0 as 1 bit per element, then one launch whose
+first programs compute dx and the others grad_weight's pixel slices, and, when there is more than one
+slice, one launch that sums the slices in a fixed order (deterministic). Nothing of forward size is
+written but y and dx.
 
 A program's tile is BLOCK_P pixels of one batch item by BLOCK_OUT output channels. It loops over the
 input channels in BLOCK_IN steps, reading each [T, BLOCK_P, BLOCK_IN] input tile once, transforming it
@@ -31,10 +32,12 @@ in fp32 (fp64 for fp64). fp32 goes through tf32 unless DSNO_KERNELS_FP32 is "iee
 time_conv's s by about 2^-9 of its scale, so where |s| is that small the LeakyReLU branch (forward and
 backward agree) may differ from an fp64 evaluation's.
 
-Coverage: T <= MAX_TIME_POINTS (32; larger T goes to the next backend), 1 <= K <= T // 2 + 1, any
-channel counts, trailing dims and strides (masked loads and stores; blocks are powers of two >= 16,
-tl.dot's minimum). Everything is unrolled over T, which is what T = 4 wants; from T ~ 10 the kernels
-spill and compile slowly (tens of seconds at T = 32, K = 17).
+Coverage: every T, 1 <= K <= T // 2 + 1, any channel counts, trailing dims and strides (masked loads
+and stores; blocks are powers of two >= 16, tl.dot's minimum). The kernels above unroll everything over
+T, which is what T = 4 wants; from T ~ 10 they spill and compile slowly (tens of seconds at T = 32,
+K = 17), so they take T <= MAX_FUSED_TIME_POINTS (32) and larger T (the FNO-1D layers) takes the
+DFT-as-GEMM path (gemm_kernels.py, gemm.py): the same maths as tl.dot loops over blocks of T, modes and
+channels, three launches forward and five or six backward, the spectra [B * P, K, 2, C] in between.
 
 Host path: what a call needs but its tensors is planned once per (shapes, strides, dtype, device
 limits, settings) and cached; a call allocates its outputs and launches with the pointers. Nothing
@@ -43,10 +46,12 @@ graphs. Under TRITON_INTERPRET=1 (set before importing dsno_kernels) the kernels
 interpreter on CPU tensors, with bf16 dot operands upcast to fp32 after rounding (its bf16 tl.dot is
 wrong, triton-lang/triton#11584), so it computes what the GPU computes.
 
-    runtime.py        Triton or stand-ins, INTERPRETING, MAX_TIME_POINTS
+    runtime.py        Triton or stand-ins, INTERPRETING, MAX_FUSED_TIME_POINTS
     dft.py            the DFT entries as compile-time constants, the transforms along T
     tiles.py          a tile's loads, the LeakyReLU bit mask, the tl.dot operands
-    kernels.py        the kernels
+    kernels.py        the fused kernels (T <= 32)
+    gemm_kernels.py   the DFT-as-GEMM kernels (T > 32)
+    gemm.py           their configurations, launch plans and per-call records
     configs.py        DeviceLimits, candidate configurations, register budgets, launch_configs
     plans.py          launch plans: pure functions of the problem and DeviceLimits
     calls.py          per-call records: the plans with a call's arguments bound
@@ -70,10 +75,10 @@ from .configs import (
 from .dft import basis, is_real_mode, num_rows
 from .ops import OPS, autotuning, fp32_precision, launch_backward, launch_forward, stand_in
 from .plans import BackwardPlan, BoundLaunch, Launch, backward_plan, mix_grid, mix_meta, mix_plan, mix_variants
-from .runtime import INTERPRETING, MAX_TIME_POINTS, TRITON_IMPORT_ERROR
+from .runtime import INTERPRETING, MAX_FUSED_TIME_POINTS, TRITON_IMPORT_ERROR
 
 __all__ = [
-    "MAX_TIME_POINTS",
+    "MAX_FUSED_TIME_POINTS",
     "INTERPRETING",
     "TRITON_IMPORT_ERROR",
     "DeviceLimits",

@@ -13,8 +13,9 @@ import torch
 
 from ..._cache import cached
 from .configs import DeviceLimits, cdiv
+from .gemm import GemmBackward, GemmForward, gemm_backward, gemm_forward
 from .plans import BoundLaunch, backward_plan, mix_plan
-from .runtime import INTERPRETING
+from .runtime import INTERPRETING, MAX_FUSED_TIME_POINTS
 
 __all__ = ["pixel_layout", "check_32_bit_offsets", "ForwardCall", "BackwardCall", "forward_call", "backward_call"]
 
@@ -68,9 +69,10 @@ class ForwardCall:
 
     out_shape: tuple
     copy_x: bool  # x's trailing dims do not merge: the kernel reads a [B, T, C, P] copy
-    launch: BoundLaunch | None  # None for an empty output
+    launch: BoundLaunch | None  # None for an empty output or the DFT-as-GEMM path
     precision: str  # the settings it was planned with (DSNO_KERNELS_FP32, DSNO_KERNELS_TRITON_AUTOTUNE)
     autotune: bool
+    gemm: GemmForward | None = None  # T > MAX_FUSED_TIME_POINTS: the DFT-as-GEMM path's launches
     # The eager autograd path's backward calls for these inputs, by grad_out's strides: the rest of
     # their key is this one's, since grad_out has the output's shape (autograd checks it), grad_x is
     # allocated like x, and the backward runs with its forward's settings (so that its LeakyReLU mask
@@ -91,6 +93,12 @@ def forward_call(
     if math.prod(out_shape) == 0:
         return ForwardCall(out_shape, False, None, precision, autotune)
     P, xs, copy_x = pixel_layout(x_shape, x_strides)
+    if T > MAX_FUSED_TIME_POINTS:
+        flags = tuple(_dot_flags(dtype, precision).items())
+        gemm = gemm_forward(
+            B, T, K, C_in, C_out, P, xs, tuple(w_strides), dtype.itemsize, negative_slope, flags, limits
+        )
+        return ForwardCall(out_shape, copy_x, None, precision, autotune, gemm)
     launch = mix_plan(B, T, K, C_in, C_out, P, dtype.itemsize, limits, autotune)
     time_conv = negative_slope is not None
     args = dict(
@@ -114,8 +122,9 @@ class BackwardCall:
     dx_buffer: bool  # grad_x's trailing dims do not merge: the kernel writes a [B, T, C, P] buffer
     mask: tuple | None  # time_conv: (the mask's shape, the launch that writes it)
     slices: int  # of grad_weight's pixel sums (1: written straight into grad_weight)
-    launch: BoundLaunch | None  # dx and grad_weight; None when there is nothing to compute
+    launch: BoundLaunch | None  # dx and grad_weight; None when there is nothing to compute (or gemm)
     reduce: BoundLaunch | None  # the slices' sum
+    gemm: GemmBackward | None = None  # T > MAX_FUSED_TIME_POINTS: the DFT-as-GEMM path's launches
 
 
 @cached
@@ -135,6 +144,24 @@ def backward_call(
     _, dys, copy_dy = pixel_layout(dy_shape, dy_strides)
     _, dxs, dx_buffer = pixel_layout(x_shape, dx_strides)
     flags = _dot_flags(dtype, precision)
+    if T > MAX_FUSED_TIME_POINTS:
+        gemm = gemm_backward(
+            B,
+            T,
+            K,
+            C_in,
+            C_out,
+            P,
+            xs,
+            dys,
+            dxs,
+            tuple(w_strides),
+            dtype.itemsize,
+            negative_slope,
+            tuple(flags.items()),
+            limits,
+        )
+        return BackwardCall(P, copy_x, copy_dy, dx_buffer, None, 1, None, None, gemm)
     time_conv = negative_slope is not None
     mask = None
     if time_conv:

@@ -20,7 +20,7 @@ from ..._library import PLAIN_TENSORS, eager_functions, register_ops
 from ...api import Backend, register_backend
 from .calls import BackwardCall, ForwardCall, backward_call, forward_call
 from .configs import DeviceLimits, device_limits
-from .runtime import INTERPRETING, MAX_TIME_POINTS, TRITON_IMPORT_ERROR
+from .runtime import INTERPRETING, TRITON_IMPORT_ERROR
 
 __all__ = ["launch_forward", "launch_backward", "fp32_precision", "autotuning", "OPS", "stand_in"]
 
@@ -45,10 +45,13 @@ def _as_pixels(t: torch.Tensor) -> torch.Tensor:
 def launch_forward(call: ForwardCall, x: torch.Tensor, weight: torch.Tensor, traced: bool = False) -> torch.Tensor:
     """The forward's output, allocated and computed by the call's one launch."""
     out = x.new_empty(call.out_shape)
-    if call.launch is not None:
+    if call.launch is not None or call.gemm is not None:
         if call.copy_x:
             x = _as_pixels(x)
-        call.launch(traced, x, weight, x, out, out)  # in, w, res, out, mask (unused)
+        if call.gemm is not None:
+            call.gemm(traced, x, weight, out)
+        else:
+            call.launch(traced, x, weight, x, out, out)  # in, w, res, out, mask (unused)
     return out
 
 
@@ -60,11 +63,22 @@ def launch_backward(
     time_conv: one launch recomputes the LeakyReLU mask as 1 bit per element; then one launch computes
     dx and grad_weight's pixel slices, and (several slices) one more sums them in order."""
     grad_weight = torch.empty_like(weight, memory_format=torch.contiguous_format)
-    if call.launch is None:
+    if call.launch is None and call.gemm is None:
         return grad_x, grad_weight.zero_()
     x = _as_pixels(x) if call.copy_x else x
     dy = _as_pixels(grad_out) if call.copy_dy else grad_out
     dx = torch.empty(x.shape[:3] + (call.pixels,), dtype=x.dtype, device=x.device) if call.dx_buffer else grad_x
+    if call.gemm is not None:
+        call.gemm(traced, x, dy, weight, dx, grad_weight)
+    else:
+        _launch_fused_backward(call, traced, x, dy, weight, dx, grad_weight)
+    if call.dx_buffer:
+        grad_x.copy_(dx.view(grad_x.shape))
+    return grad_x, grad_weight
+
+
+def _launch_fused_backward(call: BackwardCall, traced: bool, x, dy, weight, dx, grad_weight) -> None:
+    """The fused kernels' backward: the mask pass (time_conv), dx and grad_weight's slices, their sum."""
     mask = dy  # read only by time_conv
     if call.mask is not None:
         mask_shape, launch = call.mask
@@ -77,9 +91,6 @@ def launch_backward(
     call.launch(traced, x, dy, weight, mask, dx, partial)
     if call.reduce is not None:
         call.reduce(traced, partial, grad_weight)
-    if call.dx_buffer:
-        grad_x.copy_(dx.view(grad_x.shape))
-    return grad_x, grad_weight
 
 
 def _direct_calls(limits_of: Callable[[torch.device], DeviceLimits | None]) -> tuple[Callable, Callable]:
@@ -205,7 +216,6 @@ BACKEND = Backend(
     spectral_time_conv=_spectral_time_conv,
     time_conv=_time_conv,
     unavailable_reason=_unavailable_reason,
-    max_time_points=MAX_TIME_POINTS,
     ops=OPS,
     # Where the extension has no CUDA kernels, Triton runs CUDA tensors; never auto-picked when interpreting.
     auto_priority={} if INTERPRETING else {"cuda": 10},

@@ -19,10 +19,10 @@ except ImportError as error:  # CPU-only torch builds ship without Triton
 
     triton = tl = _MissingTriton()
 
-__all__ = ["triton", "tl", "TRITON_IMPORT_ERROR", "INTERPRETING", "MAX_TIME_POINTS"]
+__all__ = ["triton", "tl", "TRITON_IMPORT_ERROR", "INTERPRETING", "MAX_FUSED_TIME_POINTS"]
 
 # TRITON_INTERPRET=1, set before dsno_kernels is imported: the kernels run in Triton's interpreter on CPU
 # tensors (registered as CPU custom ops, one small configuration each, bf16 dot operands upcast).
 INTERPRETING = TRITON_IMPORT_ERROR is None and os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on")
-# Larger T is handed to the next backend (Backend.max_time_points): the kernels unroll everything over T.
-MAX_TIME_POINTS = 32
+# The fused kernels (kernels.py) unroll everything over T; larger T takes the DFT-as-GEMM path (gemm.py).
+MAX_FUSED_TIME_POINTS = 32
