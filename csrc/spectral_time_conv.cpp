@@ -946,17 +946,13 @@ void synthesis_gemms(const FoldPlan& plan, const std::vector<at::Tensor>& matric
   }
 }
 
-// Modes per vector of the mixing: 64-byte vectors (two 32-byte ones on CPUs without AVX-512).
+// Modes per vector of the mixing: BlockVectors' vectors, with loads and stores of interleaved complex values.
 template <typename acc_t>
-struct ModeVectors {
-  typedef acc_t Vec __attribute__((vector_size(64)));
-  static constexpr int64_t kLanes = 64 / sizeof(acc_t);
-  static inline Vec load(const acc_t* from) {
-    Vec v;
-    std::memcpy(&v, from, sizeof(Vec));
-    return v;
-  }
-  static inline void store(acc_t* to, const Vec& v) { std::memcpy(to, &v, sizeof(Vec)); }
+struct ModeVectors : BlockVectors<acc_t> {
+  using Vec = typename BlockVectors<acc_t>::Vec;
+  using BlockVectors<acc_t>::kLanes;
+  using BlockVectors<acc_t>::load;
+  using BlockVectors<acc_t>::store;
   // The real and imaginary parts of kLanes interleaved complex values (a shuffle per vector where the
   // compiler sees the whole pattern, as here).
   template <typename scalar_t>
