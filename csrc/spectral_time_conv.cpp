@@ -23,7 +23,10 @@
 //   gemm     other shapes with trailing dims: tiles of pixel columns (across the batch) read once into
 //            fp32 (fp64) buffers, every factor a BLAS GEMM on the tile, the results written once;
 //   batched  no trailing dims and T > 16 (FNO-1D layers, x [B, T, C]): whole-tensor batched GEMMs, no
-//            tiles (see forward_batched); in bf16 on CPUs with bf16 dot-product instructions.
+//            tiles (see forward_batched); in bf16 on CPUs with bf16 dot-product instructions;
+//   folded   the batched path's shapes with T K >= kFoldedMinTK (long FNO-1D layers): the real input's
+//            symmetries folded first, so that the DFT GEMMs are a quarter of the size, and a mixing that
+//            reads the weight once in its own layout (see use_folded_path).
 // In the tiled paths nothing but x, dy and the outputs touches memory at full size, and grad_weight is
 // reduced per fixed chunk of tiles and the chunks summed in order, so it is deterministic.
 
@@ -52,6 +55,7 @@
 #include <cmath>
 #include <cstring>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 // GCC turns the block copies below into calls to memmove, which at 32 floats cost more than the copy.
@@ -611,10 +615,671 @@ std::tuple<at::Tensor, at::Tensor> backward_batched(const at::Tensor& dy_in, con
   return {grad_x.to(x.scalar_type()).contiguous().view(x.sizes()), grad_weight.to(weight.scalar_type()).contiguous()};
 }
 
-// The path a call with x and weight takes, by name: what tests use to check that their samples reach each one.
+// Folded path (the batched path's shapes with T K >= kFoldedMinTK: long FNO-1D layers). The whole
+// tensor goes through each factor at once, with no tiles:
+//   fold      the real input's symmetries, as elementwise passes (FoldPlan): x -> a few shorter signals
+//             [T', B, C] (also the layout change: the batch becomes GEMM columns)
+//   DFT       X = F x as one GEMM per folded signal, [K', T'] x [T', B C]: the kept modes' rows of a
+//             pruned FFT's first radix-2 stages, then a small transpose to X [B, C, 2, K] (re, im)
+//   mixing    Y[b, o, k] = sum_i X[b, i, k] W[i, o, k], complex, vectorised over k (mix_modes): the
+//             weight read once, in its own layout
+//   synthesis s = G Y as one GEMM per folded output, [T', K'] x [K', B C], and one pass that unfolds it
+//             into s [B, T, C] with the op's epilogue
+// The backward is the same factors transposed: dY = G^T g (the analysis of g with G's scale), dX[b, i, k] =
+// sum_o dY[b, o, k] conj(W[i, o, k]), grad_weight[i, o, k] = sum_b conj(X[b, i, k]) dY[b, o, k], and
+// dx = F^T dX (the synthesis with F's scale). In bf16, where the CPU has bf16 dot-product instructions
+// (avx512_bf16, AMX), the DFT GEMMs run in bf16 with fp32 accumulation (oneDNN through at::mm): the folded
+// signals, X, Y and the synthesis outputs are rounded to bf16 once each; the passes and the mixing compute
+// in fp32. Without them oneDNN has no fast bf16 GEMM and every factor computes in fp32.
+// Where the folded path is faster than the batched one (benchmarks/results/2026-12-08-cpu-fno/): its passes
+// and per-mode mixing cost more than the batched GEMMs save below this size of the DFT (T K of 512 to 4,800
+// measured slower or even, 40,000 and 65,536 faster, fp32 and bf16, 1 and 2 threads). time_conv's
+// backward gains earlier (T K 4,096 and 4,800 faster, 512 slower): the folded path fuses its recomputed
+// forward's epilogue into the unfold, where the batched one makes whole-tensor passes.
+constexpr int64_t kFoldedMinTK = 16384;
+constexpr int64_t kFoldedMinTKTimeConvBackward = 4096;
+
+bool use_folded_path(const Dims& d, bool time_conv_backward = false) {
+  return use_batched_path(d) && d.T * d.K >= (time_conv_backward ? kFoldedMinTKTimeConvBackward : kFoldedMinTK);
+}
+
+// The folds of the real DFT restricted to modes 0 .. K-1 (an exact rewriting, no approximation). With
+// z[t] real and H = T / 2:
+//   level 1 (any T): cos(2 pi k (T - t) / T) = cos(2 pi k t / T) and sin(...) = -sin(...), so the cos rows
+//     read e[t] = z[t] + z[T - t] (t = 0 .. T/2; e[0] = z[0], e[H] = z[H]) and the sin rows
+//     o[t] = z[t] - z[T - t] (t = 1 .. ceil(T/2) - 1): two GEMMs of half the length;
+//   level 2 (even T): cos(2 pi k (H - t) / T) = (-1)^k cos(2 pi k t / T) and sin(...) = -(-1)^k sin(...),
+//     so e and o fold again, by the parity of k, into four signals of a quarter of the length:
+//     e+ = e[t] + e[H - t] (even k), e- = e[t] - e[H - t] (odd k), o- = o[t] - o[H - t] (even k),
+//     o+ = o[t] + o[H - t] (odd k).
+// The synthesis s[t] = sum_k beta_k (cos(2 pi k t / T) Zr[k] - sin(2 pi k t / T) Zi[k]) is the transpose:
+// the GEMMs give the per-part sums a (cos) and b (sin) at t = 0 .. T/2 (level 2: a_even, a_odd, b_even,
+// b_odd at t = 0 .. H/2), and the unfold writes s[t] = a - b, s[T - t] = a + b (level 2: the four points
+// t, T - t, H - t, H + t from the four sums). These are the first radix-2 stages of an FFT pruned to K modes.
+struct FoldPlan {
+  struct Part {
+    int64_t row, rows, t0;   // rows of the folded signal: t = t0 .. t0 + rows - 1
+    bool sine;               // the imaginary parts (sin rows) of its modes, else the real parts
+    int64_t k_first, k_step;  // its modes: k_first, k_first + k_step, ... < K
+    int64_t k_count;
+    int64_t z_row;  // its modes' rows in the spectrum buffer [z_rows, N]
+  };
+  int64_t T, K, level;
+  std::vector<Part> parts;  // level 1: e, o; level 2: e+, e-, o-, o+ (cos even k, cos odd, sin even, sin odd)
+  int64_t folded_rows = 0, z_rows = 0;
+  int64_t synth_rows;  // rows t = 0 .. synth_rows - 1 of each part's synthesis output
+
+  FoldPlan(int64_t T_, int64_t K_) : T(T_), K(K_), level(T_ % 2 == 0 && T_ >= 4 ? 2 : 1) {
+    const int64_t H = T / 2;
+    auto add = [&](int64_t rows, int64_t t0, bool sine, int64_t k_first, int64_t k_step) {
+      const int64_t k_count = k_first < K ? ceil_div(K - k_first, k_step) : 0;
+      parts.push_back({folded_rows, std::max<int64_t>(rows, 0), t0, sine, k_first, k_step, k_count, z_rows});
+      folded_rows += parts.back().rows;
+      z_rows += k_count;
+    };
+    if (level == 1) {
+      add(H + 1, 0, false, 0, 1);
+      add(ceil_div(T, 2) - 1, 1, true, 0, 1);
+      synth_rows = H + 1;
+    } else {
+      add(H / 2 + 1, 0, false, 0, 2);
+      add(ceil_div(H, 2), 0, false, 1, 2);
+      add(ceil_div(H, 2) - 1, 1, true, 0, 2);
+      add(H / 2, 1, true, 1, 2);
+      synth_rows = H / 2 + 1;
+    }
+  }
+};
+
+// cos and sin of 2 pi j / T for j = 0 .. T - 1, in fp64, exact (0, +-1) at the multiples of pi / 2: the
+// folds rely on the terms that vanish there vanishing exactly.
+struct UnitCircle {
+  std::vector<double> cos, sin;
+  explicit UnitCircle(int64_t T) : cos(T), sin(T) {
+    for (int64_t j = 0; j < T; ++j) {
+      if ((4 * j) % T == 0) {
+        const int64_t quarter = 4 * j / T;  // 0 .. 3
+        cos[j] = quarter == 0 ? 1.0 : quarter == 2 ? -1.0 : 0.0;
+        sin[j] = quarter == 1 ? 1.0 : quarter == 3 ? -1.0 : 0.0;
+        continue;
+      }
+      const double angle = 2.0 * kPi * static_cast<double>(j) / static_cast<double>(T);
+      cos[j] = std::cos(angle);
+      sin[j] = std::sin(angle);
+    }
+  }
+};
+
+// The scale of mode k in G (the irfft restricted to the kept modes): 1/T for DC and Nyquist, 2/T else.
+inline double synthesis_scale(int64_t k, int64_t T) { return (mode_is_real(k, T) ? 1.0 : 2.0) / static_cast<double>(T); }
+
+// The parts' matrices, built in fp64 into one buffer (one allocation and one cast for all of them):
+// part p's [rows(p), cols(p)] with entry(p, r, c).
+template <typename Rows, typename Cols, typename Entry>
+std::vector<at::Tensor> part_matrices(const FoldPlan& plan, at::ScalarType dtype, Rows rows, Cols cols, Entry entry) {
+  const int64_t parts = static_cast<int64_t>(plan.parts.size());
+  int64_t total = 0;
+  for (int64_t p = 0; p < parts; ++p) total += rows(p) * cols(p);
+  at::Tensor all = at::empty({total}, at::TensorOptions().dtype(at::kDouble));
+  double* out = all.mutable_data_ptr<double>();
+  for (int64_t p = 0; p < parts; ++p) {
+    for (int64_t r = 0; r < rows(p); ++r) {
+      for (int64_t c = 0; c < cols(p); ++c) *out++ = entry(p, r, c);
+    }
+  }
+  all = all.to(dtype);
+  std::vector<at::Tensor> matrices;
+  int64_t offset = 0;
+  for (int64_t p = 0; p < parts; ++p) {
+    matrices.push_back(all.narrow(0, offset, rows(p) * cols(p)).view({rows(p), cols(p)}));
+    offset += rows(p) * cols(p);
+  }
+  return matrices;
+}
+
+// Each part's analysis matrix [k_count, rows]: scale(k) * (cos, or -sin for the sin rows) (2 pi k t / T), with
+// zero sin rows for the real modes (DC, Nyquist), whose imaginary parts the irfft ignores. `g_scale`: G's
+// scale (for dY = G^T g), else 1 (X = F x).
+std::vector<at::Tensor> analysis_matrices(const FoldPlan& plan, const UnitCircle& circle, bool g_scale,
+                                          at::ScalarType dtype) {
+  return part_matrices(
+      plan, dtype, [&](int64_t p) { return plan.parts[p].k_count; }, [&](int64_t p) { return plan.parts[p].rows; },
+      [&](int64_t p, int64_t r, int64_t j) {
+        const FoldPlan::Part& part = plan.parts[p];
+        const int64_t k = part.k_first + r * part.k_step;
+        const double scale = g_scale ? synthesis_scale(k, plan.T) : 1.0;
+        const int64_t angle = (k * (part.t0 + j)) % plan.T;
+        return part.sine ? (mode_is_real(k, plan.T) ? 0.0 : -scale * circle.sin[angle]) : scale * circle.cos[angle];
+      });
+}
+
+// Each part's synthesis matrix [synth_rows, k_count]: scale(k) * (cos, or sin) (2 pi k t / T) for t = 0 ..
+// synth_rows - 1 (the unfold subtracts the sin sums). `g_scale`: G's scale (s = G Y), else 1 (dx = F^T dX).
+std::vector<at::Tensor> synthesis_matrices(const FoldPlan& plan, const UnitCircle& circle, bool g_scale,
+                                           at::ScalarType dtype) {
+  return part_matrices(
+      plan, dtype, [&](int64_t) { return plan.synth_rows; }, [&](int64_t p) { return plan.parts[p].k_count; },
+      [&](int64_t p, int64_t t, int64_t r) {
+        const FoldPlan::Part& part = plan.parts[p];
+        const int64_t k = part.k_first + r * part.k_step;
+        const double scale = g_scale ? synthesis_scale(k, plan.T) : 1.0;
+        const int64_t angle = (k * t) % plan.T;
+        return part.sine ? (mode_is_real(k, plan.T) ? 0.0 : scale * circle.sin[angle]) : scale * circle.cos[angle];
+      });
+}
+
+// Rows of a pass per parallel task: a few hundred kB of traffic each, so that small calls stay on one thread.
+inline int64_t pass_grain(int64_t row_elements) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(row_elements, 1)); }
+
+// The fold's and unfold's row operations, on C contiguous values (restrict: the rows never overlap, and
+// the compiler vectorises only what it knows does not alias).
+template <typename acc_t, typename src_t, typename dst_t>
+inline void copy_row(const src_t* __restrict__ a, dst_t* __restrict__ out, int64_t C) {
+#pragma GCC ivdep
+  for (int64_t c = 0; c < C; ++c) out[c] = static_cast<dst_t>(static_cast<acc_t>(a[c]));
+}
+
+// plus = a + b, minus = a - b
+template <typename acc_t, typename src_t, typename dst_t>
+inline void sum_difference(const src_t* __restrict__ a, const src_t* __restrict__ b, dst_t* __restrict__ plus,
+                           dst_t* __restrict__ minus, int64_t C) {
+#pragma GCC ivdep
+  for (int64_t c = 0; c < C; ++c) {
+    const acc_t u = static_cast<acc_t>(a[c]), v = static_cast<acc_t>(b[c]);
+    plus[c] = static_cast<dst_t>(u + v);
+    minus[c] = static_cast<dst_t>(u - v);
+  }
+}
+
+// The level-2 fold of the four points t, T - t, H - t, H + t.
+template <typename acc_t, typename src_t, typename dst_t>
+inline void fold_four(const src_t* __restrict__ z_t, const src_t* __restrict__ z_mirror,
+                      const src_t* __restrict__ z_h_minus, const src_t* __restrict__ z_h_plus, dst_t* __restrict__ ep,
+                      dst_t* __restrict__ em, dst_t* __restrict__ om, dst_t* __restrict__ op, int64_t C) {
+#pragma GCC ivdep
+  for (int64_t c = 0; c < C; ++c) {
+    const acc_t e1 = static_cast<acc_t>(z_t[c]) + static_cast<acc_t>(z_mirror[c]);
+    const acc_t o1 = static_cast<acc_t>(z_t[c]) - static_cast<acc_t>(z_mirror[c]);
+    const acc_t e2 = static_cast<acc_t>(z_h_minus[c]) + static_cast<acc_t>(z_h_plus[c]);
+    const acc_t o2 = static_cast<acc_t>(z_h_minus[c]) - static_cast<acc_t>(z_h_plus[c]);
+    ep[c] = static_cast<dst_t>(e1 + e2);
+    em[c] = static_cast<dst_t>(e1 - e2);
+    om[c] = static_cast<dst_t>(o1 - o2);
+    op[c] = static_cast<dst_t>(o1 + o2);
+  }
+}
+
+// The fold: z [B, T, C] (src_t, contiguous) -> folded [folded_rows, B, C] (dst_t), in acc_t arithmetic.
+template <typename src_t, typename dst_t, typename acc_t>
+void fold_signal(const FoldPlan& plan, const src_t* z, int64_t B, int64_t C, dst_t* folded) {
+  const int64_t T = plan.T, H = T / 2, N = B * C;
+  auto row = [&](int part, int64_t t, int64_t b) {
+    return folded + (plan.parts[part].row + t - plan.parts[part].t0) * N + b * C;
+  };
+  auto in = [&](int64_t b, int64_t t) { return z + (b * T + t) * C; };
+  const int64_t steps = plan.level == 1 ? H + 1 : H / 2 + 1;
+  at::parallel_for(0, steps, pass_grain(4 * N), [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      for (int64_t b = 0; b < B; ++b) {
+        if (plan.level == 1) {  // parts e, o
+          if (t == 0 || 2 * t == T) {  // z[0], z[H]: their own mirrors
+            copy_row<acc_t>(in(b, t), row(0, t, b), C);
+          } else {
+            sum_difference<acc_t>(in(b, t), in(b, T - t), row(0, t, b), row(1, t, b), C);
+          }
+        } else if (t == 0) {  // parts e+, e-, o-, o+; e[0] = z[0], e[H] = z[H]
+          sum_difference<acc_t>(in(b, 0), in(b, H), row(0, 0, b), row(1, 0, b), C);
+        } else if (2 * t == H) {  // e[H/2] and o[H/2]: their own mirrors under t -> H - t
+          sum_difference<acc_t>(in(b, t), in(b, T - t), row(0, t, b), row(3, t, b), C);
+        } else {
+          fold_four<acc_t>(in(b, t), in(b, T - t), in(b, H - t), in(b, H + t), row(0, t, b), row(1, t, b),
+                           row(2, t, b), row(3, t, b), C);
+        }
+      }
+    }
+  });
+}
+
+// out = epilogue(s, aux) for the unfold's outputs (aux: null for kStore).
+template <int kind, typename acc_t, typename aux_t, typename out_t>
+inline void emit(out_t* __restrict__ out, const aux_t* __restrict__ aux, int64_t c, acc_t s, acc_t slope) {
+  out[c] = static_cast<out_t>(kind == kStore ? s : apply_epilogue(kind, s, static_cast<acc_t>(aux[c]), slope));
+}
+
+// out_minus = a - b, out_plus = a + b, through the epilogue.
+template <int kind, typename acc_t, typename src_t, typename aux_t, typename out_t>
+inline void unfold_two(const src_t* __restrict__ a, const src_t* __restrict__ b, out_t* __restrict__ out_minus,
+                       const aux_t* __restrict__ aux_minus, out_t* __restrict__ out_plus,
+                       const aux_t* __restrict__ aux_plus, acc_t slope, int64_t C) {
+#pragma GCC ivdep
+  for (int64_t c = 0; c < C; ++c) {
+    const acc_t u = static_cast<acc_t>(a[c]), v = static_cast<acc_t>(b[c]);
+    emit<kind>(out_minus, aux_minus, c, u - v, slope);
+    emit<kind>(out_plus, aux_plus, c, u + v, slope);
+  }
+}
+
+// The level-2 unfold into the four points t, T - t, H - t, H + t from the sums a_even, a_odd, b_even, b_odd.
+template <int kind, typename acc_t, typename src_t, typename aux_t, typename out_t>
+inline void unfold_four(const src_t* __restrict__ ae, const src_t* __restrict__ ao, const src_t* __restrict__ be,
+                        const src_t* __restrict__ bo, out_t* __restrict__ o_t, out_t* __restrict__ o_mirror,
+                        out_t* __restrict__ o_h_minus, out_t* __restrict__ o_h_plus, const aux_t* __restrict__ x_t,
+                        const aux_t* __restrict__ x_mirror, const aux_t* __restrict__ x_h_minus,
+                        const aux_t* __restrict__ x_h_plus, acc_t slope, int64_t C) {
+#pragma GCC ivdep
+  for (int64_t c = 0; c < C; ++c) {
+    const acc_t e = static_cast<acc_t>(ae[c]), o = static_cast<acc_t>(ao[c]);
+    const acc_t se = static_cast<acc_t>(be[c]), so = static_cast<acc_t>(bo[c]);
+    const acc_t a_t = e + o, a_h = e - o, b_t = se + so, b_h = so - se;  // a[t], a[H - t], b[t], b[H - t]
+    emit<kind>(o_t, x_t, c, a_t - b_t, slope);
+    emit<kind>(o_mirror, x_mirror, c, a_t + b_t, slope);
+    emit<kind>(o_h_minus, x_h_minus, c, a_h - b_h, slope);
+    emit<kind>(o_h_plus, x_h_plus, c, a_h + b_h, slope);
+  }
+}
+
+// The unfold: the parts' synthesis sums [parts * synth_rows, B, C] (src_t) -> out[b, t, c] =
+// epilogue(s[b, t, c], aux[b, t, c]) for out and aux [B, T, C] (aux null for kStore).
+template <int kind, typename src_t, typename out_t, typename aux_t, typename acc_t>
+void unfold_signal(const FoldPlan& plan, const src_t* sums, int64_t B, int64_t C, const aux_t* aux, acc_t slope,
+                   out_t* out) {
+  const int64_t T = plan.T, H = T / 2, N = B * C, n = plan.synth_rows;
+  auto sum = [&](int64_t part, int64_t t, int64_t b) { return sums + ((part * n + t) * B + b) * C; };
+  auto at_out = [&](int64_t b, int64_t t) { return out + (b * T + t) * C; };
+  auto at_aux = [&](int64_t b, int64_t t) { return aux != nullptr ? aux + (b * T + t) * C : nullptr; };
+  at::parallel_for(0, n, pass_grain(4 * N), [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      for (int64_t b = 0; b < B; ++b) {
+        if (plan.level == 1) {  // sums a (cos), b (sin)
+          if (t == 0 || 2 * t == T) {  // b vanishes there
+            const src_t* a = sum(0, t, b);
+            out_t* o = at_out(b, t);
+            const aux_t* x = at_aux(b, t);
+#pragma GCC ivdep
+            for (int64_t c = 0; c < C; ++c) emit<kind>(o, x, c, static_cast<acc_t>(a[c]), slope);
+          } else {
+            unfold_two<kind>(sum(0, t, b), sum(1, t, b), at_out(b, t), at_aux(b, t), at_out(b, T - t),
+                             at_aux(b, T - t), slope, C);
+          }
+        } else if (t == 0) {  // s[0] = a_even + a_odd, s[H] = a_even - a_odd (the sin sums vanish)
+          unfold_two<kind>(sum(0, 0, b), sum(1, 0, b), at_out(b, H), at_aux(b, H), at_out(b, 0), at_aux(b, 0),
+                           slope, C);
+        } else if (2 * t == H) {  // t = T/4: the odd cos and even sin sums vanish
+          unfold_two<kind>(sum(0, t, b), sum(3, t, b), at_out(b, t), at_aux(b, t), at_out(b, T - t),
+                           at_aux(b, T - t), slope, C);
+        } else {
+          unfold_four<kind>(sum(0, t, b), sum(1, t, b), sum(2, t, b), sum(3, t, b), at_out(b, t), at_out(b, T - t),
+                            at_out(b, H - t), at_out(b, H + t), at_aux(b, t), at_aux(b, T - t), at_aux(b, H - t),
+                            at_aux(b, H + t), slope, C);
+        }
+      }
+    }
+  });
+}
+
+// The DFT GEMMs of the analysis: spectrum [z_rows, N] = each part's matrix times its folded rows.
+void analysis_gemms(const FoldPlan& plan, const std::vector<at::Tensor>& matrices, const at::Tensor& folded,
+                    at::Tensor& spectrum) {
+  for (size_t p = 0; p < plan.parts.size(); ++p) {
+    const FoldPlan::Part& part = plan.parts[p];
+    if (part.k_count == 0) continue;
+    at::Tensor out = spectrum.narrow(0, part.z_row, part.k_count);
+    if (part.rows == 0) {
+      out.zero_();
+    } else {
+      at::mm_out(out, matrices[p], folded.narrow(0, part.row, part.rows));
+    }
+  }
+}
+
+// The GEMMs of the synthesis: sums [parts * synth_rows, N] from the spectrum [z_rows, N].
+void synthesis_gemms(const FoldPlan& plan, const std::vector<at::Tensor>& matrices, const at::Tensor& spectrum,
+                     at::Tensor& sums) {
+  for (size_t p = 0; p < plan.parts.size(); ++p) {
+    const FoldPlan::Part& part = plan.parts[p];
+    at::Tensor out = sums.narrow(0, static_cast<int64_t>(p) * plan.synth_rows, plan.synth_rows);
+    if (part.k_count == 0) {
+      out.zero_();
+    } else {
+      at::mm_out(out, matrices[p], spectrum.narrow(0, part.z_row, part.k_count));
+    }
+  }
+}
+
+// Modes per vector of the mixing: BlockVectors' vectors, with loads and stores of interleaved complex values.
+template <typename acc_t>
+struct ModeVectors : BlockVectors<acc_t> {
+  using Vec = typename BlockVectors<acc_t>::Vec;
+  using BlockVectors<acc_t>::kLanes;
+  using BlockVectors<acc_t>::load;
+  using BlockVectors<acc_t>::store;
+  // The real and imaginary parts of kLanes interleaved complex values (a shuffle per vector where the
+  // compiler sees the whole pattern, as here).
+  template <typename scalar_t>
+  static inline void load_complex(const scalar_t* from, Vec& re, Vec& im) {
+    acc_t r[kLanes], i[kLanes];
+    for (int64_t l = 0; l < kLanes; ++l) {
+      r[l] = static_cast<acc_t>(from[2 * l]);
+      i[l] = static_cast<acc_t>(from[2 * l + 1]);
+    }
+    re = load(r);
+    im = load(i);
+  }
+  // The same for the first n (< kLanes) values, zero past them.
+  template <typename scalar_t>
+  static inline void load_complex(const scalar_t* from, int64_t n, Vec& re, Vec& im) {
+    acc_t r[kLanes], i[kLanes];
+    for (int64_t l = 0; l < kLanes; ++l) {
+      r[l] = l < n ? static_cast<acc_t>(from[2 * l]) : acc_t(0);
+      i[l] = l < n ? static_cast<acc_t>(from[2 * l + 1]) : acc_t(0);
+    }
+    re = load(r);
+    im = load(i);
+  }
+  template <typename scalar_t>
+  static inline void store_complex(scalar_t* to, int64_t n, const Vec& re, const Vec& im) {
+    acc_t r[kLanes], i[kLanes];
+    store(r, re);
+    store(i, im);
+    for (int64_t l = 0; l < n; ++l) {
+      to[2 * l] = static_cast<scalar_t>(r[l]);
+      to[2 * l + 1] = static_cast<scalar_t>(i[l]);
+    }
+  }
+};
+
+// A spectrum in the mixing's layout: [rows, C, 2, Kp] acc_t, the real then the imaginary parts of modes
+// 0 .. Kp - 1 (Kp: K rounded up to whole vectors; zero past K).
+inline int64_t padded_modes(int64_t K, int64_t lanes) { return ceil_div(K, lanes) * lanes; }
+
+// How far ahead in a row of the weight the mixing prefetches (in modes): that row's next visit.
+constexpr int64_t kMixPrefetchModes = 128;
+
+// The terms q in [q0, q1) of out[b, p, k0 .. k0 + L) for NB batch items b0 .. (in registers), stored, or
+// added to what is there (`accumulate`). w: w(p, 0) at the chunk's first mode; n: its modes (L when `whole`).
+template <int NB, bool conj, bool whole, typename scalar_t, typename acc_t>
+inline void mix_chunk(const acc_t* in, int64_t Q, const scalar_t* w, int64_t q_stride, int64_t q0, int64_t q1,
+                      int64_t n, int64_t Kp, acc_t* out, int64_t P, int64_t p, int64_t b0, int64_t k0,
+                      bool accumulate) {
+  using V = ModeVectors<acc_t>;
+  typename V::Vec re[NB] = {}, im[NB] = {};
+  for (int64_t q = q0; q < q1; ++q) {
+    // A few chunks further down the same row of the weight: what this row's next visit reads.
+    const char* ahead = reinterpret_cast<const char*>(w + q * q_stride + kMixPrefetchModes * 2);
+    __builtin_prefetch(ahead);
+    __builtin_prefetch(ahead + 64);
+    typename V::Vec wr, wi;
+    if (whole) {
+      V::load_complex(w + q * q_stride, wr, wi);
+    } else {
+      V::load_complex(w + q * q_stride, n, wr, wi);
+    }
+    if (conj) wi = -wi;
+    const acc_t* x = in + (b0 * Q + q) * 2 * Kp + k0;
+    for (int nb = 0; nb < NB; ++nb) {
+      const typename V::Vec xr = V::load(x + nb * Q * 2 * Kp), xi = V::load(x + nb * Q * 2 * Kp + Kp);
+      re[nb] += xr * wr;  // (one FMA per product)
+      re[nb] -= xi * wi;
+      im[nb] += xr * wi;
+      im[nb] += xi * wr;
+    }
+  }
+  for (int nb = 0; nb < NB; ++nb) {
+    acc_t* y = out + ((b0 + nb) * P + p) * 2 * Kp + k0;
+    if (accumulate) {
+      re[nb] += V::load(y);
+      im[nb] += V::load(y + Kp);
+    }
+    V::store(y, re[nb]);
+    V::store(y + Kp, im[nb]);
+  }
+}
+
+template <int NB, bool conj, typename scalar_t, typename acc_t>
+void mix_block(const acc_t* in, int64_t Q, const scalar_t* weight, int64_t p_stride, int64_t q_stride, int64_t q0,
+               int64_t q1, int64_t K, int64_t Kp, acc_t* out, int64_t P, int64_t p, int64_t b0) {
+  constexpr int64_t L = ModeVectors<acc_t>::kLanes;
+  const scalar_t* w = weight + p * p_stride;
+  const bool accumulate = q0 > 0;
+  int64_t k0 = 0;
+  for (; k0 + L <= K; k0 += L) {
+    mix_chunk<NB, conj, true>(in, Q, w + 2 * k0, q_stride, q0, q1, L, Kp, out, P, p, b0, k0, accumulate);
+  }
+  if (k0 < K) mix_chunk<NB, conj, false>(in, Q, w + 2 * k0, q_stride, q0, q1, K - k0, Kp, out, P, p, b0, k0, accumulate);
+}
+
+// Rows of the weight a thread reads side by side when the sum runs down the weight's first dim (the
+// forward's q = i): a few sequential streams, which the hardware prefetcher follows, rather than one read
+// per row and page for each chunk of modes.
+constexpr int64_t kMixRowsPerPass = 16;
+
+// out[b, p, :] = sum_q in[b, q, :] w(p, q), complex, over the modes: in [B, Q, 2, Kp], out [B, P, 2, Kp],
+// w(p, q) = weight + p * p_stride + q * q_stride ([K, 2] interleaved), conjugated if `conj`. Blocks of NB
+// batch items share each load of the weight.
+template <bool conj, typename scalar_t, typename acc_t>
+void mix_modes(const acc_t* in, int64_t B, int64_t Q, const scalar_t* weight, int64_t p_stride, int64_t q_stride,
+               int64_t K, int64_t Kp, acc_t* out, int64_t P) {
+  const int64_t rows_per_pass = q_stride > p_stride ? kMixRowsPerPass : std::max<int64_t>(Q, 1);
+  at::parallel_for(0, P, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t q0 = 0; q0 < std::max<int64_t>(Q, 1); q0 += rows_per_pass) {
+      const int64_t q1 = std::min(Q, q0 + rows_per_pass);
+      for (int64_t p = begin; p < end; ++p) {
+        int64_t b0 = 0;
+        for (; b0 + 8 <= B; b0 += 8) mix_block<8, conj>(in, Q, weight, p_stride, q_stride, q0, q1, K, Kp, out, P, p, b0);
+        for (; b0 + 4 <= B; b0 += 4) mix_block<4, conj>(in, Q, weight, p_stride, q_stride, q0, q1, K, Kp, out, P, p, b0);
+        for (; b0 < B; ++b0) mix_block<1, conj>(in, Q, weight, p_stride, q_stride, q0, q1, K, Kp, out, P, p, b0);
+      }
+    }
+  });
+}
+
+// grad_weight[i, o, k] = sum_b conj(X[b, i, k]) dY[b, o, k] (X [B, Ci, 2, Kp], dY [B, Co, 2, Kp]), written in
+// grad_weight's layout [Ci, Co, K, 2]: the real modes' imaginary parts come out zero (X's and dY's are).
+template <int NG, typename scalar_t, typename acc_t>
+void grad_weight_modes(const acc_t* X, const acc_t* dY, int64_t B, int64_t Ci, int64_t Co, int64_t K, int64_t Kp,
+                       int64_t i, int64_t o, int64_t k0, scalar_t* grad_weight) {
+  using V = ModeVectors<acc_t>;
+  constexpr int64_t L = V::kLanes;
+  typename V::Vec re[NG] = {}, im[NG] = {};
+  for (int64_t b = 0; b < B; ++b) {
+    const acc_t* x = X + (b * Ci + i) * 2 * Kp + k0;
+    const acc_t* d = dY + (b * Co + o) * 2 * Kp + k0;
+    for (int g = 0; g < NG; ++g) {
+      const typename V::Vec xr = V::load(x + g * L), xi = V::load(x + Kp + g * L);
+      const typename V::Vec dr = V::load(d + g * L), di = V::load(d + Kp + g * L);
+      re[g] += xr * dr;
+      re[g] += xi * di;
+      im[g] += xr * di;
+      im[g] -= xi * dr;
+    }
+  }
+  scalar_t* out = grad_weight + ((i * Co + o) * K + k0) * 2;
+  for (int g = 0; g < NG; ++g) {
+    V::store_complex(out + 2 * g * L, std::min(L, K - k0 - g * L), re[g], im[g]);
+  }
+}
+
+template <typename scalar_t, typename acc_t>
+void grad_weight_all(const acc_t* X, const acc_t* dY, int64_t B, int64_t Ci, int64_t Co, int64_t K, int64_t Kp,
+                     scalar_t* grad_weight) {
+  constexpr int64_t L = ModeVectors<acc_t>::kLanes;
+  at::parallel_for(0, Ci, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      for (int64_t o = 0; o < Co; ++o) {
+        int64_t k0 = 0;
+        for (; k0 + 4 * L <= Kp; k0 += 4 * L) grad_weight_modes<4>(X, dY, B, Ci, Co, K, Kp, i, o, k0, grad_weight);
+        for (; k0 + 2 * L <= Kp; k0 += 2 * L) grad_weight_modes<2>(X, dY, B, Ci, Co, K, Kp, i, o, k0, grad_weight);
+        for (; k0 < Kp; k0 += L) grad_weight_modes<1>(X, dY, B, Ci, Co, K, Kp, i, o, k0, grad_weight);
+      }
+    }
+  });
+}
+
+// spectrum [z_rows, B, C] (the GEMMs' layout) -> modes [B, C, 2, Kp] (the mixing's), zero past K.
+template <typename gemm_t, typename acc_t>
+void spectrum_to_modes(const FoldPlan& plan, const gemm_t* spectrum, int64_t B, int64_t C, int64_t Kp, acc_t* modes) {
+  const int64_t N = B * C;
+  at::parallel_for(0, N, pass_grain(2 * Kp), [&](int64_t begin, int64_t end) {
+    for (int64_t n = begin; n < end; ++n) {
+      acc_t* m = modes + n * 2 * Kp;
+      std::fill(m, m + 2 * Kp, acc_t(0));
+      for (const FoldPlan::Part& part : plan.parts) {
+        acc_t* dst = m + (part.sine ? Kp : 0) + part.k_first;
+        const gemm_t* src = spectrum + part.z_row * N + n;
+        for (int64_t r = 0; r < part.k_count; ++r) dst[r * part.k_step] = static_cast<acc_t>(src[r * N]);
+      }
+    }
+  });
+}
+
+// The inverse: modes [B, C, 2, Kp] -> spectrum [z_rows, B, C].
+template <typename gemm_t, typename acc_t>
+void modes_to_spectrum(const FoldPlan& plan, const acc_t* modes, int64_t B, int64_t C, int64_t Kp, gemm_t* spectrum) {
+  const int64_t N = B * C;
+  at::parallel_for(0, N, pass_grain(2 * Kp), [&](int64_t begin, int64_t end) {
+    for (int64_t n = begin; n < end; ++n) {
+      const acc_t* m = modes + n * 2 * Kp;
+      for (const FoldPlan::Part& part : plan.parts) {
+        const acc_t* src = m + (part.sine ? Kp : 0) + part.k_first;
+        gemm_t* dst = spectrum + part.z_row * N + n;
+        for (int64_t r = 0; r < part.k_count; ++r) dst[r * N] = static_cast<gemm_t>(src[r * part.k_step]);
+      }
+    }
+  });
+}
+
+// One call's plan, bases and buffers' types: gemm_t the DFT GEMMs' dtype (bf16 or acc_t).
+template <typename scalar_t, typename acc_t>
+struct BatchedCall {
+  int64_t B, T, C_in, C_out, K, Kp;
+  FoldPlan plan;
+  UnitCircle circle;
+  at::ScalarType gemm_type, acc_type;
+  BatchedCall(const at::Tensor& x, const at::Tensor& weight)
+      : B(x.size(0)), T(x.size(1)), C_in(x.size(2)), C_out(weight.size(1)), K(weight.size(2)),
+        Kp(padded_modes(K, ModeVectors<acc_t>::kLanes)), plan(T, K), circle(T),
+        gemm_type(x.scalar_type() == at::kBFloat16 && cpu_has_bf16_dot() ? at::kBFloat16
+                                                                         : c10::CppTypeToScalarType<acc_t>::value),
+        acc_type(c10::CppTypeToScalarType<acc_t>::value) {}
+  at::TensorOptions options(at::ScalarType t) const { return at::TensorOptions().dtype(t); }
+};
+
+// modes [B, C, 2, Kp] (acc_t) of the analysis of z [B, T, C] (src_t): X = F x, or dY = G^T g (g_scale).
+template <typename gemm_t, typename src_t, typename scalar_t, typename acc_t>
+at::Tensor analyse(const BatchedCall<scalar_t, acc_t>& call, const src_t* z, int64_t C, bool g_scale) {
+  const FoldPlan& plan = call.plan;
+  at::Tensor folded = at::empty({plan.folded_rows, call.B * C}, call.options(call.gemm_type));
+  fold_signal<src_t, gemm_t, acc_t>(plan, z, call.B, C, folded.mutable_data_ptr<gemm_t>());
+  at::Tensor spectrum = at::empty({plan.z_rows, call.B * C}, call.options(call.gemm_type));
+  analysis_gemms(plan, analysis_matrices(plan, call.circle, g_scale, call.gemm_type), folded, spectrum);
+  at::Tensor modes = at::empty({call.B, C, 2, call.Kp}, call.options(call.acc_type));
+  spectrum_to_modes(plan, spectrum.const_data_ptr<gemm_t>(), call.B, C, call.Kp, modes.mutable_data_ptr<acc_t>());
+  return modes;
+}
+
+// out [B, T, C] = epilogue(synthesis of modes [B, C, 2, Kp], aux): s = G Y (g_scale), or dx = F^T dX.
+template <typename gemm_t, typename out_t, typename aux_t, typename scalar_t, typename acc_t>
+void synthesise(const BatchedCall<scalar_t, acc_t>& call, const at::Tensor& modes, int64_t C, bool g_scale, int kind,
+                const aux_t* aux, acc_t slope, out_t* out) {
+  const FoldPlan& plan = call.plan;
+  at::Tensor spectrum = at::empty({plan.z_rows, call.B * C}, call.options(call.gemm_type));
+  modes_to_spectrum(plan, modes.const_data_ptr<acc_t>(), call.B, C, call.Kp, spectrum.mutable_data_ptr<gemm_t>());
+  const int64_t parts = static_cast<int64_t>(plan.parts.size());
+  at::Tensor sums = at::empty({parts * plan.synth_rows, call.B * C}, call.options(call.gemm_type));
+  synthesis_gemms(plan, synthesis_matrices(plan, call.circle, g_scale, call.gemm_type), spectrum, sums);
+  const gemm_t* sp = sums.const_data_ptr<gemm_t>();
+  switch (kind) {
+    case kResidualLeaky:
+      unfold_signal<kResidualLeaky>(plan, sp, call.B, C, aux, slope, out);
+      break;
+    case kLeakyGrad:
+      unfold_signal<kLeakyGrad>(plan, sp, call.B, C, aux, slope, out);
+      break;
+    case kAddAux:
+      unfold_signal<kAddAux>(plan, sp, call.B, C, aux, slope, out);
+      break;
+    default:
+      unfold_signal<kStore>(plan, sp, call.B, C, aux, slope, out);
+  }
+}
+
+// Y = the mixing of X (both [B, C, 2, Kp]): Y[b, o, k] = sum_i X[b, i, k] W[i, o, k].
+template <typename scalar_t, typename acc_t>
+at::Tensor mix_forward(const BatchedCall<scalar_t, acc_t>& call, const at::Tensor& X, const scalar_t* w) {
+  at::Tensor Y = at::empty({call.B, call.C_out, 2, call.Kp}, call.options(call.acc_type));
+  mix_modes<false>(X.const_data_ptr<acc_t>(), call.B, call.C_in, w, 2 * call.K, call.C_out * 2 * call.K, call.K,
+                   call.Kp, Y.mutable_data_ptr<acc_t>(), call.C_out);
+  return Y;
+}
+
+template <typename gemm_t, typename scalar_t, typename acc_t>
+at::Tensor forward_folded_as(const at::Tensor& x, const at::Tensor& weight, bool time_conv, double slope) {
+  const BatchedCall<scalar_t, acc_t> call(x, weight);
+  const at::Tensor w = weight.contiguous();
+  const scalar_t* xp = x.const_data_ptr<scalar_t>();
+  const at::Tensor X = analyse<gemm_t>(call, xp, call.C_in, false);
+  const at::Tensor Y = mix_forward(call, X, w.const_data_ptr<scalar_t>());
+  at::Tensor y = at::empty(output_shape(x, weight), x.options());
+  synthesise<gemm_t>(call, Y, call.C_out, true, time_conv ? kResidualLeaky : kStore, time_conv ? xp : nullptr,
+                     static_cast<acc_t>(slope), y.mutable_data_ptr<scalar_t>());
+  return y;
+}
+
+template <typename gemm_t, typename scalar_t, typename acc_t>
+std::tuple<at::Tensor, at::Tensor> backward_folded_as(const at::Tensor& dy, const at::Tensor& x,
+                                                       const at::Tensor& weight, bool time_conv, double slope) {
+  const BatchedCall<scalar_t, acc_t> call(x, weight);
+  const at::Tensor w = weight.contiguous();
+  const scalar_t* wp = w.const_data_ptr<scalar_t>();
+  const scalar_t* xp = x.const_data_ptr<scalar_t>();
+  const scalar_t* dyp = dy.const_data_ptr<scalar_t>();
+  const acc_t neg = static_cast<acc_t>(slope);
+  const at::Tensor X = analyse<gemm_t>(call, xp, call.C_in, false);
+  at::Tensor dY;
+  if (time_conv) {  // g = dy * leaky_relu'(s), s recomputed
+    at::Tensor g = at::empty({call.B, call.T, call.C_out}, call.options(call.acc_type));
+    synthesise<gemm_t>(call, mix_forward(call, X, wp), call.C_out, true, kLeakyGrad, dyp, neg,
+                       g.mutable_data_ptr<acc_t>());
+    dY = analyse<gemm_t>(call, g.const_data_ptr<acc_t>(), call.C_out, true);
+  } else {
+    dY = analyse<gemm_t>(call, dyp, call.C_out, true);
+  }
+  at::Tensor grad_weight = at::empty(weight.sizes(), weight.options().memory_format(at::MemoryFormat::Contiguous));
+  grad_weight_all(X.const_data_ptr<acc_t>(), dY.const_data_ptr<acc_t>(), call.B, call.C_in, call.C_out, call.K,
+                  call.Kp, grad_weight.mutable_data_ptr<scalar_t>());
+  // dX[b, i, k] = sum_o dY[b, o, k] conj(W[i, o, k])
+  at::Tensor dX = at::empty({call.B, call.C_in, 2, call.Kp}, call.options(call.acc_type));
+  mix_modes<true>(dY.const_data_ptr<acc_t>(), call.B, call.C_out, wp, call.C_out * 2 * call.K, 2 * call.K, call.K,
+                  call.Kp, dX.mutable_data_ptr<acc_t>(), call.C_in);
+  at::Tensor grad_x = at::empty(x.sizes(), x.options());
+  synthesise<gemm_t>(call, dX, call.C_in, false, time_conv ? kAddAux : kStore, time_conv ? dyp : nullptr, neg,
+                     grad_x.mutable_data_ptr<scalar_t>());
+  return {grad_x, grad_weight};
+}
+
+template <typename scalar_t, typename acc_t>
+at::Tensor forward_folded(const at::Tensor& x, const at::Tensor& weight, bool time_conv, double slope) {
+  if constexpr (std::is_same_v<scalar_t, at::BFloat16>) {
+    if (cpu_has_bf16_dot()) return forward_folded_as<at::BFloat16, scalar_t, acc_t>(x, weight, time_conv, slope);
+  }
+  return forward_folded_as<acc_t, scalar_t, acc_t>(x, weight, time_conv, slope);
+}
+
+template <typename scalar_t, typename acc_t>
+std::tuple<at::Tensor, at::Tensor> backward_folded(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& weight,
+                                                    bool time_conv, double slope) {
+  if constexpr (std::is_same_v<scalar_t, at::BFloat16>) {
+    if (cpu_has_bf16_dot()) return backward_folded_as<at::BFloat16, scalar_t, acc_t>(dy, x, weight, time_conv, slope);
+  }
+  return backward_folded_as<acc_t, scalar_t, acc_t>(dy, x, weight, time_conv, slope);
+}
+
+// The path a call with x and weight takes, by name: what tests use to check that their samples reach each one
+// (time_conv's backward takes the folded path from a smaller T K: kFoldedMinTKTimeConvBackward).
 std::string cpu_path(const at::Tensor& x, const at::Tensor& weight) {
   check_inputs(x, weight, false);
   const Dims d = describe_dims(x, weight);
+  if (use_folded_path(d)) return "folded";
   if (use_batched_path(d)) return "batched";
   return use_direct_path(d) ? "direct" : "gemm";
 }
@@ -624,9 +1289,14 @@ at::Tensor forward_cpu(const at::Tensor& x_in, const at::Tensor& weight, bool ti
   at::Tensor y = at::empty(output_shape(x_in, weight), x_in.options().memory_format(at::MemoryFormat::Contiguous));
   if (y.numel() == 0) return y;
   const at::Tensor x = x_in.contiguous();
-  const bool batched = use_batched_path(describe_dims(x, weight));
+  const Dims dims = describe_dims(x, weight);
+  const bool folded = use_folded_path(dims), batched = use_batched_path(dims);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "spectral_time_conv_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
+    if (folded) {
+      y = forward_folded<scalar_t, acc_t>(x, weight, time_conv, slope);
+      return;
+    }
     if (batched) {
       y = forward_batched<scalar_t, acc_t>(x, weight, time_conv, slope);
       return;
@@ -837,9 +1507,14 @@ std::tuple<at::Tensor, at::Tensor> backward_cpu(const at::Tensor& grad_out_in, c
   }
   const at::Tensor x = x_in.contiguous();
   const at::Tensor dy = grad_out_in.to(x.scalar_type()).contiguous();
-  const bool batched = use_batched_path(describe_dims(x, weight));
+  const Dims dims = describe_dims(x, weight);
+  const bool folded = use_folded_path(dims, time_conv), batched = use_batched_path(dims);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "spectral_time_conv_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
+    if (folded) {
+      std::tie(grad_x, grad_weight) = backward_folded<scalar_t, acc_t>(dy, x, weight, time_conv, slope);
+      return;
+    }
     if (batched) {
       std::tie(grad_x, grad_weight) = backward_batched<scalar_t, acc_t>(dy, x, weight, time_conv, slope);
       return;
