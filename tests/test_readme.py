@@ -174,3 +174,46 @@ def test_readme_eval_compares_enough_samples_for_its_frechet_distance():
         else:
             made[f"{config['sample']['out']}/trajectory.npy"] = (config["sample"]["num_samples"], dim)
     assert evals >= 1
+
+
+# --------------------------------------------------------------------------------------------------
+# "FNO users": the table is the committed interleaved run
+
+
+def test_the_fno_table_is_the_measured_one():
+    results = REPO / "benchmarks/results/2026-12-08-cpu-fno"
+    names = {  # the FNO-1D shapes of benchmarks/harness.py's CPU_SHAPES, as (B, T, K, C)
+        (16, 64, 8, 32): "cpu-fno1d",
+        (16, 256, 16, 64): "cpu-fno1d-t256",
+        (16, 200, 24, 48): "cpu-fno1d-t200",
+        (8, 1000, 40, 96): "cpu-fno1d-t1000",
+        (4, 1024, 64, 128): "cpu-fno1d-t1024",
+    }
+
+    def duration(seconds: float) -> str:
+        return f"{seconds * 1e6:.0f} us" if seconds < 1e-3 else f"{seconds * 1e3:.2f} ms"
+
+    text = README.read_text()
+    section = text[text.index("### FNO users") : text.index("## The DSNO system")]
+    loads = []
+    rows = 0
+    for threads in (1, 2):
+        run = json.loads((results / f"interleaved-{threads}t.json").read_text())
+        loads += [run["load_average_start"][0], run["load_average_end"][0]]
+        measured = {
+            (row["shape"], row["direction"]): row
+            for row in run["rows"]
+            if row["dtype"] == "fp32" and row["op"] == "spectral_time_conv"
+        }
+        for shape, name in names.items():
+            for direction in ("fwd", "fwd+bwd"):
+                row = measured[name, direction]
+                seconds = row["seconds"]
+                line = (
+                    f"| {', '.join(map(str, shape))} | {direction} | {threads} | {duration(seconds['neuralop'])} | "
+                    f"{duration(seconds['cpu'])} | {row['speedup']['neuralop']:.2f}x |"
+                )
+                assert line in section, line
+                rows += 1
+    assert rows == section.count("\n| ") - 1  # every row of the table (less its separator) is a measured one
+    assert f"load average {min(loads):.1f}-{max(loads):.1f} on 2 cores" in section
