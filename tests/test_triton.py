@@ -213,7 +213,7 @@ def _gemm_params():
 
 
 @pytest.mark.parametrize("op", ["spectral_time_conv", "time_conv"])
-@pytest.mark.parametrize("case,dtype", _gemm_params())
+@pytest.mark.parametrize("case,dtype", list(_gemm_params()))
 def test_dft_as_gemm_path(case, dtype, op):
     """T > 32: forward, grad_x and grad_weight of the DFT-as-GEMM launches against the fp64 reference."""
     B, T, K, C_in, C_out, trailing = case
