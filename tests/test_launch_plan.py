@@ -284,3 +284,40 @@ def test_an_eager_backward_runs_with_its_forwards_settings(monkeypatch):
     with introspection.recorded_launches() as launches:
         _call("time_conv", x.detach(), w.detach())
     assert launches[0].args["INPUT_PRECISION"] == "tf32"  # the next call reads the variable again
+
+
+def _call_path_caches() -> dict:
+    """Every cache of dsno_kernels' modules: its lru_cache functions and the memo dicts, by name."""
+    import functools
+    import sys
+
+    from dsno_kernels import _cache, api, settings
+
+    caches = {"api._RESOLVED": lambda: len(api._RESOLVED), "settings._VALIDATED": lambda: len(settings._VALIDATED)}
+    for name, module in list(sys.modules.items()):
+        if not name.startswith("dsno_kernels"):
+            continue
+        for attr, value in vars(module).items():
+            if isinstance(value, functools._lru_cache_wrapper) and value.__module__ == name:
+                caches[f"{name}.{attr}"] = lambda value=value: value.cache_info().currsize
+    # not on the call path: the dense_gemm baseline's fp64 bases (benchmarks only)
+    caches.pop("dsno_kernels.backends.reference._folded_bases", None)
+    assert len(_cache._CLEARS) >= len(caches)  # each registered by _cache (settings' memo included)
+    return caches
+
+
+@pytest.mark.parametrize("T", [4, 40])  # the fused kernels and the DFT-as-GEMM path
+def test_clear_caches_empties_every_cache_on_the_call_path(T):
+    x, w = _inputs(requires_grad=True, T=T, K=3)
+    with introspection.recorded_launches():
+        for op in OPS:
+            torch.autograd.grad(_call(op, x, w), (x, w), torch.randn_like(x))
+    caches = _call_path_caches()
+    filled = {name for name, size in caches.items() if size() > 0}
+    assert {"api._RESOLVED", "settings._VALIDATED"} <= filled
+    assert {
+        "dsno_kernels.backends.triton.calls.forward_call",
+        "dsno_kernels.backends.triton.calls.backward_call",
+    } <= filled
+    dsno_kernels.clear_caches()
+    assert {name: size() for name, size in caches.items() if size() > 0} == {}
