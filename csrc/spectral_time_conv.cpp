@@ -89,6 +89,25 @@ struct Spectral : Dims {
 // shapes, T = 256, C = 64).
 bool use_gauss(const Dims& d) { return d.C_in * d.C_out >= 8 * d.T * (d.C_in + d.C_out); }
 
+// cos and sin of 2 pi j / T for j = 0 .. T - 1, in fp64, exact (0, +-1) at the multiples of pi / 2: the
+// folded path relies on the terms that vanish there vanishing exactly; the other paths' rows use it too.
+struct UnitCircle {
+  std::vector<double> cos, sin;
+  explicit UnitCircle(int64_t T) : cos(T), sin(T) {
+    for (int64_t j = 0; j < T; ++j) {
+      if ((4 * j) % T == 0) {
+        const int64_t quarter = 4 * j / T;  // 0 .. 3
+        cos[j] = quarter == 0 ? 1.0 : quarter == 2 ? -1.0 : 0.0;
+        sin[j] = quarter == 1 ? 1.0 : quarter == 3 ? -1.0 : 0.0;
+        continue;
+      }
+      const double angle = 2.0 * kPi * static_cast<double>(j) / static_cast<double>(T);
+      cos[j] = std::cos(angle);
+      sin[j] = std::sin(angle);
+    }
+  }
+};
+
 // Built in acc_t directly (the bases computed in fp64 and rounded once), without temporary tensors: at
 // small shapes this per-call work is a visible part of the op.
 // `products`: also the products' matrices W (the batched path builds its own from the weight, without Gauss).
@@ -114,20 +133,15 @@ Spectral make_spectral(const at::Tensor& x, const at::Tensor& weight, bool produ
   s.G = at::empty({s.T, s.R}, options);
   acc_t* f = s.F.mutable_data_ptr<acc_t>();  // [R, T]
   acc_t* g = s.G.mutable_data_ptr<acc_t>();  // [T, R]
-  // cos and sin of 2 pi j / T: every angle k t is one of these once reduced mod T (exact for large T, and
-  // T evaluations instead of K T)
-  std::vector<double> cos_table(s.T), sin_table(s.T);
-  for (int64_t j = 0; j < s.T; ++j) {
-    const double angle = 2.0 * kPi * static_cast<double>(j) / static_cast<double>(s.T);
-    cos_table[j] = std::cos(angle);
-    sin_table[j] = std::sin(angle);
-  }
+  // every angle k t is one of the unit circle's T points once reduced mod T (exact for large T, and T
+  // evaluations instead of K T)
+  const UnitCircle circle(s.T);
   for (int64_t k = 0; k < s.K; ++k) {
     const int64_t r = s.products[s.first_product[k]].row;
     const bool real = mode_is_real(k, s.T);
     const double c = (real ? 1.0 : 2.0) / static_cast<double>(s.T);
     for (int64_t t = 0; t < s.T; ++t) {
-      const double cs = cos_table[(k * t) % s.T], sn = sin_table[(k * t) % s.T];
+      const double cs = circle.cos[(k * t) % s.T], sn = circle.sin[(k * t) % s.T];
       acc_t* g_t = g + t * s.R + r;
       f[r * s.T + t] = static_cast<acc_t>(cs);
       if (real) {
@@ -687,25 +701,6 @@ struct FoldPlan {
       add(ceil_div(H, 2) - 1, 1, true, 0, 2);
       add(H / 2, 1, true, 1, 2);
       synth_rows = H / 2 + 1;
-    }
-  }
-};
-
-// cos and sin of 2 pi j / T for j = 0 .. T - 1, in fp64, exact (0, +-1) at the multiples of pi / 2: the
-// folds rely on the terms that vanish there vanishing exactly.
-struct UnitCircle {
-  std::vector<double> cos, sin;
-  explicit UnitCircle(int64_t T) : cos(T), sin(T) {
-    for (int64_t j = 0; j < T; ++j) {
-      if ((4 * j) % T == 0) {
-        const int64_t quarter = 4 * j / T;  // 0 .. 3
-        cos[j] = quarter == 0 ? 1.0 : quarter == 2 ? -1.0 : 0.0;
-        sin[j] = quarter == 1 ? 1.0 : quarter == 3 ? -1.0 : 0.0;
-        continue;
-      }
-      const double angle = 2.0 * kPi * static_cast<double>(j) / static_cast<double>(T);
-      cos[j] = std::cos(angle);
-      sin[j] = std::sin(angle);
     }
   }
 };
