@@ -217,3 +217,19 @@ def test_the_fno_table_is_the_measured_one():
                 rows += 1
     assert rows == section.count("\n| ") - 1  # every row of the table (less its separator) is a measured one
     assert f"load average {min(loads):.1f}-{max(loads):.1f} on 2 cores" in section
+
+
+# --------------------------------------------------------------------------------------------------
+# "Support matrix": the triton backend's host time is the kernel report's last table
+
+
+def test_the_host_times_are_the_kernel_reports():
+    table = (REPO / "benchmarks/results/kernel_report.md").read_text()
+
+    def median(call: str) -> str:
+        row = next(line for line in table.splitlines() if line.startswith(f"| {call} |"))
+        return row.split("|")[4].split()[0]  # the triton host us column (the floor has its value there too)
+
+    text = " ".join(README.read_text().split())
+    assert f"{median('time_conv fwd')} us forward and {median('time_conv fwd+bwd')} us forward+backward" in text
+    assert f"takes {median('floor fwd')} / {median('floor fwd+bwd')} us" in text
